@@ -1,0 +1,84 @@
+"""Write text corpora as MDS shards with splits train, train_small, val and val_small.
+
+    python data_prep/convert_dataset.py c4 --out-root data/c4            # allenai/c4 (en) from the hub
+    python data_prep/convert_dataset.py c4 --local-dir DIR --out-root data/c4   # local C4 json/json.gz files
+    python data_prep/convert_dataset.py sample --out-root data/sample    # offline: Python stdlib docs
+
+Each split holds one document per sample in a `text` column; `--tokenizer` adds an
+`input_ids` column of token ids (uint16 where the vocabulary fits). `sample` also
+trains a WordPiece tokenizer on its train split and saves it to <out-root>/tokenizer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mosaicbert.data import prep
+from mosaicbert.data.tokenizer import build_tokenizer, train_wordpiece_tokenizer
+from mosaicbert.errors import UserError
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="source", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--out-root", required=True, help="dataset root; splits become <out-root>/<split>")
+    common.add_argument("--splits", nargs="+", default=list(prep.SPLITS), choices=prep.SPLITS)
+    common.add_argument("--max-docs", type=int, default=None, help="at most this many documents per split")
+    common.add_argument("--tokenizer", default=None, help="also store token ids from this tokenizer (hub name or folder)")
+    existing = common.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true", help="replace splits that already exist")
+    existing.add_argument("--skip-existing", action="store_true", help="keep splits (and tokenizer) that already exist")
+
+    c4 = sub.add_parser("c4", parents=[common], help="C4 en, streamed from the hub or read from local files")
+    c4.add_argument("--local-dir", default=None, help="folder of C4-format *train*/*validation* json or json.gz files")
+
+    sample = sub.add_parser("sample", parents=[common], help="offline corpus from the Python standard library's docs")
+    sample.add_argument("--vocab-size", type=int, default=8192, help="WordPiece vocabulary of the offline tokenizer")
+    sample.add_argument("--small-train-docs", type=int, default=1000)
+    sample.add_argument("--small-val-docs", type=int, default=200)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, int]:
+    args = parse_args(argv)
+    if_exists = "overwrite" if args.overwrite else "skip" if args.skip_existing else "error"
+    if args.source == "c4":
+        specs = prep.split_specs(args.splits, args.max_docs, prep.C4_SMALL_SIZES)
+        corpus = lambda split: prep.c4_documents(split, args.local_dir)  # noqa: E731
+        total = lambda spec: spec.max_docs  # noqa: E731
+        info = {"source": "allenai/c4 en" if args.local_dir is None else f"C4 files in {args.local_dir}"}
+    else:
+        docs = prep.sample_corpus()
+        small = {"train_small": args.small_train_docs, "val_small": args.small_val_docs}
+        specs = prep.split_specs(args.splits, args.max_docs, small)
+        corpus = docs.__getitem__
+        total = lambda spec: min(len(docs[spec.source_split]), spec.max_docs or len(docs[spec.source_split]))  # noqa: E731
+        info = {"source": "python stdlib docstrings and pydoc topics"}
+        write_sample_tokenizer(Path(args.out_root) / "tokenizer", docs["train"], args.vocab_size, if_exists)
+    tokenizer = build_tokenizer(args.tokenizer, max_seq_len=10**9) if args.tokenizer else None
+    counts = prep.write_splits(args.out_root, specs, corpus, total=total, tokenizer=tokenizer, if_exists=if_exists, info=info)
+    if counts:
+        print("wrote " + ", ".join(f"{name}: {n} documents" for name, n in counts.items()) + f" under {args.out_root}")
+    return counts
+
+
+def write_sample_tokenizer(folder: Path, texts: list[str], vocab_size: int, if_exists: str) -> None:
+    if folder.exists():
+        if if_exists == "skip":
+            print(f"keeping existing {folder}")
+            return
+        if if_exists == "error":
+            raise UserError(prep.already_exists(folder))
+    print(f"training a {vocab_size}-token WordPiece tokenizer on {len(texts)} documents -> {folder}")
+    prep.save_tokenizer_atomically(lambda staging: train_wordpiece_tokenizer(texts, staging, vocab_size), folder)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,335 @@
+"""Typed, validated training configuration.
+
+`load_config(yaml_path, overrides)` merges a YAML file with OmegaConf dotlist overrides
+(`max_duration=50ba train_loader.num_workers=0`), resolves interpolations and turns the
+result into a `TrainConfig`. Every key is checked against the dataclasses below: an
+unknown key names itself and the nearest valid one, a wrong type names the expected
+type, and the batch arithmetic is checked against the world size. Registry entries
+(`model`, `optimizer`, `scheduler`, `algorithms`, `callbacks`, `loggers`) are checked
+against their constructors' signatures. Device-dependent defaults (precision,
+microbatch size) are filled in last and reported by `describe_defaults`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mosaicbert import registry
+from mosaicbert.errors import ConfigError, nearest
+
+CPU_PRECISIONS = ("fp32",)
+GPU_PRECISIONS = ("fp32", "amp_bf16", "amp_fp16")
+
+
+@dataclass
+class LoaderConfig:
+    """One MLM dataloader over an MDS text dataset."""
+
+    split: str
+    local: str | None = None  # defaults to the top-level data_local
+    remote: str | None = None  # defaults to the top-level data_remote
+    mlm_probability: float = 0.15
+    shuffle: bool = False
+    drop_last: bool = False
+    num_workers: int = 0
+    pretokenized: bool = False  # read the `input_ids` column instead of tokenizing `text`
+    shuffle_seed: int = 9176
+    num_canonical_nodes: int | None = None
+    predownload: int | None = None
+
+
+@dataclass
+class TrainConfig:
+    model: dict[str, Any]
+    tokenizer_name: str
+    train_loader: LoaderConfig
+    global_train_batch_size: int
+    max_duration: Union[str, int]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+
+    run_name: str | None = None  # default: $COMPOSER_RUN_NAME, else the YAML file's stem
+    run_folder: str | None = None  # default: runs/<run_name>; logs, config and summary go here
+    seed: int = 17
+    max_seq_len: int = 128
+    data_local: str | None = None
+    data_remote: str | None = None
+    variables: dict[str, Any] = field(default_factory=dict)  # free-form values for ${variables.x}
+
+    eval_loader: LoaderConfig | None = None
+    eval_interval: Union[str, int] = "1ep"
+    eval_subset_num_batches: int = -1
+    eval_first: bool = False
+    device_train_microbatch_size: Union[int, str, None] = None  # None: device batch on CPU, 'auto' on GPU
+    device_eval_batch_size: int | None = None  # None: the train microbatch size
+
+    device: str | None = None  # None: gpu when CUDA is available, else cpu
+    precision: str | None = None  # None: amp_bf16 on GPU, fp32 on CPU
+
+    algorithms: dict[str, Any] = field(default_factory=dict)
+    callbacks: dict[str, Any] = field(default_factory=dict)
+    loggers: dict[str, Any] = field(default_factory=dict)
+
+    save_folder: str | None = None  # None: no checkpoints
+    save_interval: Union[str, int] = "1000ba"
+    save_num_checkpoints_to_keep: int = -1
+    save_overwrite: bool = False
+    autoresume: bool = False
+    load_path: str | None = None
+    load_weights_only: bool = False
+
+    progress_bar: bool = True
+    log_to_console: bool = False
+    console_log_interval: Union[str, int] = "100ba"
+    python_log_level: str | None = "info"
+    dist_timeout: float = 300.0
+    clean_stale_shared_memory: bool = True
+
+    # Filled in by `finalize`, never read from YAML.
+    world_size: int = field(default=1, metadata={"derived": True})
+    device_train_batch_size: int = field(default=0, metadata={"derived": True})
+    filled_defaults: dict[str, Any] = field(default_factory=dict, metadata={"derived": True})
+
+
+# --------------------------------------------------------------------------- typing
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return origin.__name__
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp` and return it in that type."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _convert(value, option, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}.")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{where}: expected null, got {value!r}.")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} keys, got {value!r}.")
+        return _build_dataclass(tp, value, where)
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}.")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"schema type {tp} at {where} is not supported")
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}.")
+
+
+def _build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("derived")}
+    prefix = f"{where}." if where else ""
+    for key in values:
+        if key not in fields:
+            raise ConfigError(f"unknown key '{prefix}{key}'.{nearest(key, fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in values:
+            kwargs[name] = _convert(values[name], hints[name], f"{prefix}{name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"missing required key '{prefix}{name}' ({_type_name(hints[name])}).")
+    return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(yaml_path: str | os.PathLike, overrides: list[str] | None = None) -> TrainConfig:
+    """Read, merge, resolve, type-check and finalize a training config."""
+    path = Path(yaml_path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}. Recipes live under yamls/, e.g. yamls/demo.yaml.")
+    try:
+        cfg = OmegaConf.merge(OmegaConf.load(path), _parse_overrides(overrides or []))
+        if cfg.get("run_name") is None:
+            cfg.run_name = os.environ.get("COMPOSER_RUN_NAME") or path.stem
+        if cfg.get("run_folder") is None:
+            cfg.run_folder = f"runs/{cfg.run_name}"
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"could not read {path}: {err}") from None
+    if not isinstance(resolved, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys.")
+    config = _build_dataclass(TrainConfig, resolved, "")
+    validate_registry_entries(config)
+    return finalize(config)
+
+
+def _parse_overrides(overrides: list[str]) -> Any:
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"override '{bad[0]}' is not of the form key=value (e.g. max_duration=50ba).")
+    try:
+        return OmegaConf.from_dotlist(overrides)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"could not parse overrides {overrides}: {err}") from None
+
+
+def split_named(entry: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]:
+    """`{name: x, **kwargs}` (model, optimizer, scheduler) -> (x, kwargs)."""
+    if "name" not in entry:
+        raise ConfigError(f"{where}: missing 'name' (the registered {where} to build).")
+    kwargs = dict(entry)
+    return kwargs.pop("name"), kwargs
+
+
+def named_entries(section: dict[str, Any], where: str) -> list[tuple[str, dict[str, Any]]]:
+    """`{name: kwargs-or-null, ...}` (algorithms, callbacks, loggers) -> [(name, kwargs)]."""
+    entries = []
+    for name, kwargs in section.items():
+        if kwargs is None:
+            kwargs = {}
+        if not isinstance(kwargs, dict):
+            raise ConfigError(f"{where}.{name}: expected a mapping of arguments (or {{}}), got {kwargs!r}.")
+        entries.append((name, kwargs))
+    return entries
+
+
+def validate_registry_entries(config: TrainConfig) -> None:
+    # Importing the builders fills the registries.
+    import mosaicbert.builders  # noqa: F401
+    import mosaicbert.model  # noqa: F401
+
+    registry.models.validate(*split_named(config.model, "model"), "model")
+    registry.optimizers.validate(*split_named(config.optimizer, "optimizer"), "optimizer")
+    registry.schedulers.validate(*split_named(config.scheduler, "scheduler"), "scheduler")
+    for section, reg in (
+        ("algorithms", registry.algorithms),
+        ("callbacks", registry.callbacks),
+        ("loggers", registry.loggers),
+    ):
+        for name, kwargs in named_entries(getattr(config, section), section):
+            reg.validate(name, kwargs, f"{section}.{name}")
+
+
+# --------------------------------------------------------------------------- derived values
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def finalize(config: TrainConfig) -> TrainConfig:
+    """Fill device-dependent defaults and check the batch arithmetic."""
+    filled: dict[str, Any] = {}
+    if config.device is None:
+        config.device = "gpu" if _cuda_available() else "cpu"
+        filled["device"] = config.device
+    if config.device not in ("cpu", "gpu"):
+        raise ConfigError(f"device: expected 'cpu' or 'gpu', got '{config.device}'.")
+    if config.device == "gpu" and not _cuda_available():
+        raise ConfigError("device=gpu but CUDA is not available here; use device=cpu (or leave it unset).")
+
+    valid_precisions = GPU_PRECISIONS if config.device == "gpu" else CPU_PRECISIONS
+    if config.precision is None:
+        config.precision = "amp_bf16" if config.device == "gpu" else "fp32"
+        filled["precision"] = config.precision
+    elif config.precision not in valid_precisions:
+        hint = " (mixed precision needs a GPU)" if config.device == "cpu" else ""
+        raise ConfigError(
+            f"precision '{config.precision}' is not available on {config.device}{hint}; "
+            f"use one of {', '.join(valid_precisions)}, e.g. precision={valid_precisions[-1]}."
+        )
+
+    world = _world_size()
+    config.world_size = world
+    if config.global_train_batch_size <= 0:
+        raise ConfigError("global_train_batch_size must be positive.")
+    if config.global_train_batch_size % world:
+        raise ConfigError(
+            f"global_train_batch_size={config.global_train_batch_size} is not divisible by the world size {world}."
+        )
+    device_batch = config.global_train_batch_size // world
+    config.device_train_batch_size = device_batch
+
+    micro = config.device_train_microbatch_size
+    if micro is None or (micro == "auto" and config.device == "cpu"):
+        micro = device_batch if config.device == "cpu" else "auto"
+        filled["device_train_microbatch_size"] = micro
+    elif isinstance(micro, str):
+        raise ConfigError(f"device_train_microbatch_size: expected an integer or 'auto', got '{micro}'.")
+    if isinstance(micro, int):
+        if micro <= 0:
+            raise ConfigError("device_train_microbatch_size must be positive.")
+        if device_batch % micro:
+            raise ConfigError(
+                f"global_train_batch_size={config.global_train_batch_size} is not divisible by "
+                f"world size {world} x device_train_microbatch_size {micro} = {world * micro}; "
+                f"pick a microbatch that divides the per-device batch of {device_batch}."
+            )
+    config.device_train_microbatch_size = micro
+
+    if config.device_eval_batch_size is None:
+        config.device_eval_batch_size = micro if isinstance(micro, int) else device_batch
+        filled["device_eval_batch_size"] = config.device_eval_batch_size
+
+    for name, loader in (("train_loader", config.train_loader), ("eval_loader", config.eval_loader)):
+        if loader is None:
+            continue
+        if not 0.0 < loader.mlm_probability < 1.0:
+            raise ConfigError(f"{name}.mlm_probability must lie in (0, 1), got {loader.mlm_probability}.")
+        if loader.local is None:
+            loader.local = config.data_local
+        if loader.remote is None:
+            loader.remote = config.data_remote
+        if loader.local is None and loader.remote is None:
+            raise ConfigError(f"{name}: set data_local (or {name}.local / {name}.remote) to the MDS dataset root.")
+
+    if config.autoresume and config.save_folder is None:
+        raise ConfigError("autoresume=true needs save_folder (where to look for the latest checkpoint).")
+    config.filled_defaults = filled
+    return config
+
+
+def describe_defaults(config: TrainConfig) -> str:
+    if not config.filled_defaults:
+        return "no device-dependent defaults needed"
+    return ", ".join(f"{k}={v}" for k, v in config.filled_defaults.items()) + f" (device={config.device})"
+
+
+def to_dict(config: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)

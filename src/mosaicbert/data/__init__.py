@@ -1,0 +1,1 @@
+"""Data: MDS corpus preparation, tokenizers, streaming text datasets and MLM masking."""

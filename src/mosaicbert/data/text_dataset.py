@@ -1,0 +1,121 @@
+"""Streaming MLM data: MDS text shards -> fixed-length token batches with masking."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from composer.core import DataSpec
+from streaming import StreamingDataset
+from torch.utils.data import DataLoader
+
+from mosaicbert.config import LoaderConfig
+from mosaicbert.data.mlm import MLMCollator
+from mosaicbert.errors import DataNotFoundError, UserError
+
+PREP_INFO = "mosaicbert_prep.json"  # written by data_prep next to index.json
+
+
+def check_local_split(local: str, split: str) -> None:
+    """Fail early, naming the make target, when a local dataset split is missing."""
+    folder = Path(local) / split
+    if (folder / "index.json").is_file():
+        return
+    c4_first = "c4" in str(local).lower()
+    targets = ["`make c4-shards` (C4 from the hub)", "`make sample-shards` (offline sample corpus)"]
+    if not c4_first:
+        targets.reverse()
+    raise DataNotFoundError(
+        f"no MDS dataset at {folder} (index.json missing). Build it with {' or '.join(targets)}, "
+        "or point data_local at an existing dataset root."
+    )
+
+
+def read_prep_info(local: str, split: str) -> dict[str, Any] | None:
+    path = Path(local) / split / PREP_INFO
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+class StreamingTextDataset(StreamingDataset):
+    """A StreamingDataset of documents, tokenized to `max_seq_len` (truncated or padded).
+
+    Samples carry a `text` column and, when prepared with a tokenizer, an `input_ids`
+    column of token ids without special tokens. As in the reference recipe, the part
+    of a document beyond `max_seq_len` tokens is dropped.
+    """
+
+    def __init__(self, tokenizer, max_seq_len: int, pretokenized: bool, **streaming_kwargs: Any):
+        super().__init__(**streaming_kwargs)
+        self.tokenizer = tokenizer
+        self.max_seq_len = max_seq_len
+        self.pretokenized = pretokenized
+
+    def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
+        sample = super().__getitem__(idx)
+        if self.pretokenized:
+            if "input_ids" not in sample:
+                raise UserError("train/eval loader has pretokenized=true but the dataset has no input_ids column; "
+                                "re-run data prep with --tokenizer, or set pretokenized=false.")
+            return self._from_ids(np.asarray(sample["input_ids"], dtype=np.int64))
+        encoded = self.tokenizer(
+            sample["text"], truncation=True, padding="max_length", max_length=self.max_seq_len, return_tensors="pt"
+        )
+        return {
+            "input_ids": encoded["input_ids"][0],
+            "token_type_ids": encoded["token_type_ids"][0] if "token_type_ids" in encoded else torch.zeros(self.max_seq_len, dtype=torch.long),
+            "attention_mask": encoded["attention_mask"][0],
+        }
+
+    def _from_ids(self, ids: np.ndarray) -> dict[str, torch.Tensor]:
+        tok = self.tokenizer
+        body = torch.from_numpy(ids[: self.max_seq_len - 2])
+        tokens = torch.cat([torch.tensor([tok.cls_token_id]), body, torch.tensor([tok.sep_token_id])])
+        input_ids = torch.full((self.max_seq_len,), tok.pad_token_id, dtype=torch.long)
+        input_ids[: len(tokens)] = tokens
+        attention_mask = torch.zeros(self.max_seq_len, dtype=torch.long)
+        attention_mask[: len(tokens)] = 1
+        return {"input_ids": input_ids, "token_type_ids": torch.zeros_like(input_ids), "attention_mask": attention_mask}
+
+
+def count_real_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Throughput counts tokens the model reads, not padding."""
+    return int(batch["attention_mask"].sum())
+
+
+def build_mlm_dataloader(cfg: LoaderConfig, tokenizer, max_seq_len: int, device_batch_size: int) -> DataSpec:
+    if cfg.remote is None:
+        check_local_split(cfg.local, cfg.split)
+        info = read_prep_info(cfg.local, cfg.split)
+        if cfg.pretokenized and info is not None and info.get("tokenizer_vocab_size") not in (None, len(tokenizer)):
+            raise UserError(
+                f"{cfg.local}/{cfg.split} was tokenized with a {info['tokenizer_vocab_size']}-token vocabulary "
+                f"({info.get('tokenizer')}) but the run uses {len(tokenizer)} tokens; set pretokenized=false "
+                "or prepare the data with the run's tokenizer."
+            )
+    dataset = StreamingTextDataset(
+        tokenizer=tokenizer,
+        max_seq_len=max_seq_len,
+        pretokenized=cfg.pretokenized,
+        local=cfg.local,
+        remote=cfg.remote,
+        split=cfg.split,
+        shuffle=cfg.shuffle,
+        shuffle_seed=cfg.shuffle_seed,
+        num_canonical_nodes=cfg.num_canonical_nodes,
+        predownload=cfg.predownload,
+        batch_size=device_batch_size,
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=device_batch_size,
+        collate_fn=MLMCollator.for_tokenizer(tokenizer, cfg.mlm_probability),
+        num_workers=cfg.num_workers,
+        drop_last=cfg.drop_last,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=cfg.num_workers > 0,
+        prefetch_factor=2 if cfg.num_workers > 0 else None,
+    )
+    return DataSpec(loader, get_num_tokens_in_batch=count_real_tokens)

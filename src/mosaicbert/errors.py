@@ -1,0 +1,26 @@
+"""Errors that carry a message meant for the person running the recipe.
+
+Entry scripts catch `UserError`, print its message once and exit non-zero; anything
+else is a bug and keeps its traceback.
+"""
+
+import difflib
+from collections.abc import Iterable
+
+
+class UserError(Exception):
+    """Bad input: the message names the problem and the fix."""
+
+
+class ConfigError(UserError):
+    """The resolved YAML config does not match the schema."""
+
+
+class DataNotFoundError(UserError):
+    """A dataset folder the config points at does not exist."""
+
+
+def nearest(name: str, candidates: Iterable[str]) -> str:
+    """A ' Did you mean ...?' hint naming the closest valid spelling, or ''."""
+    match = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.5)
+    return f" Did you mean '{match[0]}'?" if match else ""

@@ -1,0 +1,66 @@
+"""The Hugging Face BERT baseline (`hf_bert`): `BertForMaskedLM` inside Composer's HuggingFaceModel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from composer.metrics.nlp import LanguageCrossEntropy, MaskedAccuracy
+from composer.models import HuggingFaceModel
+from transformers import BertConfig, BertForMaskedLM
+
+from mosaicbert.data.tokenizer import padded_vocab_size
+from mosaicbert.errors import ConfigError, nearest
+
+
+class ComposerHFBert(HuggingFaceModel):
+    """HuggingFaceModel that also counts training FLOPs, so SpeedMonitor can report MFU."""
+
+    def flops_per_batch(self, batch: dict[str, torch.Tensor]) -> int:
+        # HF BERT computes on every position, padding included, and projects all of them to the vocabulary.
+        config = self.model.config
+        batch_size, seq_len = batch["input_ids"].shape
+        tokens = batch_size * seq_len
+        dense_params = sum(p.numel() for n, p in self.model.named_parameters() if "embeddings" not in n)
+        decoder = config.hidden_size * config.vocab_size  # tied to the word embeddings, so not in dense_params
+        attention = 2 * 2 * config.num_hidden_layers * config.hidden_size * seq_len  # QK^T and AV, per token
+        return 3 * tokens * (2 * (dense_params + decoder) + attention)  # forward + 2x backward
+
+
+def mlm_metrics() -> list[Any]:
+    return [LanguageCrossEntropy(ignore_index=-100), MaskedAccuracy(ignore_index=-100)]
+
+
+def build_hf_bert(
+    tokenizer,
+    pretrained_model_name: str = "bert-base-uncased",
+    use_pretrained: bool = False,
+    model_config: dict[str, Any] | None = None,
+    vocab_multiple: int = 1,
+    gradient_checkpointing: bool = False,
+) -> ComposerHFBert:
+    """Build `BertForMaskedLM`: from `pretrained_model_name`'s weights when `use_pretrained`, else freshly
+    initialised from a `BertConfig` (the Hugging Face defaults, i.e. BERT-Base, updated by `model_config`).
+
+    The vocabulary matches the tokenizer, rounded up to `vocab_multiple` (the reference baseline
+    keeps bert-base-uncased's 30522, i.e. multiple 1).
+    """
+    overrides = dict(model_config or {})
+    vocab_size = padded_vocab_size(len(tokenizer), vocab_multiple)
+    if use_pretrained:
+        model = BertForMaskedLM.from_pretrained(pretrained_model_name, **overrides)
+        if model.config.vocab_size < len(tokenizer):
+            raise ConfigError(f"model.pretrained_model_name={pretrained_model_name} has a smaller vocabulary "
+                              f"({model.config.vocab_size}) than tokenizer_name ({len(tokenizer)} tokens).")
+        if model.config.vocab_size % vocab_multiple:
+            model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=vocab_multiple)
+    else:
+        valid = set(BertConfig().to_dict())
+        unknown = sorted(set(overrides) - valid)
+        if unknown:
+            raise ConfigError(f"model.model_config: BertConfig has no field '{unknown[0]}'.{nearest(unknown[0], valid)}")
+        config = BertConfig(vocab_size=vocab_size, pad_token_id=tokenizer.pad_token_id, **overrides)
+        model = BertForMaskedLM(config)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return ComposerHFBert(model, tokenizer=tokenizer, use_logits=True, metrics=mlm_metrics(), eval_metrics=mlm_metrics())

@@ -1,0 +1,121 @@
+"""MLM pretraining: a validated config in, a Composer Trainer run out.
+
+    composer src/main.py yamls/demo.yaml [key=value ...]
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from omegaconf import OmegaConf
+
+from mosaicbert.config import TrainConfig, describe_defaults, load_config, split_named, to_dict
+from mosaicbert.errors import UserError
+
+log = logging.getLogger("mosaicbert")
+
+
+def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extra_loggers: list | None = None):
+    """Everything the run needs, built from registries in a fixed order; returns (trainer, summary callback)."""
+    # Composer and the data stack are imported here so `--help` and config errors stay fast.
+    from composer import Trainer
+    from composer.core import Evaluator
+    from composer.utils import dist, reproducibility
+
+    from mosaicbert import registry
+    from mosaicbert.builders import build_optimizer, build_scheduler, build_section
+    from mosaicbert.callbacks.jsonl_logger import JSONLinesLogger
+    from mosaicbert.callbacks.run_summary import RunSummary
+    from mosaicbert.checkpointing import install_atomic_checkpoint_writes
+    from mosaicbert.data.text_dataset import build_mlm_dataloader
+    from mosaicbert.data.tokenizer import build_tokenizer
+
+    install_atomic_checkpoint_writes()
+    reproducibility.seed_all(config.seed)
+    if config.clean_stale_shared_memory:
+        from streaming.base.util import clean_stale_shared_memory
+
+        clean_stale_shared_memory()
+
+    tokenizer = build_tokenizer(config.tokenizer_name, config.max_seq_len)
+    name, kwargs = split_named(config.model, "model")
+    model = registry.models.build(name, kwargs, "model", tokenizer=tokenizer)
+
+    train_loader = build_mlm_dataloader(config.train_loader, tokenizer, config.max_seq_len, config.device_train_batch_size)
+    evaluators = []
+    if config.eval_loader is not None:
+        eval_loader = build_mlm_dataloader(config.eval_loader, tokenizer, config.max_seq_len, config.device_eval_batch_size)
+        evaluators.append(Evaluator(label="eval", dataloader=eval_loader, metric_names=["LanguageCrossEntropy", "MaskedAccuracy"]))
+
+    summary = RunSummary(config.run_folder, config.save_folder)
+    callbacks = build_section(config, "callbacks") + [summary] + list(extra_callbacks or [])
+    loggers = build_section(config, "loggers") + [JSONLinesLogger(os.path.join(config.run_folder, "metrics.jsonl"))]
+    loggers += list(extra_loggers or [])
+
+    if dist.get_global_rank() == 0:
+        os.makedirs(config.run_folder, exist_ok=True)
+        OmegaConf.save(OmegaConf.create(to_dict(config)), os.path.join(config.run_folder, "config.yaml"))
+
+    trainer = Trainer(
+        run_name=config.run_name,
+        seed=config.seed,
+        model=model,
+        train_dataloader=train_loader,
+        eval_dataloader=evaluators or None,
+        eval_interval=config.eval_interval,
+        eval_subset_num_batches=config.eval_subset_num_batches,
+        max_duration=config.max_duration,
+        optimizers=build_optimizer(config, model.parameters()),
+        schedulers=build_scheduler(config),
+        algorithms=build_section(config, "algorithms"),
+        callbacks=callbacks,
+        loggers=loggers,
+        device=config.device,
+        precision=config.precision,
+        device_train_microbatch_size=config.device_train_microbatch_size,
+        save_folder=config.save_folder,
+        save_interval=config.save_interval,
+        save_num_checkpoints_to_keep=config.save_num_checkpoints_to_keep,
+        save_overwrite=config.save_overwrite,
+        autoresume=config.autoresume,
+        load_path=config.load_path,
+        load_weights_only=config.load_weights_only,
+        progress_bar=config.progress_bar,
+        log_to_console=config.log_to_console,
+        console_log_interval=config.console_log_interval,
+        python_log_level=config.python_log_level,
+        dist_timeout=config.dist_timeout,
+    )
+    return trainer, summary
+
+
+def train(config: TrainConfig, extra_callbacks: list | None = None, extra_loggers: list | None = None) -> dict:
+    """Run pretraining; returns the run summary (first/last eval, throughput, checkpoint)."""
+    log.info(
+        "%s: %s; device batch %d, microbatch %s, world size %d", config.run_name, describe_defaults(config),
+        config.device_train_batch_size, config.device_train_microbatch_size, config.world_size,
+    )
+    trainer, summary = build_trainer(config, extra_callbacks, extra_loggers)
+    try:
+        if config.eval_first and config.eval_loader is not None and int(trainer.state.timestamp.batch) == 0:
+            trainer.eval()
+        trainer.fit()
+    finally:
+        trainer.close()
+    return summary.summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0 if argv else 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        train(load_config(argv[0], argv[1:]))
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
+    return 0
