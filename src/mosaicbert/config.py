@@ -42,6 +42,7 @@ class LoaderConfig:
     drop_last: bool = False
     num_workers: int = 0
     pretokenized: bool = False  # read the `input_ids` column instead of tokenizing `text`
+    fixed_masks: bool = False  # the same mask for a sample every epoch (for evaluation)
     shuffle_seed: int = 9176
     num_canonical_nodes: int | None = None
     predownload: int | None = None
@@ -90,7 +91,7 @@ class TrainConfig:
     progress_bar: bool = True
     log_to_console: bool = False
     console_log_interval: Union[str, int] = "100ba"
-    python_log_level: str | None = "info"
+    python_log_level: str | None = "warning"  # Composer's own logging
     dist_timeout: float = 300.0
     clean_stale_shared_memory: bool = True
 
@@ -159,7 +160,7 @@ def _build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
     prefix = f"{where}." if where else ""
     for key in values:
         if key not in fields:
-            raise ConfigError(f"unknown key '{prefix}{key}'.{nearest(key, fields)}")
+            raise ConfigError(f"unknown key '{prefix}{key}'.{nearest(key, fields, prefix)}")
     kwargs = {}
     for name, f in fields.items():
         if name in values:

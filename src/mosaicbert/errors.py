@@ -20,7 +20,7 @@ class DataNotFoundError(UserError):
     """A dataset folder the config points at does not exist."""
 
 
-def nearest(name: str, candidates: Iterable[str]) -> str:
-    """A ' Did you mean ...?' hint naming the closest valid spelling, or ''."""
+def nearest(name: str, candidates: Iterable[str], prefix: str = "") -> str:
+    """A ' Did you mean ...?' hint naming the closest valid spelling (after `prefix`), or ''."""
     match = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.5)
-    return f" Did you mean '{match[0]}'?" if match else ""
+    return f" Did you mean '{prefix}{match[0]}'?" if match else ""

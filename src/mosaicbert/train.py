@@ -17,6 +17,19 @@ from mosaicbert.errors import UserError
 log = logging.getLogger("mosaicbert")
 
 
+def check_save_folder(config: TrainConfig) -> None:
+    """Refuse to start a fresh run on top of another run's checkpoints (Composer would fail later, less clearly)."""
+    if config.save_folder is None or config.autoresume or config.save_overwrite or not os.path.isdir(config.save_folder):
+        return
+    existing = sorted(f for f in os.listdir(config.save_folder) if f.endswith(".pt") and not f.startswith("."))
+    if existing:
+        raise UserError(
+            f"save_folder {config.save_folder} already holds checkpoints ({', '.join(existing[:3])}). "
+            "Set autoresume=true to continue that run, choose another run_name or save_folder, "
+            "or set save_overwrite=true to replace them."
+        )
+
+
 def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extra_loggers: list | None = None):
     """Everything the run needs, built from registries in a fixed order; returns (trainer, summary callback)."""
     # Composer and the data stack are imported here so `--help` and config errors stay fast.
@@ -27,11 +40,13 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
     from mosaicbert import registry
     from mosaicbert.builders import build_optimizer, build_scheduler, build_section
     from mosaicbert.callbacks.jsonl_logger import JSONLinesLogger
+    from mosaicbert.callbacks.resume_rng import ResumeRNG
     from mosaicbert.callbacks.run_summary import RunSummary
     from mosaicbert.checkpointing import install_atomic_checkpoint_writes
     from mosaicbert.data.text_dataset import build_mlm_dataloader
     from mosaicbert.data.tokenizer import build_tokenizer
 
+    check_save_folder(config)
     install_atomic_checkpoint_writes()
     reproducibility.seed_all(config.seed)
     if config.clean_stale_shared_memory:
@@ -43,14 +58,18 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
     name, kwargs = split_named(config.model, "model")
     model = registry.models.build(name, kwargs, "model", tokenizer=tokenizer)
 
-    train_loader = build_mlm_dataloader(config.train_loader, tokenizer, config.max_seq_len, config.device_train_batch_size)
+    train_loader = build_mlm_dataloader(
+        config.train_loader, tokenizer, config.max_seq_len, config.device_train_batch_size, seed=config.seed
+    )
     evaluators = []
     if config.eval_loader is not None:
-        eval_loader = build_mlm_dataloader(config.eval_loader, tokenizer, config.max_seq_len, config.device_eval_batch_size)
+        eval_loader = build_mlm_dataloader(
+            config.eval_loader, tokenizer, config.max_seq_len, config.device_eval_batch_size, seed=config.seed + 1
+        )
         evaluators.append(Evaluator(label="eval", dataloader=eval_loader, metric_names=["LanguageCrossEntropy", "MaskedAccuracy"]))
 
     summary = RunSummary(config.run_folder, config.save_folder)
-    callbacks = build_section(config, "callbacks") + [summary] + list(extra_callbacks or [])
+    callbacks = build_section(config, "callbacks") + [summary, ResumeRNG()] + list(extra_callbacks or [])
     loggers = build_section(config, "loggers") + [JSONLinesLogger(os.path.join(config.run_folder, "metrics.jsonl"))]
     loggers += list(extra_loggers or [])
 
@@ -112,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0 if argv else 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)
     try:
         train(load_config(argv[0], argv[1:]))
     except UserError as err:

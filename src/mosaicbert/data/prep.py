@@ -213,7 +213,8 @@ def stdlib_documents() -> list[tuple[str, str]]:
     """Real English text on every machine with Python: docstrings and pydoc topics of the stdlib.
 
     Returns (key, text) pairs in a fixed order; the key names the module the text came from,
-    so train and validation can be split by module and never share a module's text.
+    so train and validation can be split by module. Texts repeated across modules (shared
+    docstrings) are kept once, so validation text never appears in training.
     """
     root = Path(sysconfig.get_paths()["stdlib"])
     skip = {"site-packages", "test", "tests", "idlelib", "__pycache__"}
@@ -235,7 +236,8 @@ def stdlib_documents() -> list[tuple[str, str]]:
                 text = ast.get_docstring(node)
                 if text and len(text) >= 80:
                     docs.append((module, text))
-    return docs
+    seen: set[str] = set()
+    return [(key, text) for key, text in docs if not (text in seen or seen.add(text))]
 
 
 def _topic_paragraphs(tree: ast.Module) -> Iterator[str]:

@@ -45,29 +45,41 @@ class StreamingTextDataset(StreamingDataset):
     Samples carry a `text` column and, when prepared with a tokenizer, an `input_ids`
     column of token ids without special tokens. As in the reference recipe, the part
     of a document beyond `max_seq_len` tokens is dropped.
+
+    Each sample also gets a `mask_seed` from (`mask_seed`, epoch, sample index) for the
+    MLM collator: masks change every epoch (or never, with `fixed_masks`, which keeps
+    evaluation comparable across checkpoints) and a resumed run masks exactly as an
+    uninterrupted one would.
     """
 
-    def __init__(self, tokenizer, max_seq_len: int, pretokenized: bool, **streaming_kwargs: Any):
+    def __init__(self, tokenizer, max_seq_len: int, pretokenized: bool, mask_seed: int, fixed_masks: bool,
+                 **streaming_kwargs: Any):
         super().__init__(**streaming_kwargs)
         self.tokenizer = tokenizer
         self.max_seq_len = max_seq_len
         self.pretokenized = pretokenized
+        self.mask_seed = mask_seed
+        self.fixed_masks = fixed_masks
 
-    def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, idx: int) -> dict[str, Any]:
         sample = super().__getitem__(idx)
         if self.pretokenized:
             if "input_ids" not in sample:
                 raise UserError("train/eval loader has pretokenized=true but the dataset has no input_ids column; "
                                 "re-run data prep with --tokenizer, or set pretokenized=false.")
-            return self._from_ids(np.asarray(sample["input_ids"], dtype=np.int64))
-        encoded = self.tokenizer(
-            sample["text"], truncation=True, padding="max_length", max_length=self.max_seq_len, return_tensors="pt"
-        )
-        return {
-            "input_ids": encoded["input_ids"][0],
-            "token_type_ids": encoded["token_type_ids"][0] if "token_type_ids" in encoded else torch.zeros(self.max_seq_len, dtype=torch.long),
-            "attention_mask": encoded["attention_mask"][0],
-        }
+            tokens = self._from_ids(np.asarray(sample["input_ids"], dtype=np.int64))
+        else:
+            encoded = self.tokenizer(
+                sample["text"], truncation=True, padding="max_length", max_length=self.max_seq_len, return_tensors="pt"
+            )
+            tokens = {
+                "input_ids": encoded["input_ids"][0],
+                "token_type_ids": torch.zeros(self.max_seq_len, dtype=torch.long),
+                "attention_mask": encoded["attention_mask"][0],
+            }
+        epoch = 0 if self.fixed_masks else max(self.next_epoch - 1, 0)  # next_epoch is set when iteration starts
+        tokens["mask_seed"] = int(np.random.SeedSequence([self.mask_seed, epoch, idx]).generate_state(1, np.uint64)[0])
+        return tokens
 
     def _from_ids(self, ids: np.ndarray) -> dict[str, torch.Tensor]:
         tok = self.tokenizer
@@ -85,7 +97,7 @@ def count_real_tokens(batch: dict[str, torch.Tensor]) -> int:
     return int(batch["attention_mask"].sum())
 
 
-def build_mlm_dataloader(cfg: LoaderConfig, tokenizer, max_seq_len: int, device_batch_size: int) -> DataSpec:
+def build_mlm_dataloader(cfg: LoaderConfig, tokenizer, max_seq_len: int, device_batch_size: int, seed: int) -> DataSpec:
     if cfg.remote is None:
         check_local_split(cfg.local, cfg.split)
         info = read_prep_info(cfg.local, cfg.split)
@@ -99,6 +111,8 @@ def build_mlm_dataloader(cfg: LoaderConfig, tokenizer, max_seq_len: int, device_
         tokenizer=tokenizer,
         max_seq_len=max_seq_len,
         pretokenized=cfg.pretokenized,
+        mask_seed=seed,
+        fixed_masks=cfg.fixed_masks,
         local=cfg.local,
         remote=cfg.remote,
         split=cfg.split,
@@ -117,5 +131,8 @@ def build_mlm_dataloader(cfg: LoaderConfig, tokenizer, max_seq_len: int, device_
         pin_memory=torch.cuda.is_available(),
         persistent_workers=cfg.num_workers > 0,
         prefetch_factor=2 if cfg.num_workers > 0 else None,
+        # Its own generator: creating an iterator must not consume the global RNG that dropout
+        # uses, or a resumed run would diverge from an uninterrupted one.
+        generator=torch.Generator().manual_seed(seed),
     )
     return DataSpec(loader, get_num_tokens_in_batch=count_real_tokens)

@@ -1,0 +1,57 @@
+"""Shared fixtures: a small offline corpus built once per session, and tiny-model overrides."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "data_prep"))
+
+DEMO_YAML = REPO / "yamls" / "demo.yaml"
+
+
+@pytest.fixture(scope="session")
+def sample_root(tmp_path_factory) -> Path:
+    """The offline sample corpus (stdlib docs) with a small tokenizer, as `make sample-shards` builds it."""
+    import convert_dataset
+
+    root = tmp_path_factory.mktemp("sample")
+    convert_dataset.main(["sample", "--out-root", str(root), "--vocab-size", "2048"])
+    return root
+
+
+def tiny_overrides(sample_root: Path, run_folder: Path, **extra) -> list[str]:
+    """A small, fast model and schedule on the sample corpus."""
+    values = {
+        "data_local": str(sample_root),
+        "run_folder": str(run_folder),
+        "max_seq_len": 64,
+        "model.model_config.hidden_size": 64,
+        "model.model_config.num_hidden_layers": 2,
+        "model.model_config.num_attention_heads": 2,
+        "model.model_config.intermediate_size": 128,
+        "model.model_config.max_position_embeddings": 64,
+        "global_train_batch_size": 16,
+        "device_train_microbatch_size": 8,
+        "max_duration": "12ba",
+        "eval_interval": "6ba",
+        "eval_subset_num_batches": 2,
+        "save_folder": str(run_folder / "checkpoints"),
+        "save_interval": "6ba",
+        "progress_bar": False,
+        "callbacks.speed_monitor.window_size": 2,
+    }
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    """No distributed variables leak in from the environment or out to other tests."""
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    return os.environ

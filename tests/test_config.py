@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import pytest
+
+from mosaicbert.config import load_config
+from mosaicbert.errors import ConfigError
+
+from conftest import DEMO_YAML
+
+
+def load(*overrides: str):
+    return load_config(DEMO_YAML, list(overrides))
+
+
+def test_demo_config_resolves_with_cpu_defaults(clean_env):
+    config = load()
+    assert config.device == "cpu"
+    assert config.precision == "fp32"
+    assert config.device_train_batch_size == 32
+    assert config.device_train_microbatch_size == 32
+    assert config.tokenizer_name == "data/sample/tokenizer"  # interpolated from data_local
+    assert config.train_loader.local == "data/sample"  # filled from data_local
+    assert config.run_folder == "runs/demo"
+    assert config.save_folder == "runs/demo/checkpoints"
+
+
+def test_missing_microbatch_is_filled_from_device_batch(clean_env):
+    config = load("device_train_microbatch_size=null")
+    assert config.device_train_microbatch_size == 32
+    assert config.filled_defaults["device_train_microbatch_size"] == 32
+    assert config.filled_defaults["precision"] == "fp32"
+
+
+def test_auto_microbatch_becomes_an_integer_on_cpu(clean_env):
+    assert load("device_train_microbatch_size=auto").device_train_microbatch_size == 32
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("max_duraton=10ba", "unknown key 'max_duraton'. Did you mean 'max_duration'?"),
+        ("train_loader.mlm_probabilty=0.2", "unknown key 'train_loader.mlm_probabilty'. Did you mean 'train_loader.mlm_probability'?"),
+        ("global_train_batch_size=lots", "global_train_batch_size: expected int, got str 'lots'"),
+        ("train_loader.shuffle=3", "train_loader.shuffle: expected bool"),
+        ("device_train_microbatch_size=5", "not divisible by world size 1 x device_train_microbatch_size 5"),
+        ("precision=amp_bf16", "precision 'amp_bf16' is not available on cpu (mixed precision needs a GPU)"),
+        ("optimizer.name=decoupled_adam", "unknown optimizer 'decoupled_adam'. Did you mean 'decoupled_adamw'?"),
+        ("optimizer.betaz=[0.9,0.9]", "optimizer 'decoupled_adamw' has no argument 'betaz'. Did you mean 'betas'?"),
+        ("callbacks.speed_moniter={}", "unknown callback 'speed_moniter'. Did you mean 'speed_monitor'?"),
+        ("scheduler.t_warmpu=0.1dur", "has no argument 't_warmpu'. Did you mean 't_warmup'?"),
+        ("model.name=hf_bret", "unknown model 'hf_bret'. Did you mean 'hf_bert'?"),
+        ("model.tokenizer=x", "model.tokenizer: set by the trainer"),
+        ("train_loader.mlm_probability=1.5", "mlm_probability must lie in (0, 1)"),
+        ("autoresume=true", None),  # valid: demo has a save_folder
+        ("autoresume=true save_folder=null", "autoresume=true needs save_folder"),
+        ("maxduration", "is not of the form key=value"),
+    ],
+)
+def test_bad_config_fails_with_a_precise_message(clean_env, override, message):
+    overrides = override.split(" ")
+    if message is None:
+        load(*overrides)
+        return
+    with pytest.raises(ConfigError) as err:
+        load(*overrides)
+    assert message in str(err.value)
+
+
+def test_global_batch_must_divide_by_world_size(clean_env, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(ConfigError, match="not divisible by the world size 3"):
+        load()
+
+
+def test_batch_arithmetic_uses_world_size(clean_env, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    config = load("device_train_microbatch_size=8")
+    assert config.device_train_batch_size == 16
+    with pytest.raises(ConfigError, match="world size 2 x device_train_microbatch_size 32 = 64"):
+        load("device_train_microbatch_size=32")
+
+
+def test_missing_required_key(clean_env, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("tokenizer_name: x\n")
+    with pytest.raises(ConfigError, match="missing required key 'model'"):
+        load_config(path)
+
+
+def test_missing_config_file_names_the_folder(tmp_path):
+    with pytest.raises(ConfigError, match="yamls/"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_recipes_all_validate(clean_env):
+    from pathlib import Path
+
+    for path in sorted(Path(DEMO_YAML).parent.rglob("*.yaml")):
+        overrides = ["precision=fp32"]  # GPU recipes are validated as they would run on this CPU
+        config = load_config(path, overrides)
+        assert config.max_duration

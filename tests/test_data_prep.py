@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streaming import LocalDataset
+
+import convert_dataset
+from mosaicbert.data import prep
+from mosaicbert.data.text_dataset import PREP_INFO
+from mosaicbert.data.tokenizer import build_tokenizer, padded_vocab_size
+from mosaicbert.errors import UserError
+
+
+def write_c4_files(folder: Path, n_train: int = 30, n_val: int = 12) -> dict[str, list[str]]:
+    """Small C4-format files: one JSON object per line with text, timestamp and url."""
+    folder.mkdir(parents=True, exist_ok=True)
+    texts = {
+        "train": [f"Training document number {i}. It talks about café prices and the weather, {i * 7} times." for i in range(n_train)],
+        "validation": [f"Validation document {i}: a short note on rivers and hills." for i in range(n_val)],
+    }
+    for split, docs in texts.items():
+        half = len(docs) // 2
+        for part, chunk in enumerate((docs[:half], docs[half:])):
+            path = folder / f"c4-{split}.{part:05d}-of-00002.json.gz"
+            with gzip.open(path, "wt", encoding="utf-8") as f:
+                for text in chunk:
+                    f.write(json.dumps({"text": text, "timestamp": "2019-04-25T12:57:54Z", "url": "https://example.com"}) + "\n")
+    return texts
+
+
+def read_texts(root: Path, split: str) -> list[str]:
+    return [sample["text"] for sample in LocalDataset(str(root / split))]
+
+
+def test_c4_local_files_round_trip(tmp_path):
+    texts = write_c4_files(tmp_path / "c4raw")
+    out = tmp_path / "c4"
+    counts = convert_dataset.main(["c4", "--local-dir", str(tmp_path / "c4raw"), "--out-root", str(out)])
+    assert counts == {"train": 30, "train_small": 30, "val": 12, "val_small": 12}
+    assert read_texts(out, "train") == texts["train"]
+    assert read_texts(out, "val") == texts["validation"]
+    info = json.loads((out / "train" / PREP_INFO).read_text())
+    assert info["documents"] == 30 and info["columns"] == {"text": "str"}
+
+
+def test_max_docs_caps_every_split(tmp_path):
+    texts = write_c4_files(tmp_path / "c4raw")
+    out = tmp_path / "c4"
+    counts = convert_dataset.main(["c4", "--local-dir", str(tmp_path / "c4raw"), "--out-root", str(out),
+                                   "--max-docs", "7", "--splits", "train", "val_small"])
+    assert counts == {"train": 7, "val_small": 7}
+    assert read_texts(out, "train") == texts["train"][:7]
+
+
+def test_pretokenized_column_holds_uint16_ids(tmp_path, sample_root):
+    write_c4_files(tmp_path / "c4raw")
+    out = tmp_path / "c4tok"
+    tokenizer_dir = str(sample_root / "tokenizer")
+    convert_dataset.main(["c4", "--local-dir", str(tmp_path / "c4raw"), "--out-root", str(out),
+                          "--splits", "val", "--tokenizer", tokenizer_dir])
+    tokenizer = build_tokenizer(tokenizer_dir, 128)
+    samples = list(LocalDataset(str(out / "val")))
+    for sample in samples:
+        assert sample["input_ids"].dtype == np.uint16
+        assert sample["input_ids"].tolist() == tokenizer(sample["text"], add_special_tokens=False)["input_ids"]
+    info = json.loads((out / "val" / PREP_INFO).read_text())
+    assert info["tokenizer_vocab_size"] == len(tokenizer)
+
+
+def test_existing_split_is_kept_unless_asked(tmp_path):
+    write_c4_files(tmp_path / "c4raw")
+    out = tmp_path / "c4"
+    args = ["c4", "--local-dir", str(tmp_path / "c4raw"), "--out-root", str(out), "--splits", "val"]
+    convert_dataset.main(args)
+    before = (out / "val" / "index.json").read_bytes()
+    with pytest.raises(UserError, match="already exists; pass --overwrite"):
+        convert_dataset.main(args + ["--max-docs", "3"])
+    assert (out / "val" / "index.json").read_bytes() == before
+    assert convert_dataset.main(args + ["--skip-existing"]) == {}
+    convert_dataset.main(args + ["--max-docs", "3", "--overwrite"])
+    assert len(read_texts(out, "val")) == 3
+
+
+def test_interrupted_split_leaves_nothing_that_looks_complete(tmp_path):
+    def documents():
+        yield from (f"document {i} " * 20 for i in range(700))
+        raise KeyboardInterrupt  # the user pressed Ctrl-C half way
+
+    with pytest.raises(KeyboardInterrupt):
+        prep.write_split(tmp_path, "train", documents())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sample_corpus_is_deterministic_english_and_split_by_module():
+    first, second = prep.sample_corpus(), prep.sample_corpus()
+    assert first == second
+    assert len(first["train"]) > 2000 and len(first["validation"]) > 100
+    assert not set(first["train"]) & set(first["validation"])
+    words = " ".join(first["train"][:200]).lower().split()
+    assert sum(w in {"the", "a", "of", "is", "to"} for w in words) > 0.05 * len(words)
+
+
+def test_sample_shards_layout_and_tokenizer(sample_root):
+    for split in prep.SPLITS:
+        assert (sample_root / split / "index.json").is_file()
+    assert len(read_texts(sample_root, "train_small")) == 1000
+    tokenizer = build_tokenizer(str(sample_root / "tokenizer"), 128)
+    assert len(tokenizer) == 2048
+    assert tokenizer.pad_token_id == 0
+    ids = tokenizer("Return the value of the attribute.")["input_ids"]
+    assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+    assert tokenizer.unk_token_id not in ids
+
+
+def test_hub_unreachable_explains_offline_options(monkeypatch):
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'allenai/c4' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(UserError, match="--local-dir") as err:
+        next(prep.c4_documents("train"))
+    assert "make sample-shards" in str(err.value)
+
+
+def test_missing_local_tokenizer_names_the_make_target(tmp_path):
+    with pytest.raises(UserError, match="make sample-shards"):
+        build_tokenizer(str(tmp_path / "no" / "tokenizer"), 128)
+
+
+def test_vocab_padding():
+    assert padded_vocab_size(30522, 64) == 30528
+    assert padded_vocab_size(30528, 64) == 30528
+    assert padded_vocab_size(30522, 1) == 30522
