@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from composer.algorithms import GradientClipping, LowPrecisionLayerNorm
 from composer.callbacks import LRMonitor, MemoryMonitor, OptimizerMonitor, RuntimeEstimator, SpeedMonitor
 from composer.loggers import MLFlowLogger, TensorboardLogger, WandBLogger
@@ -31,7 +33,33 @@ registry.schedulers.register("constant_with_warmup", ConstantWithWarmupScheduler
 registry.algorithms.register("low_precision_layernorm", LowPrecisionLayerNorm)
 registry.algorithms.register("gradient_clipping", GradientClipping)
 
-registry.callbacks.register("speed_monitor", SpeedMonitor)
+# Dense bf16/fp16 tensor-core peaks (FLOP/s, no sparsity) by device-name fragment, most specific first.
+# Composer's own table misses several of these (H100 NVL, L40S, L4) and then reports no MFU at all.
+GPU_PEAK_FLOPS = (
+    ("h200", 989e12),
+    ("h100 nvl", 835e12),
+    ("h100 pcie", 756e12),
+    ("h100", 989e12),
+    ("a100", 312e12),
+    ("l40s", 362e12),
+    ("l4", 121e12),
+    ("a10", 125e12),
+)
+
+
+def gpu_peak_flops(device_name: str) -> float | None:
+    name = device_name.lower()
+    return next((flops for fragment, flops in GPU_PEAK_FLOPS if fragment in name), None)
+
+
+def speed_monitor(window_size: int = 100, gpu_flops_available: float | None = None, time_unit: str = "hours") -> SpeedMonitor:
+    """SpeedMonitor with `gpu_flops_available` filled in for known GPUs, so MFU is always reported there."""
+    if gpu_flops_available is None and torch.cuda.is_available():
+        gpu_flops_available = gpu_peak_flops(torch.cuda.get_device_name())
+    return SpeedMonitor(window_size=window_size, gpu_flops_available=gpu_flops_available, time_unit=time_unit)
+
+
+registry.callbacks.register("speed_monitor", speed_monitor)
 registry.callbacks.register("lr_monitor", LRMonitor)
 registry.callbacks.register("memory_monitor", MemoryMonitor)
 registry.callbacks.register("runtime_estimator", RuntimeEstimator)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 
 from omegaconf import OmegaConf
 
@@ -43,10 +44,15 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
     from mosaicbert.callbacks.resume_rng import ResumeRNG
     from mosaicbert.callbacks.run_summary import RunSummary
     from mosaicbert.checkpointing import install_atomic_checkpoint_writes
-    from mosaicbert.data.text_dataset import build_mlm_dataloader
+    from mosaicbert.data.text_dataset import build_mlm_dataloader, check_local_split
     from mosaicbert.data.tokenizer import build_tokenizer
 
     check_save_folder(config)
+    # Composer warns whenever a last, smaller evaluation batch is not split into microbatches; that is expected.
+    warnings.filterwarnings("ignore", message="Cannot split tensor of length")
+    for loader in (config.train_loader, config.eval_loader):  # before the tokenizer, which may need the hub
+        if loader is not None and loader.remote is None:
+            check_local_split(loader.local, loader.split)
     install_atomic_checkpoint_writes()
     reproducibility.seed_all(config.seed)
     if config.clean_stale_shared_memory:

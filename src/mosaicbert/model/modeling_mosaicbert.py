@@ -1,0 +1,477 @@
+"""MosaicBERT (arXiv 2312.17482): a post-LayerNorm BERT encoder with ALiBi, GeGLU and no padding.
+
+Reading order: `unpad` (padding is removed once, right after the inputs), the embeddings,
+`MosaicBertAttention` (FlashAttention-2 varlen on CUDA half precision, otherwise PyTorch
+SDPA with an explicit ALiBi + padding bias), `MosaicBertGLU`, the encoder, and the heads.
+Every linear layer, LayerNorm and feed-forward sees real tokens only: activations are
+`[num_real_tokens, hidden]` matrices from the embeddings to the output.
+
+Widths live on each module (`num_heads`, `intermediate_size`) rather than being read from
+the shared config, so structurally pruned layers of different widths work unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import MaskedLMOutput, SequenceClassifierOutput
+from transformers.utils import ModelOutput
+
+from mosaicbert.model.configuration_mosaicbert import MosaicBertConfig
+
+try:  # optional `gpu` extra
+    from flash_attn import flash_attn_varlen_qkvpacked_func
+except ImportError:
+    flash_attn_varlen_qkvpacked_func = None
+
+log = logging.getLogger(__name__)
+IGNORE_INDEX = -100
+_announced_backends: set[str] = set()
+
+
+def _announce_backend(name: str, reason: str) -> None:
+    if name not in _announced_backends:
+        _announced_backends.add(name)
+        log.info("MosaicBERT attention backend: %s (%s)", name, reason)
+
+
+# --------------------------------------------------------------------------- ALiBi
+
+
+def alibi_slopes(num_heads: int) -> torch.Tensor:
+    """ALiBi head slopes. For n a power of two: 2^(-8(i+1)/n). Otherwise the slopes of the
+    largest power of two p below n, then every other slope of the 2p-head set."""
+
+    def geometric(n: int) -> list[float]:
+        return [2 ** (-8 * (i + 1) / n) for i in range(n)]
+
+    p = 2 ** math.floor(math.log2(num_heads))
+    slopes = geometric(p)
+    if p < num_heads:
+        slopes += geometric(2 * p)[0::2][: num_heads - p]
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
+def alibi_distances(size: int) -> torch.Tensor:
+    """|i - j| for positions below `size`, the symmetric (bidirectional) ALiBi distance."""
+    positions = torch.arange(size)
+    return (positions[None, :] - positions[:, None]).abs().float()
+
+
+# --------------------------------------------------------------------------- padding
+
+
+@dataclass
+class Unpadded:
+    """Where the real tokens of a padded `[batch, seq]` batch are.
+
+    indices: flat positions of real tokens in the `[batch * seq]` input, row-major.
+    cu_seqlens: int32 `[batch + 1]`, 0 then cumulative sequence lengths (FlashAttention's layout).
+    packed_indices: positions of the same tokens in a `[batch * max_seqlen]` layout, for SDPA.
+    """
+
+    indices: torch.Tensor
+    cu_seqlens: torch.Tensor
+    seqlens: torch.Tensor
+    max_seqlen: int
+    batch_size: int
+    packed_indices: torch.Tensor
+
+
+def unpad(attention_mask: torch.Tensor) -> Unpadded:
+    mask = attention_mask.bool()
+    batch_size = mask.shape[0]
+    seqlens = mask.sum(dim=1, dtype=torch.int32)
+    indices = torch.nonzero(mask.flatten(), as_tuple=False).flatten()
+    cu_seqlens = F.pad(torch.cumsum(seqlens, dim=0, dtype=torch.int32), (1, 0))
+    max_seqlen = int(seqlens.max()) if batch_size else 0
+    # A sequence's real tokens, packed to the left of its row (holes in the mask close up).
+    rows = torch.repeat_interleave(torch.arange(batch_size, device=mask.device), seqlens.long())
+    offsets = torch.arange(len(indices), device=mask.device) - cu_seqlens[rows].long()
+    packed_indices = rows * max_seqlen + offsets
+    return Unpadded(indices, cu_seqlens, seqlens, max_seqlen, batch_size, packed_indices)
+
+
+def pad(rows: torch.Tensor, indices: torch.Tensor, num_slots: int) -> torch.Tensor:
+    """Scatter `[n, ...]` rows into zeros of `[num_slots, ...]` at `indices` (differentiable)."""
+    return rows.new_zeros(num_slots, *rows.shape[1:]).index_copy(0, indices, rows)
+
+
+# --------------------------------------------------------------------------- modules
+
+
+class MosaicBertEmbeddings(nn.Module):
+    """Word and token-type embeddings, LayerNorm, dropout. No position embeddings: ALiBi encodes position."""
+
+    def __init__(self, config: MosaicBertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        embeddings = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+class MosaicBertAttention(nn.Module):
+    """Self-attention with ALiBi on unpadded tokens, then output projection, dropout and post-LayerNorm.
+
+    The fused `Wqkv` output is laid out as (q|k|v, head, head_dim): rows
+    `[t * inner + h * head_dim, t * inner + (h + 1) * head_dim)` belong to head h of q, k or v.
+    """
+
+    def __init__(self, config: MosaicBertConfig, layer_idx: int):
+        super().__init__()
+        heads = config.layer_head_indices(layer_idx)
+        self.num_heads = len(heads)
+        self.head_dim = config.head_dim
+        inner = self.num_heads * self.head_dim
+        self.Wqkv = nn.Linear(config.hidden_size, 3 * inner)
+        self.dense = nn.Linear(inner, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention_dropout = config.attention_probs_dropout_prob
+        self.backend = config.attention_backend
+        # Each kept head keeps its original slope, so pruned models attend as before.
+        self.register_buffer("alibi_slopes", alibi_slopes(config.num_attention_heads)[heads], persistent=False)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        unpadded: Unpadded,
+        distances: Callable[[int], torch.Tensor],
+        subset_idx: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        qkv = self.Wqkv(hidden).view(-1, 3, self.num_heads, self.head_dim)
+        if self._flash_can_run(qkv):
+            context = self._flash(qkv, unpadded)
+        else:
+            context = self._sdpa(qkv, unpadded, distances)
+        if subset_idx is not None:  # last layer: keys and values used every token; the rest runs on the subset
+            context, hidden = context[subset_idx], hidden[subset_idx]
+        return self.LayerNorm(self.dropout(self.dense(context)) + hidden)
+
+    def _flash_can_run(self, qkv: torch.Tensor) -> bool:
+        if self.backend == "sdpa":
+            _announce_backend("sdpa", "attention_backend=sdpa")
+            return False
+        problems = []
+        if flash_attn_varlen_qkvpacked_func is None:
+            problems.append("flash-attn is not installed (pip install '.[gpu]')")
+        if not qkv.is_cuda:
+            problems.append("tensors are not on a CUDA device")
+        if qkv.dtype not in (torch.float16, torch.bfloat16):
+            problems.append(f"tensors are {qkv.dtype}, not fp16/bf16 (use precision=amp_bf16)")
+        if not problems:
+            _announce_backend("flash_attn", "FlashAttention-2 varlen with ALiBi slopes")
+            return True
+        if self.backend == "flash_attn":
+            raise RuntimeError("attention_backend=flash_attn cannot run: " + "; ".join(problems))
+        _announce_backend("sdpa", "auto: " + "; ".join(problems))
+        return False
+
+    def _flash(self, qkv: torch.Tensor, unpadded: Unpadded) -> torch.Tensor:
+        context = flash_attn_varlen_qkvpacked_func(
+            qkv,
+            unpadded.cu_seqlens,
+            unpadded.max_seqlen,
+            dropout_p=self.attention_dropout if self.training else 0.0,
+            alibi_slopes=self.alibi_slopes,
+        )
+        return context.reshape(qkv.shape[0], -1)
+
+    def _sdpa(self, qkv: torch.Tensor, unpadded: Unpadded, distances: Callable[[int], torch.Tensor]) -> torch.Tensor:
+        batch, seq = unpadded.batch_size, unpadded.max_seqlen
+        padded = pad(qkv, unpadded.packed_indices, batch * seq).view(batch, seq, 3, self.num_heads, self.head_dim)
+        q, k, v = padded.permute(2, 0, 3, 1, 4).unbind(0)  # each [batch, heads, seq, head_dim]
+        bias = (-self.alibi_slopes[:, None, None] * distances(seq)[:seq, :seq]).to(q.dtype)
+        key_is_padding = torch.arange(seq, device=q.device)[None, :] >= unpadded.seqlens[:, None]
+        # The most negative finite value, not -inf: a row with no real key stays finite (uniform), never NaN.
+        bias = bias[None].masked_fill(key_is_padding[:, None, None, :], torch.finfo(q.dtype).min)
+        context = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias, dropout_p=self.attention_dropout if self.training else 0.0
+        )
+        context = context.transpose(1, 2).reshape(batch * seq, self.num_heads * self.head_dim)
+        return context.index_select(0, unpadded.packed_indices)
+
+
+class MosaicBertGLU(nn.Module):
+    """GeGLU feed-forward: (GELU(x W_gate) * x W_value) W_o, dropout, post-LayerNorm residual.
+
+    `gated_layers` fuses gate and value without bias: rows [0, I) are the gate, [I, 2I) the
+    value, so unit j is the pair of rows (j, I + j) and column j of `wo`.
+    """
+
+    def __init__(self, config: MosaicBertConfig, layer_idx: int):
+        super().__init__()
+        self.intermediate_size = config.layer_intermediate_size(layer_idx)
+        self.gated_layers = nn.Linear(config.hidden_size, 2 * self.intermediate_size, bias=False)
+        self.act = ACT2FN[config.hidden_act]
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.wo = nn.Linear(self.intermediate_size, config.hidden_size)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        gate, value = self.gated_layers(hidden).split(self.intermediate_size, dim=-1)
+        return self.layernorm(self.wo(self.dropout(self.act(gate) * value)) + hidden)
+
+
+class MosaicBertLayer(nn.Module):
+    def __init__(self, config: MosaicBertConfig, layer_idx: int):
+        super().__init__()
+        self.attention = MosaicBertAttention(config, layer_idx)
+        self.mlp = MosaicBertGLU(config, layer_idx)
+
+    def forward(self, hidden, unpadded, distances, subset_idx=None):
+        return self.mlp(self.attention(hidden, unpadded, distances, subset_idx))
+
+
+class MosaicBertEncoder(nn.Module):
+    def __init__(self, config: MosaicBertConfig):
+        super().__init__()
+        self.layer = nn.ModuleList([MosaicBertLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.register_buffer("alibi_distance_table", alibi_distances(config.alibi_starting_size), persistent=False)
+
+    def distances(self, seq_len: int) -> torch.Tensor:
+        """The |i - j| table, grown (with a warning) when a batch is longer than it was prepared for."""
+        if seq_len > self.alibi_distance_table.shape[0]:
+            log.warning(
+                "Sequence length %d exceeds the prepared ALiBi size %d; growing it. Set alibi_starting_size "
+                "to the longest sequence to avoid this.", seq_len, self.alibi_distance_table.shape[0],
+            )
+            self.alibi_distance_table = alibi_distances(seq_len).to(self.alibi_distance_table.device)
+        return self.alibi_distance_table
+
+    def forward(self, hidden: torch.Tensor, unpadded: Unpadded, subset_idx: torch.Tensor | None = None) -> torch.Tensor:
+        last = len(self.layer) - 1
+        for i, layer in enumerate(self.layer):
+            hidden = layer(hidden, unpadded, self.distances, subset_idx if i == last else None)
+        return hidden
+
+
+class MosaicBertPooler(nn.Module):
+    def __init__(self, config: MosaicBertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, first_token: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.dense(first_token))
+
+
+class MosaicBertPredictionHead(nn.Module):
+    """MLM head: dense, GELU, LayerNorm, then the vocabulary projection (weight tied to the word embeddings)."""
+
+    def __init__(self, config: MosaicBertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.LayerNorm(self.act(self.dense(hidden))))
+
+
+# --------------------------------------------------------------------------- models
+
+
+@dataclass
+class MosaicBertModelOutput(ModelOutput):
+    """last_hidden_state: `[batch, seq, hidden]`, or `[rows, hidden]` for the rows of `subset_mask`
+    (row-major order) when one was given. pooler_output: `[batch, hidden]` when the model has a pooler."""
+
+    last_hidden_state: torch.Tensor | None = None
+    pooler_output: torch.Tensor | None = None
+
+
+@dataclass
+class MosaicBertMaskedLMOutput(MaskedLMOutput):
+    """With labels, `logits` holds only the masked tokens, `[num_masked, vocab]`, and `labels`
+    their targets in the same order; without labels, `logits` is `[batch, seq, vocab]`."""
+
+    labels: torch.Tensor | None = None
+
+
+class MosaicBertPreTrainedModel(PreTrainedModel):
+    config_class = MosaicBertConfig
+    base_model_prefix = "bert"
+    supports_gradient_checkpointing = False
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            module.weight.data.normal_(mean=0.0, std=std)
+            if module.bias is not None:
+                module.bias.data.zero_()
+        elif isinstance(module, nn.Embedding):
+            module.weight.data.normal_(mean=0.0, std=std)
+            if module.padding_idx is not None:
+                module.weight.data[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            module.weight.data.fill_(1.0)
+            module.bias.data.zero_()
+
+
+def _defaults(input_ids, attention_mask, token_type_ids):
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    if token_type_ids is None:
+        token_type_ids = torch.zeros_like(input_ids)
+    return attention_mask, token_type_ids
+
+
+class MosaicBertModel(MosaicBertPreTrainedModel):
+    def __init__(self, config: MosaicBertConfig, add_pooling_layer: bool = True):
+        super().__init__(config)
+        self.embeddings = MosaicBertEmbeddings(config)
+        self.encoder = MosaicBertEncoder(config)
+        self.pooler = MosaicBertPooler(config) if add_pooling_layer else None
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings.word_embeddings = value
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        subset_mask: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+    ) -> MosaicBertModelOutput:
+        """`subset_mask` (`[batch, seq]` bool) limits the last layer after attention to those tokens;
+        with a pooler, the first token of every sequence must be among them."""
+        attention_mask, token_type_ids = _defaults(input_ids, attention_mask, token_type_ids)
+        batch, seq = input_ids.shape
+        unpadded = unpad(attention_mask)
+        hidden = self.embeddings(
+            input_ids.flatten().index_select(0, unpadded.indices),
+            token_type_ids.flatten().index_select(0, unpadded.indices),
+        )
+        subset_idx = None
+        if subset_mask is not None:
+            subset_idx = torch.nonzero(subset_mask.flatten().index_select(0, unpadded.indices), as_tuple=False).flatten()
+        hidden = self.encoder(hidden, unpadded, subset_idx)
+
+        if subset_idx is None:
+            sequence_output = pad(hidden, unpadded.indices, batch * seq).view(batch, seq, -1)
+            first_tokens = sequence_output[:, 0]
+        else:
+            sequence_output = hidden
+            first_tokens = None
+            if self.pooler is not None:
+                first_tokens = _first_token_rows(hidden, subset_mask, attention_mask)
+        pooled = self.pooler(first_tokens) if self.pooler is not None else None
+        return MosaicBertModelOutput(last_hidden_state=sequence_output, pooler_output=pooled)
+
+
+def _first_token_rows(subset_hidden: torch.Tensor, subset_mask: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Rows of `subset_hidden` that hold each sequence's first token."""
+    kept = subset_mask.bool() & attention_mask.bool()
+    if not bool(kept[:, 0].all()):
+        raise ValueError("every sequence needs its first token ([CLS]) unmasked and in subset_mask for the pooler")
+    row_of_position = torch.cumsum(kept.flatten().long(), dim=0) - 1
+    first_positions = torch.arange(kept.shape[0], device=kept.device) * kept.shape[1]
+    return subset_hidden.index_select(0, row_of_position[first_positions])
+
+
+class MosaicBertForMaskedLM(MosaicBertPreTrainedModel):
+    _tied_weights_keys = ["cls.decoder.weight"]
+
+    def __init__(self, config: MosaicBertConfig):
+        super().__init__(config)
+        self.bert = MosaicBertModel(config, add_pooling_layer=False)
+        self.cls = MosaicBertPredictionHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.cls.decoder
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.cls.decoder = value
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+    ) -> MosaicBertMaskedLMOutput:
+        """With `labels` (-100 where not masked), the last layer after attention and the head run on the
+        masked tokens (and each first token) only, and the loss is the mean cross-entropy over masked tokens."""
+        attention_mask, token_type_ids = _defaults(input_ids, attention_mask, token_type_ids)
+        if labels is None:
+            hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state
+            return MosaicBertMaskedLMOutput(logits=self.cls(hidden))
+
+        subset_mask = (labels != IGNORE_INDEX) & attention_mask.bool()
+        subset_mask[:, 0] = attention_mask[:, 0].bool()  # first token, as in the reference
+        hidden = self.bert(input_ids, attention_mask, token_type_ids, subset_mask=subset_mask).last_hidden_state
+        subset_labels = labels.flatten()[torch.nonzero(subset_mask.flatten(), as_tuple=False).flatten()]
+        is_masked = subset_labels != IGNORE_INDEX
+        logits = self.cls(hidden[is_masked])
+        targets = subset_labels[is_masked]
+        # Sum / count rather than mean, so a batch without masked tokens gives 0, not NaN.
+        loss = F.cross_entropy(logits.float(), targets, reduction="sum") / targets.numel() if targets.numel() else logits.sum() * 0.0
+        return MosaicBertMaskedLMOutput(loss=loss, logits=logits, labels=targets)
+
+
+class MosaicBertForSequenceClassification(MosaicBertPreTrainedModel):
+    """Pooled first token -> dropout -> linear. Loss by `config.problem_type`, as in transformers:
+    MSE for regression (num_labels == 1, e.g. STS-B), cross-entropy for single-label, BCE for multi-label."""
+
+    def __init__(self, config: MosaicBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = MosaicBertModel(config, add_pooling_layer=True)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+    ) -> SequenceClassifierOutput:
+        attention_mask, token_type_ids = _defaults(input_ids, attention_mask, token_type_ids)
+        first_tokens = torch.zeros_like(attention_mask, dtype=torch.bool)
+        first_tokens[:, 0] = True  # the classifier reads only [CLS]: the last layer computes nothing else
+        pooled = self.bert(input_ids, attention_mask, token_type_ids, subset_mask=first_tokens).pooler_output
+        logits = self.classifier(self.dropout(pooled))
+        loss = None
+        if labels is not None:
+            loss = self._loss(logits, labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.config.problem_type is None:
+            if self.num_labels == 1:
+                self.config.problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                self.config.problem_type = "single_label_classification"
+            else:
+                self.config.problem_type = "multi_label_classification"
+        if self.config.problem_type == "regression":
+            return F.mse_loss(logits.squeeze(-1).float(), labels.float().view(-1))
+        if self.config.problem_type == "single_label_classification":
+            return F.cross_entropy(logits.float().view(-1, self.num_labels), labels.view(-1))
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float())

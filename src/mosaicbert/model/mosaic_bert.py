@@ -1,0 +1,100 @@
+"""`mosaic_bert`: MosaicBertForMaskedLM as a Composer model, with sparse MLM metrics and a FLOP count."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from composer.metrics.nlp import LanguageCrossEntropy, MaskedAccuracy
+from composer.models import ComposerModel
+
+from mosaicbert.data.tokenizer import padded_vocab_size
+from mosaicbert.errors import ConfigError, nearest
+from mosaicbert.model.configuration_mosaicbert import MosaicBertConfig
+from mosaicbert.model.modeling_mosaicbert import IGNORE_INDEX, MosaicBertForMaskedLM, MosaicBertMaskedLMOutput
+
+
+class ComposerMosaicBert(ComposerModel):
+    """Training and evaluation metrics are computed on the sparse logits of masked tokens only."""
+
+    def __init__(self, model: MosaicBertForMaskedLM, tokenizer: Any = None):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.train_metrics = {"LanguageCrossEntropy": LanguageCrossEntropy(), "MaskedAccuracy": MaskedAccuracy()}
+        self.eval_metrics = {"LanguageCrossEntropy": LanguageCrossEntropy(), "MaskedAccuracy": MaskedAccuracy()}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> MosaicBertMaskedLMOutput:
+        return self.model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch.get("attention_mask"),
+            token_type_ids=batch.get("token_type_ids"),
+            labels=batch["labels"],
+        )
+
+    def loss(self, outputs: MosaicBertMaskedLMOutput, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return outputs.loss
+
+    def eval_forward(self, batch: dict[str, torch.Tensor], outputs: Any = None) -> MosaicBertMaskedLMOutput:
+        return outputs if outputs is not None else self.forward(batch)
+
+    def get_metrics(self, is_train: bool = False) -> dict[str, Any]:
+        return self.train_metrics if is_train else self.eval_metrics
+
+    def update_metric(self, batch: dict[str, torch.Tensor], outputs: MosaicBertMaskedLMOutput, metric: Any) -> None:
+        metric.update(outputs.logits, outputs.labels)
+
+    def flops_per_batch(self, batch: dict[str, torch.Tensor]) -> int:
+        return mlm_training_flops(self.model, batch["attention_mask"], batch["labels"])
+
+
+def mlm_training_flops(model: MosaicBertForMaskedLM, attention_mask: torch.Tensor, labels: torch.Tensor) -> int:
+    """Forward + backward FLOPs (3x forward) of one MLM batch, counting what the model computes:
+    real tokens only, every layer's widths as they are (pruned or not), the last layer after
+    attention and the head on masked tokens plus first tokens, the vocabulary on masked tokens."""
+    seqlens = attention_mask.sum(dim=1).long()
+    tokens = int(seqlens.sum())
+    squares = int((seqlens**2).sum())
+    masked = int(((labels != IGNORE_INDEX) & attention_mask.bool()).sum())
+    subset = masked + int(attention_mask[:, 0].bool().sum())
+    hidden = model.config.hidden_size
+    layers = model.bert.encoder.layer
+    forward = 0
+    for i, layer in enumerate(layers):
+        attn, mlp = layer.attention, layer.mlp
+        inner = attn.num_heads * attn.head_dim
+        rows_after_attention = subset if i == len(layers) - 1 else tokens
+        forward += 2 * tokens * hidden * 3 * inner  # Wqkv
+        forward += 2 * 2 * squares * inner  # QK^T and attention x V
+        forward += 2 * rows_after_attention * (inner * hidden + 3 * mlp.intermediate_size * hidden)  # dense, GeGLU
+    forward += 2 * masked * (hidden * hidden + hidden * model.config.vocab_size)  # head transform + decoder
+    return 3 * forward
+
+
+def build_mosaic_bert(
+    tokenizer: Any,
+    model_config: dict[str, Any] | None = None,
+    vocab_multiple: int = 64,
+    pretrained_model_name: str | None = None,
+) -> ComposerMosaicBert:
+    """MosaicBertForMaskedLM, MosaicBERT-Base unless `model_config` says otherwise, its vocabulary the
+    tokenizer's rounded up to `vocab_multiple` (30522 -> 30528). `pretrained_model_name` loads weights
+    saved with `save_pretrained` (a folder) instead of initialising fresh ones."""
+    overrides = dict(model_config or {})
+    valid = set(MosaicBertConfig().to_dict())
+    for key in overrides:
+        if key not in valid:
+            raise ConfigError(f"model.model_config: MosaicBertConfig has no field '{key}'.{nearest(key, valid)}")
+    vocab_size = padded_vocab_size(len(tokenizer), vocab_multiple)
+    if pretrained_model_name is not None:
+        model = MosaicBertForMaskedLM.from_pretrained(pretrained_model_name, **overrides)
+        if model.config.vocab_size < len(tokenizer):
+            raise ConfigError(f"model.pretrained_model_name={pretrained_model_name} has a smaller vocabulary "
+                              f"({model.config.vocab_size}) than the tokenizer ({len(tokenizer)}).")
+    else:
+        overrides.setdefault("vocab_size", vocab_size)
+        if overrides["vocab_size"] < len(tokenizer):
+            raise ConfigError(f"model.model_config.vocab_size={overrides['vocab_size']} is smaller than the "
+                              f"tokenizer's {len(tokenizer)} tokens.")
+        model = MosaicBertForMaskedLM(MosaicBertConfig(pad_token_id=tokenizer.pad_token_id, **overrides))
+    return ComposerMosaicBert(model, tokenizer)

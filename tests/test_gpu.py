@@ -1,0 +1,84 @@
+"""GPU-only checks: FlashAttention-2 varlen against the SDPA path in bf16. Skipped without CUDA and flash-attn."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mosaicbert.model import MosaicBertConfig, MosaicBertForMaskedLM, MosaicBertModel
+from mosaicbert.model import modeling_mosaicbert
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    pytest.mark.skipif(modeling_mosaicbert.flash_attn_varlen_qkvpacked_func is None,
+                       reason="needs flash-attn (pip install '.[gpu]')"),
+]
+
+
+def config(backend: str) -> MosaicBertConfig:
+    return MosaicBertConfig(vocab_size=1024, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                            intermediate_size=512, hidden_dropout_prob=0.0, attention_backend=backend)
+
+
+def padded_batch(device="cuda"):
+    g = torch.Generator().manual_seed(0)
+    lengths = [128, 5, 77, 1, 64, 100, 33, 2]
+    ids = torch.randint(5, 1024, (len(lengths), 128), generator=g)
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        mask[row, :n] = 1
+    labels = torch.full_like(ids, -100)
+    chosen = mask.bool() & (torch.rand(ids.shape, generator=g) < 0.3)
+    labels[chosen] = ids[chosen]
+    return ids.to(device), mask.to(device), labels.to(device)
+
+
+def test_flash_matches_sdpa_in_bf16_forward_and_backward():
+    torch.manual_seed(0)
+    flash = MosaicBertForMaskedLM(config("flash_attn")).cuda()
+    sdpa = MosaicBertForMaskedLM(config("sdpa")).cuda()
+    sdpa.load_state_dict(flash.state_dict())
+    ids, mask, labels = padded_batch()
+    results = []
+    for model in (flash, sdpa):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(ids, mask, labels=labels)
+        out.loss.backward()
+        results.append((out.logits.float(), out.loss.float(), {n: p.grad.float() for n, p in model.named_parameters()}))
+    (fl, fl_loss, fg), (sl, sl_loss, sg) = results
+    torch.testing.assert_close(fl, sl, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(fl_loss, sl_loss, rtol=1e-2, atol=1e-2)
+    for name in fg:
+        scale = sg[name].abs().max().clamp_min(1e-6)
+        assert (fg[name] - sg[name]).abs().max() / scale < 5e-2, name
+
+
+def test_flash_hidden_states_match_sdpa_in_bf16():
+    torch.manual_seed(0)
+    flash = MosaicBertModel(config("flash_attn"), add_pooling_layer=False).cuda().to(torch.bfloat16).eval()
+    sdpa = MosaicBertModel(config("sdpa"), add_pooling_layer=False).cuda().to(torch.bfloat16).eval()
+    sdpa.load_state_dict(flash.state_dict())
+    ids, mask, _ = padded_batch()
+    a = flash(ids, mask).last_hidden_state.float()
+    b = sdpa(ids, mask).last_hidden_state.float()
+    real = mask.bool()
+    torch.testing.assert_close(a[real], b[real], rtol=2e-2, atol=2e-2)
+
+
+def test_auto_backend_uses_flash_for_bf16_cuda(monkeypatch):
+    calls = []
+    original = modeling_mosaicbert.flash_attn_varlen_qkvpacked_func
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("dropout_p"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(modeling_mosaicbert, "flash_attn_varlen_qkvpacked_func", spy)
+    model = MosaicBertModel(config("auto"), add_pooling_layer=False).cuda().eval()
+    ids, mask, _ = padded_batch()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        model(ids, mask)
+    assert calls == [0.0] * 4  # every layer, no dropout in eval
+    model(ids, mask)  # fp32: falls back to SDPA
+    assert len(calls) == 4
