@@ -137,3 +137,15 @@ def test_vocab_padding():
     assert padded_vocab_size(30522, 64) == 30528
     assert padded_vocab_size(30528, 64) == 30528
     assert padded_vocab_size(30522, 1) == 30522
+
+
+def test_unreachable_tokenizer_hub_explains_offline_options(monkeypatch):
+    import mosaicbert.data.tokenizer as tokenizer_module
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+    monkeypatch.setattr(tokenizer_module.AutoTokenizer, "from_pretrained", offline)
+    with pytest.raises(UserError, match="HF_HUB_OFFLINE=1") as err:
+        build_tokenizer("bert-base-uncased", 128)
+    assert "tokenizer_name=data/sample/tokenizer" in str(err.value)

@@ -225,3 +225,21 @@ def test_explicit_flash_backend_without_a_gpu_fails_clearly():
 def test_config_rejects_unknown_backend():
     with pytest.raises(ValueError, match="attention_backend must be one of"):
         MosaicBertConfig(attention_backend="triton")
+
+
+def test_flop_count_matches_parameter_arithmetic_when_every_token_is_computed():
+    from mosaicbert.model.mosaic_bert import mlm_training_flops
+
+    config = tiny_config()
+    model = MosaicBertForMaskedLM(config)
+    batch, seq = 4, 16
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    labels = torch.ones(batch, seq, dtype=torch.long)  # every token masked: nothing is skipped
+    tokens = batch * seq
+    matmul_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    attention = 2 * 2 * batch * seq**2 * config.hidden_size * config.num_hidden_layers
+    assert mlm_training_flops(model, mask, labels) == 3 * (2 * tokens * matmul_weights + attention)
+    # Padding and unmasked tokens are not counted.
+    mask[:, 8:] = 0
+    labels[:, 4:] = -100
+    assert mlm_training_flops(model, mask, labels) < mlm_training_flops(model, torch.ones_like(mask), torch.ones_like(labels)) / 2

@@ -36,6 +36,7 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
     # Composer and the data stack are imported here so `--help` and config errors stay fast.
     from composer import Trainer
     from composer.core import Evaluator
+    from composer.loggers import FileLogger
     from composer.utils import dist, reproducibility
 
     from mosaicbert import registry
@@ -76,7 +77,10 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
 
     summary = RunSummary(config.run_folder, config.save_folder)
     callbacks = build_section(config, "callbacks") + [summary, ResumeRNG()] + list(extra_callbacks or [])
-    loggers = build_section(config, "loggers") + [JSONLinesLogger(os.path.join(config.run_folder, "metrics.jsonl"))]
+    loggers = build_section(config, "loggers") + [
+        JSONLinesLogger(os.path.join(config.run_folder, "metrics.jsonl")),
+        FileLogger(os.path.join(config.run_folder, "console-rank{rank}.log"), flush_interval=50),
+    ]
     loggers += list(extra_loggers or [])
 
     if dist.get_global_rank() == 0:

@@ -55,8 +55,9 @@ def mlm_training_flops(model: MosaicBertForMaskedLM, attention_mask: torch.Tenso
     seqlens = attention_mask.sum(dim=1).long()
     tokens = int(seqlens.sum())
     squares = int((seqlens**2).sum())
-    masked = int(((labels != IGNORE_INDEX) & attention_mask.bool()).sum())
-    subset = masked + int(attention_mask[:, 0].bool().sum())
+    is_masked = (labels != IGNORE_INDEX) & attention_mask.bool()
+    masked = int(is_masked.sum())
+    subset = masked + int((attention_mask[:, 0].bool() & ~is_masked[:, 0]).sum())  # plus first tokens
     hidden = model.config.hidden_size
     layers = model.bert.encoder.layer
     forward = 0
