@@ -13,7 +13,10 @@ C4_ARGS ?=
 DEMO_RUN ?= demo-$(shell date +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?=
 
-.PHONY: install demo test sample-shards c4-shards lock clean
+GLUE_DEMO_ROOT ?= data/glue_demo
+GLUE_DEMO_RUN ?= glue-demo-$(shell date +%Y%m%d-%H%M%S)
+
+.PHONY: install demo glue-demo test sample-shards c4-shards lock clean
 
 install: $(STAMP)
 
@@ -37,6 +40,17 @@ c4-shards: $(STAMP)
 # Each demo run gets its own folder under runs/, so nothing earlier is overwritten.
 demo: $(STAMP) sample-shards
 	$(VENV)/bin/composer src/main.py yamls/demo.yaml run_name=$(DEMO_RUN)
+
+# Fine-tunes the newest `make demo` checkpoint (running the demo first if there is none) on
+# generated GLUE-format tasks, offline, with the paper protocol's two rounds.
+glue-demo: $(STAMP) sample-shards $(GLUE_DEMO_ROOT)/RTE/dev.tsv
+	@ckpt=$$(ls -td runs/demo-*/checkpoints/latest-rank0.pt 2>/dev/null | head -1); \
+	if [ -z "$$ckpt" ]; then $(MAKE) demo && ckpt=$$(ls -td runs/demo-*/checkpoints/latest-rank0.pt | head -1); fi; \
+	echo "fine-tuning $$ckpt"; \
+	$(PY) src/glue.py yamls/glue/demo.yaml starting_checkpoint=$$ckpt data_local=$(GLUE_DEMO_ROOT) run_name=$(GLUE_DEMO_RUN)
+
+$(GLUE_DEMO_ROOT)/RTE/dev.tsv: | $(STAMP) sample-shards
+	$(PY) data_prep/glue_demo_tasks.py --out $(GLUE_DEMO_ROOT)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from mosaicbert import registry
 from mosaicbert.errors import ConfigError, nearest
@@ -132,11 +132,18 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping of {tp.__name__} keys, got {value!r}.")
-        return _build_dataclass(tp, value, where)
+        return build_dataclass(tp, value, where)
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}.")
         return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}.")
+        (item_type,) = typing.get_args(tp) or (Any,)
+        if item_type is Any:
+            return value
+        return [_convert(item, item_type, f"{where}[{i}]") for i, item in enumerate(value)]
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -154,7 +161,8 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}.")
 
 
-def _build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
+def build_dataclass(cls: type, values: dict[str, Any], where: str = "") -> Any:
+    """Type-check a resolved mapping against dataclass `cls`, rejecting unknown keys by name."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("derived")}
     prefix = f"{where}." if where else ""
@@ -173,8 +181,9 @@ def _build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
 # --------------------------------------------------------------------------- loading
 
 
-def load_config(yaml_path: str | os.PathLike, overrides: list[str] | None = None) -> TrainConfig:
-    """Read, merge, resolve, type-check and finalize a training config."""
+def read_yaml(yaml_path: str | os.PathLike, overrides: list[str] | None = None) -> dict[str, Any]:
+    """YAML + dotlist overrides, with run_name (default: $COMPOSER_RUN_NAME or the file's stem) and
+    run_folder (default: runs/<run_name>) filled in, interpolations resolved."""
     path = Path(yaml_path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}. Recipes live under yamls/, e.g. yamls/demo.yaml.")
@@ -184,12 +193,19 @@ def load_config(yaml_path: str | os.PathLike, overrides: list[str] | None = None
             cfg.run_name = os.environ.get("COMPOSER_RUN_NAME") or path.stem
         if cfg.get("run_folder") is None:
             cfg.run_folder = f"runs/{cfg.run_name}"
-        resolved = OmegaConf.to_container(cfg, resolve=True)
+        resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as err:
+        raise ConfigError(f"{path} leaves '{err.full_key}' to be set: add {err.full_key}=... on the command line.") from None
     except OmegaConfBaseException as err:
         raise ConfigError(f"could not read {path}: {err}") from None
     if not isinstance(resolved, dict):
         raise ConfigError(f"{path} must hold a mapping of config keys.")
-    config = _build_dataclass(TrainConfig, resolved, "")
+    return resolved
+
+
+def load_config(yaml_path: str | os.PathLike, overrides: list[str] | None = None) -> TrainConfig:
+    """Read, merge, resolve, type-check and finalize a training config."""
+    config = build_dataclass(TrainConfig, read_yaml(yaml_path, overrides))
     validate_registry_entries(config)
     return finalize(config)
 
@@ -244,11 +260,11 @@ def validate_registry_entries(config: TrainConfig) -> None:
 # --------------------------------------------------------------------------- derived values
 
 
-def _world_size() -> int:
+def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def _cuda_available() -> bool:
+def cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
@@ -258,11 +274,11 @@ def finalize(config: TrainConfig) -> TrainConfig:
     """Fill device-dependent defaults and check the batch arithmetic."""
     filled: dict[str, Any] = {}
     if config.device is None:
-        config.device = "gpu" if _cuda_available() else "cpu"
+        config.device = "gpu" if cuda_available() else "cpu"
         filled["device"] = config.device
     if config.device not in ("cpu", "gpu"):
         raise ConfigError(f"device: expected 'cpu' or 'gpu', got '{config.device}'.")
-    if config.device == "gpu" and not _cuda_available():
+    if config.device == "gpu" and not cuda_available():
         raise ConfigError("device=gpu but CUDA is not available here; use device=cpu (or leave it unset).")
 
     if config.precision is None:
@@ -275,7 +291,7 @@ def finalize(config: TrainConfig) -> TrainConfig:
         filled["precision"] = f"fp32 (the recipe's {config.precision} needs a GPU)"
         config.precision = "fp32"
 
-    world = _world_size()
+    world = world_size()
     config.world_size = world
     if config.global_train_batch_size <= 0:
         raise ConfigError("global_train_batch_size must be positive.")

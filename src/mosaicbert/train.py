@@ -16,6 +16,7 @@ from mosaicbert.config import TrainConfig, describe_defaults, load_config, split
 from mosaicbert.errors import UserError
 
 log = logging.getLogger("mosaicbert")
+MODEL_CONFIG_FILE = "model_config.json"
 
 
 def check_save_folder(config: TrainConfig) -> None:
@@ -86,6 +87,10 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
     if dist.get_global_rank() == 0:
         os.makedirs(config.run_folder, exist_ok=True)
         OmegaConf.save(OmegaConf.create(to_dict(config)), os.path.join(config.run_folder, "config.yaml"))
+        if config.save_folder is not None:
+            # Next to the checkpoints, so fine-tuning can rebuild the architecture from a checkpoint path alone.
+            os.makedirs(config.save_folder, exist_ok=True)
+            model.model.config.to_json_file(os.path.join(config.save_folder, MODEL_CONFIG_FILE))
 
     trainer = Trainer(
         run_name=config.run_name,

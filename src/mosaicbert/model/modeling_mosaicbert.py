@@ -351,7 +351,6 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         subset_mask: torch.Tensor | None = None,
-        return_dict: bool | None = None,
     ) -> MosaicBertModelOutput:
         """`subset_mask` (`[batch, seq]` bool) limits the last layer after attention to those tokens;
         with a pooler, the first token of every sequence must be among them."""
@@ -410,7 +409,6 @@ class MosaicBertForMaskedLM(MosaicBertPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        return_dict: bool | None = None,
     ) -> MosaicBertMaskedLMOutput:
         """With `labels` (-100 where not masked), the last layer after attention and the head run on the
         masked tokens (and each first token) only, and the loss is the mean cross-entropy over masked tokens."""
@@ -450,7 +448,6 @@ class MosaicBertForSequenceClassification(MosaicBertPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        return_dict: bool | None = None,
     ) -> SequenceClassifierOutput:
         attention_mask, token_type_ids = _defaults(input_ids, attention_mask, token_type_ids)
         first_tokens = torch.zeros_like(attention_mask, dtype=torch.bool)

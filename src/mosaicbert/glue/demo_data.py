@@ -1,0 +1,138 @@
+"""A small GLUE-format task set made from the offline sample corpus, for `make glue-demo`.
+
+Each of the 8 tasks keeps its real file layout (columns, header or not, label spelling) and
+gets a label that can be learned from the text: acceptability is word order, sentiment is
+an appended verdict, paraphrase and similarity are word overlap, inference is containment
+or negation. The point is to exercise the whole flow offline, not to measure language skill.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from mosaicbert.data.prep import sample_corpus
+
+POSITIVE = ("useful", "clear", "reliable", "fast", "elegant", "helpful")
+NEGATIVE = ("broken", "confusing", "slow", "fragile", "wrong", "useless")
+
+
+def sentences(texts: list[str]) -> list[list[str]]:
+    """Docstrings split into sentences; a docstring's sentences stay together, in order."""
+    docs = []
+    for text in texts:
+        parts = [" ".join(s.split()) for s in re.split(r"(?<=[.!?])\s+", text)]
+        parts = [p for p in parts if 6 <= len(p.split()) <= 40 and "\t" not in p]
+        if parts:
+            docs.append(parts)
+    return docs
+
+
+def _drop_words(sentence: str, rng: random.Random, keep: float) -> str:
+    words = sentence.split()
+    kept = [w for w in words if rng.random() < keep] or words[:1]
+    return " ".join(kept)
+
+
+def _negate(sentence: str) -> str:
+    words = sentence.split()
+    return " ".join(words[:1] + ["never"] + words[1:])
+
+
+def make_rows(task: str, docs: list[list[str]], n: int, rng: random.Random) -> list[list[str]]:
+    flat = [s for doc in docs for s in doc]
+    pairs_in_doc = [doc for doc in docs if len(doc) >= 2]
+    rows = []
+    for i in range(n):
+        s = rng.choice(flat)
+        other = rng.choice(flat)
+        if task == "CoLA":
+            good = rng.random() < 0.5
+            words = s.split()
+            if not good:
+                rng.shuffle(words)
+            rows.append(["demo", str(int(good)), "" if good else "*", " ".join(words)])
+        elif task == "SST-2":
+            positive = rng.random() < 0.5
+            verdict = rng.choice(POSITIVE if positive else NEGATIVE)
+            rows.append([f"{s} This is {verdict}.", str(int(positive))])
+        elif task in ("MRPC", "QQP"):
+            same = rng.random() < 0.5
+            second = _drop_words(s, rng, 0.85) if same else other
+            if task == "MRPC":
+                rows.append([str(int(same)), str(2 * i), str(2 * i + 1), s, second])
+            else:
+                rows.append([str(i), str(2 * i), str(2 * i + 1), s, second, str(int(same))])
+        elif task == "STS-B":
+            keep = rng.random()
+            second = _drop_words(s, rng, keep) if rng.random() < 0.8 else other
+            overlap = len(set(second.split()) & set(s.split())) / max(len(set(s.split())), 1)
+            rows.append([str(i), "demo", "demo", "2026", str(i), "demo", "demo", s, second, f"{5 * overlap:.3f}"])
+        elif task == "MNLI":
+            doc = rng.choice(pairs_in_doc)
+            j = rng.randrange(len(doc) - 1)
+            premise = f"{doc[j]} {doc[j + 1]}"
+            kind = rng.randrange(3)
+            hypothesis = [doc[j + rng.randrange(2)], other, _negate(doc[j + rng.randrange(2)])][kind]
+            label = ("entailment", "neutral", "contradiction")[kind]
+            rows.append([str(i), str(i), str(i), "demo", "", "", "", "", premise, hypothesis, label, label])
+        elif task in ("QNLI", "RTE"):
+            doc = rng.choice(pairs_in_doc)
+            j = rng.randrange(len(doc) - 1)
+            follows = rng.random() < 0.5
+            label = "entailment" if follows else "not_entailment"
+            rows.append([str(i), doc[j], doc[j + 1] if follows else other, label])
+        else:
+            raise ValueError(task)
+    return rows
+
+
+HEADERS: dict[str, list[str] | None] = {
+    "CoLA": None,
+    "SST-2": ["sentence", "label"],
+    "MRPC": ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
+    "QQP": ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"],
+    "STS-B": ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2", "score"],
+    "MNLI": ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
+             "sentence1_parse", "sentence2_parse", "sentence1", "sentence2", "label1", "gold_label"],
+    "QNLI": ["index", "question", "sentence", "label"],
+    "RTE": ["index", "sentence1", "sentence2", "label"],
+}
+
+
+def write_demo_tasks(out_dir: str | os.PathLike, train_size: int = 320, dev_size: int = 96, seed: int = 0,
+                     texts: list[str] | None = None) -> Path:
+    """Write `<out_dir>/<TASK>/{train,dev}.tsv` (MNLI: dev_matched and dev_mismatched) atomically."""
+    out = Path(out_dir)
+    docs = sentences(texts if texts is not None else sample_corpus()["train"])
+    half = len(docs) // 2
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        for task, header in HEADERS.items():
+            rng = random.Random(f"{seed}-{task}")
+            folder = staging / task
+            folder.mkdir(parents=True)
+            files: dict[str, Callable[[], list[list[str]]]] = {
+                # Training and dev sentences come from different halves of the corpus.
+                "train.tsv": lambda: make_rows(task, docs[:half], train_size * (2 if task == "MNLI" else 1), rng),
+            }
+            if task == "MNLI":
+                files["dev_matched.tsv"] = lambda: make_rows(task, docs[half:], dev_size, rng)
+                files["dev_mismatched.tsv"] = lambda: make_rows(task, docs[half:][::-1], dev_size, rng)
+            else:
+                files["dev.tsv"] = lambda: make_rows(task, docs[half:], dev_size, rng)
+            for name, rows in files.items():
+                lines = ([header] if header else []) + rows()
+                (folder / name).write_text("".join("\t".join(row) + "\n" for row in lines), encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out

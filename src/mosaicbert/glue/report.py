@@ -1,0 +1,111 @@
+"""GLUE results: per job, per task (mean, median, min-max over seeds) and the GLUE average."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from mosaicbert.glue.job import Job, write_json_atomically
+from mosaicbert.glue.tasks import TASKS
+
+
+def seed_score(task: str, metrics: dict[str, dict[str, float]]) -> float:
+    """A job's score: the mean over evaluators and the task's scored metrics, x100."""
+    values = [metrics[split][name] for split in metrics for name in TASKS[task].metrics]
+    return 100 * sum(values) / len(values)
+
+
+def build_report(config, jobs: list[Job], statuses: dict[str, dict[str, Any]], round_2_note: str | None) -> dict[str, Any]:
+    rows = []
+    for job in jobs:
+        status = statuses.get(job.name, {"status": "not run"})
+        row = {"task": job.task, "seed": job.seed, "status": status["status"], "start": job.start, "log": job.log_path}
+        if status["status"] == "ok":
+            result = json.loads(Path(job.result_path).read_text())
+            row.update(metrics=result["metrics"], score=seed_score(job.task, result["metrics"]), start=result["start"])
+        else:
+            row["error"] = status.get("error", "")
+        rows.append(row)
+
+    tasks = {}
+    for task in dict.fromkeys(job.task for job in jobs):
+        done = [r for r in rows if r["task"] == task and r["status"] == "ok"]
+        entry: dict[str, Any] = {"seeds_ok": len(done), "seeds_planned": sum(r["task"] == task for r in rows)}
+        if done:
+            scores = [r["score"] for r in done]
+            entry.update(score=statistics.fmean(scores), median=statistics.median(scores), min=min(scores), max=max(scores))
+            names = TASKS[task].metrics + TASKS[task].extra_metrics
+            entry["metric_means"] = {
+                f"{split}/{name}": 100 * statistics.fmean(r["metrics"][split][name] for r in done)
+                for split in done[0]["metrics"] for name in names
+            }
+        tasks[task] = entry
+    scored = [t["score"] for t in tasks.values() if "score" in t]
+    complete = len(scored) == len(TASKS)
+    return {
+        "protocol": config.protocol,
+        "starting_checkpoint": config.starting_checkpoint,
+        "model_name": config.model_name,
+        "round_2_start": round_2_note,
+        "shuffle_train": config.shuffle_train,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "tasks": tasks,
+        "jobs": rows,
+        "glue_score": statistics.fmean(scored) if scored else None,
+        "glue_tasks_scored": len(scored),
+        "glue_complete": complete,
+    }
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    protocol = {
+        "paper": "MosaicBERT paper protocol: per-task hyperparameters and seeds; RTE, MRPC, STS-B start from the fine-tuned MNLI model",
+        "sane": "sane protocol: one setting for all tasks, every task starts from the pretraining checkpoint",
+    }[report["protocol"]]
+    lines = [
+        f"# GLUE dev results ({report['created']})",
+        "",
+        f"- Starting checkpoint: `{report['starting_checkpoint']}` ({report['model_name']})",
+        f"- Protocol: {protocol}",
+    ]
+    if report["round_2_start"]:
+        lines.append(f"- Round 2 started from the {report['round_2_start']}")
+    lines += [
+        f"- Training data {'shuffled' if report['shuffle_train'] else 'in file order'}; scores are the final "
+        "evaluation of each job (no best-of), x100; a task's score is the mean of its metrics over seeds",
+        "",
+        "| task | metric(s) | score | median | min-max | seeds | per metric |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for task, entry in report["tasks"].items():
+        metric_names = ", ".join(TASKS[task].metrics)
+        seeds = f"{entry['seeds_ok']}/{entry['seeds_planned']}"
+        if "score" not in entry:
+            lines.append(f"| {task} | {metric_names} | failed | | | {seeds} | |")
+            continue
+        details = ", ".join(f"{k} {v:.2f}" for k, v in entry["metric_means"].items())
+        lines.append(f"| {task} | {metric_names} | {entry['score']:.2f} | {entry['median']:.2f} | "
+                     f"{entry['min']:.2f}-{entry['max']:.2f} | {seeds} | {details} |")
+    if report["glue_score"] is not None:
+        label = "GLUE (8 tasks)" if report["glue_complete"] else f"average of {report['glue_tasks_scored']} tasks (not a GLUE score)"
+        lines.append(f"| **{label}** | | **{report['glue_score']:.2f}** | | | | |")
+    lines += ["", "| job | status | score | metrics |", "|---|---|---|---|"]
+    for row in report["jobs"]:
+        name = f"{row['task']}-seed{row['seed']}"
+        if row["status"] == "ok":
+            metrics = "; ".join(f"{s} " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()) for s, m in row["metrics"].items())
+            lines.append(f"| {name} | ok | {row['score']:.2f} | {metrics} |")
+        else:
+            error = row.get("error", "").replace("|", "/")
+            lines.append(f"| {name} | {row['status']} | | `{row['log']}`: {error} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict[str, Any], folder: Path) -> None:
+    write_json_atomically(str(folder / "glue_results.json"), report)
+    markdown = to_markdown(report)
+    (folder / "glue_results.md").write_text(markdown, encoding="utf-8")
+    print(markdown, flush=True)

@@ -1,0 +1,86 @@
+"""Starting points for fine-tuning: a Composer pretraining checkpoint or a Hugging Face model folder.
+
+A Composer checkpoint (`*.pt`) carries weights only; the architecture comes from the
+`model_config.json` that pretraining writes next to its checkpoints (or from a config
+mapping given explicitly). A Hugging Face folder carries both (`config.json` plus
+`model.safetensors` or `pytorch_model.bin`). The classifier is always freshly initialised;
+the pooler too when the start is an MLM checkpoint, which has none.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from mosaicbert.errors import UserError
+from mosaicbert.model.configuration_mosaicbert import MosaicBertConfig
+from mosaicbert.model.modeling_mosaicbert import MosaicBertForSequenceClassification
+
+MODEL_TYPES = {"mosaic_bert": "mosaic_bert", "hf_bert": "bert"}  # our registry name -> transformers model_type
+CLASSIFIERS = {"mosaic_bert": (MosaicBertConfig, MosaicBertForSequenceClassification),
+               "hf_bert": (BertConfig, BertForSequenceClassification)}
+# A weight only one of the two architectures has, to tell them apart from the state dict alone.
+SIGNATURE_KEYS = {"mosaic_bert": "bert.encoder.layer.0.attention.Wqkv.weight",
+                  "hf_bert": "bert.encoder.layer.0.attention.self.query.weight"}
+
+
+def read_start(path: str, model_config: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(config dict, state dict without wrapper prefixes) of a starting point."""
+    start = Path(path)
+    if start.is_dir():
+        config_file = start / "config.json"
+        if not config_file.is_file():
+            raise UserError(f"{start} has no config.json; a Hugging Face model folder (save_pretrained) is expected.")
+        config = json.loads(config_file.read_text())
+        if (start / "model.safetensors").is_file():
+            from safetensors.torch import load_file
+
+            state = load_file(str(start / "model.safetensors"))
+        elif (start / "pytorch_model.bin").is_file():
+            state = torch.load(start / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        else:
+            raise UserError(f"{start} has no model.safetensors or pytorch_model.bin.")
+        return config, state
+    if not start.is_file():
+        raise UserError(f"starting checkpoint {start} does not exist; point starting_checkpoint at a pretraining "
+                        "checkpoint (runs/<run>/checkpoints/latest-rank0.pt) or a Hugging Face model folder.")
+    checkpoint = torch.load(start, map_location="cpu", weights_only=False)  # Composer pickles its state: trusted files only
+    try:
+        weights = checkpoint["state"]["model"]
+    except (KeyError, TypeError):
+        raise UserError(f"{start} is not a Composer checkpoint (no state/model entry).") from None
+    state = {key.removeprefix("module.").removeprefix("model."): value for key, value in weights.items()}
+    if model_config is None:
+        config_file = start.parent / "model_config.json"
+        if not config_file.is_file():
+            raise UserError(f"no model_config.json next to {start}; pretraining writes one beside its checkpoints, "
+                            "or give the architecture as model_config in the GLUE YAML.")
+        model_config = json.loads(config_file.read_text())
+    return dict(model_config), state
+
+
+def load_classifier(path: str, model_name: str, num_labels: int, model_config: dict[str, Any] | None = None) -> torch.nn.Module:
+    """A sequence classifier of type `model_name` with the encoder weights of `path` and a fresh classifier."""
+    if model_name not in CLASSIFIERS:
+        raise UserError(f"model_name must be one of {', '.join(CLASSIFIERS)}, got '{model_name}'.")
+    config_dict, state = read_start(path, model_config)
+    found = next((name for name, key in SIGNATURE_KEYS.items() if key in state), None)
+    if found is None:
+        raise UserError(f"{path} holds neither a MosaicBERT nor a Hugging Face BERT encoder.")
+    if found != model_name:
+        raise UserError(f"{path} holds a {found} model, but the GLUE config says model_name={model_name}; "
+                        f"set model_name={found} or use a {model_name} checkpoint.")
+    config_cls, model_cls = CLASSIFIERS[model_name]
+    config_dict = {k: v for k, v in config_dict.items() if k not in ("id2label", "label2id", "num_labels", "problem_type", "architectures")}
+    config = config_cls.from_dict(config_dict, num_labels=num_labels)
+    model = model_cls(config)
+    encoder_state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+    missing, _unexpected = model.load_state_dict(encoder_state, strict=False)  # unexpected: the MLM head
+    fresh = [k for k in missing if not k.startswith(("classifier.", "bert.pooler."))]
+    if fresh:
+        raise UserError(f"{path} lacks encoder weights the classifier needs (e.g. {fresh[0]}); is it the right architecture?")
+    return model
