@@ -10,13 +10,15 @@ SAMPLE_ROOT ?= data/sample
 C4_ROOT ?= data/c4
 C4_LOCAL_DIR ?=
 C4_ARGS ?=
-DEMO_RUN ?= demo-$(shell date +%Y%m%d-%H%M%S)
+NOW := $(shell date +%Y%m%d-%H%M%S)
+DEMO_RUN ?= demo-$(NOW)
 PYTEST_ARGS ?=
 
 GLUE_DEMO_ROOT ?= data/glue_demo
-GLUE_DEMO_RUN ?= glue-demo-$(shell date +%Y%m%d-%H%M%S)
+GLUE_DEMO_RUN ?= glue-demo-$(NOW)
+EARLYBERT_RUN ?= earlybert-demo-$(NOW)
 
-.PHONY: install demo glue-demo test sample-shards c4-shards lock clean
+.PHONY: install demo glue-demo earlybert-demo test sample-shards c4-shards lock clean
 
 install: $(STAMP)
 
@@ -51,6 +53,13 @@ glue-demo: $(STAMP) sample-shards $(GLUE_DEMO_ROOT)/RTE/dev.tsv
 
 $(GLUE_DEMO_ROOT)/RTE/dev.tsv: | $(STAMP) sample-shards
 	$(PY) data_prep/glue_demo_tasks.py --out $(GLUE_DEMO_ROOT)
+
+# EarlyBERT at CPU scale: an unpruned baseline and a search-prune-train run of the same length on the
+# same data, then their training time and MLM accuracy side by side.
+earlybert-demo: $(STAMP) sample-shards
+	$(VENV)/bin/composer src/main.py yamls/earlybert/demo.yaml run_name=$(EARLYBERT_RUN)-baseline algorithms=null
+	$(VENV)/bin/composer src/main.py yamls/earlybert/demo.yaml run_name=$(EARLYBERT_RUN)
+	$(PY) src/compare_runs.py runs/$(EARLYBERT_RUN)-baseline runs/$(EARLYBERT_RUN)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -147,6 +147,10 @@ def test_glue_yamls_validate_and_carry_the_paper_settings():
     assert load_glue_config(GLUE_YAMLS / "hf-bert-base.yaml", ["starting_checkpoint=x.pt"]).model_name == "hf_bert"
     sane = load_glue_config(GLUE_YAMLS / "mosaicbert-base.yaml", ["starting_checkpoint=x.pt", "protocol=sane"])
     assert hyperparameters(sane, "rte").lr == hyperparameters(sane, "cola").lr == 4e-5
+    earlybert = load_glue_config(REPO / "yamls" / "earlybert" / "finetune.yaml", ["starting_checkpoint=x.pt"])
+    assert earlybert.earlybert["unit_prune_ratio"] == 0.4
+    with pytest.raises(ConfigError, match="has no argument 'unit_ratio'"):
+        load_glue_config(GLUE_YAMLS / "mosaicbert-base.yaml", ["starting_checkpoint=x.pt", "earlybert.unit_ratio=0.4"])
     with pytest.raises(ConfigError, match="leaves 'starting_checkpoint' to be set"):
         load_glue_config(GLUE_YAMLS / "mosaicbert-base.yaml")
     with pytest.raises(ConfigError, match="unknown GLUE task 'mrcp'. Did you mean 'mrpc'"):
@@ -197,3 +201,28 @@ def test_a_failing_job_leaves_the_others_intact(tmp_path, sample_root):
     assert "pretraining checkpoint (no fine-tuned MNLI model" in report["round_2_start"]
     saved = json.loads((tmp_path / "run" / "glue_results.json").read_text())
     assert saved["glue_complete"] is False and saved["glue_tasks_scored"] == 2
+
+
+@pytest.mark.slow
+def test_glue_job_with_earlybert_searches_and_prunes(tmp_path, sample_root):
+    torch.manual_seed(0)
+    start = tmp_path / "start"
+    full = MosaicBertForMaskedLM(tiny(vocab_size=2048, num_attention_heads=4, intermediate_size=96))
+    full.save_pretrained(start)
+    texts = [f"Sentence number {i} talks about parsing files. It returns a value for item {i}. Then it stops here now."
+             for i in range(60)]
+    data = write_demo_tasks(tmp_path / "glue", train_size=32, dev_size=8, texts=texts)
+    config = load_glue_config(REPO / "yamls" / "earlybert" / "finetune.yaml", [
+        f"starting_checkpoint={start}", f"run_folder={tmp_path / 'run'}", "data_source=local", f"data_local={data}",
+        f"tokenizer_name={sample_root / 'tokenizer'}", "max_seq_len=64", "precision=null", "tasks=[sst2]",
+        "task_overrides.sst2.epochs=2", "task_overrides.sst2.seeds=[19]", "earlybert.check_interval=1",
+        "earlybert.window=2", "earlybert.min_search_steps=1", "earlybert.max_search_steps=2",
+        "earlybert.min_units_per_layer=8", "earlybert.round_units_to=1",
+    ])
+    report = runner.run_glue(config)
+    assert report["jobs"][0]["status"] == "ok", report["jobs"][0]
+    result = json.loads((tmp_path / "run" / "results" / "sst2-seed19.json").read_text())
+    assert result["earlybert_draw_step"] in (1, 2)
+    classifier_params = sum(p.numel() for p in MosaicBertForSequenceClassification(tiny(vocab_size=2048, num_attention_heads=4, intermediate_size=96, num_labels=2)).parameters())
+    assert result["parameters"] < classifier_params
+    assert (tmp_path / "run" / "results" / "sst2-seed19-earlybert" / "ticket.json").is_file()

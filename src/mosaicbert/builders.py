@@ -22,6 +22,7 @@ from composer.optim import (
 )
 
 from mosaicbert import registry
+from mosaicbert.algorithms.earlybert import EarlyBERT
 from mosaicbert.config import TrainConfig, named_entries, split_named
 
 registry.optimizers.register("decoupled_adamw", DecoupledAdamW, provided=("params",))
@@ -32,6 +33,7 @@ registry.schedulers.register("constant_with_warmup", ConstantWithWarmupScheduler
 
 registry.algorithms.register("low_precision_layernorm", LowPrecisionLayerNorm)
 registry.algorithms.register("gradient_clipping", GradientClipping)
+registry.algorithms.register("earlybert", EarlyBERT, provided=("run_folder",))
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s, no sparsity) by device-name fragment, most specific first.
 # Composer's own table misses several of these (H100 NVL, L40S, L4) and then reports no MFU at all.
@@ -83,6 +85,11 @@ def build_scheduler(config: TrainConfig) -> Any:
 
 
 def build_section(config: TrainConfig, section: str) -> list[Any]:
-    """Build every entry of `algorithms`, `callbacks` or `loggers`."""
+    """Build every entry of `algorithms`, `callbacks` or `loggers`; entries that declare `run_folder`
+    as provided get the run's folder for their reports."""
     reg = getattr(registry, section)
-    return [reg.build(name, kwargs, f"{section}.{name}") for name, kwargs in named_entries(getattr(config, section), section)]
+    built = []
+    for name, kwargs in named_entries(getattr(config, section), section):
+        provided = {"run_folder": config.run_folder} if "run_folder" in reg.provided(name) else {}
+        built.append(reg.build(name, kwargs, f"{section}.{name}", **provided))
+    return built

@@ -76,9 +76,10 @@ class TrainConfig:
     device: str | None = None  # None: gpu when CUDA is available, else cpu
     precision: str | None = None  # None: amp_bf16 on GPU, fp32 on CPU
 
-    algorithms: dict[str, Any] = field(default_factory=dict)
-    callbacks: dict[str, Any] = field(default_factory=dict)
-    loggers: dict[str, Any] = field(default_factory=dict)
+    # `name: {kwargs}` mappings; null (e.g. algorithms=null on the command line) means none.
+    algorithms: dict[str, Any] | None = field(default_factory=dict)
+    callbacks: dict[str, Any] | None = field(default_factory=dict)
+    loggers: dict[str, Any] | None = field(default_factory=dict)
 
     save_folder: str | None = None  # None: no checkpoints
     save_interval: Union[str, int] = "1000ba"
@@ -228,10 +229,10 @@ def split_named(entry: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]
     return kwargs.pop("name"), kwargs
 
 
-def named_entries(section: dict[str, Any], where: str) -> list[tuple[str, dict[str, Any]]]:
+def named_entries(section: dict[str, Any] | None, where: str) -> list[tuple[str, dict[str, Any]]]:
     """`{name: kwargs-or-null, ...}` (algorithms, callbacks, loggers) -> [(name, kwargs)]."""
     entries = []
-    for name, kwargs in section.items():
+    for name, kwargs in (section or {}).items():
         if kwargs is None:
             kwargs = {}
         if not isinstance(kwargs, dict):

@@ -29,6 +29,10 @@ class Registry:
     def __contains__(self, name: str) -> bool:
         return name in self._entries
 
+    def provided(self, name: str) -> tuple[str, ...]:
+        """The arguments the trainer supplies to `name` (empty for an unknown name)."""
+        return self._entries[name][1] if name in self._entries else ()
+
     def names(self) -> list[str]:
         return sorted(self._entries)
 

@@ -93,3 +93,22 @@ def format_summary(summary: dict[str, Any]) -> str:
     )
     lines.append(f"   checkpoint: {summary['checkpoint'] or 'none saved (save_folder unset)'}")
     return "\n".join(lines)
+
+
+def compare_runs(baseline_folder: str, candidate_folder: str) -> str:
+    """Training time and final MLM quality of two runs on the same data and steps (from their summary.json)."""
+    runs = []
+    for folder in (baseline_folder, candidate_folder):
+        with open(os.path.join(folder, "summary.json"), encoding="utf-8") as f:
+            runs.append(json.load(f))
+    base, cand = runs
+    if base["batches"] != cand["batches"]:
+        raise ValueError(f"the runs differ in length: {base['batches']} vs {cand['batches']} batches")
+    saved = 1 - cand["train_seconds"] / base["train_seconds"]
+    lines = [f"== {cand['run_name']} vs {base['run_name']} ({base['batches']} batches each, same data)",
+             f"   training time: {base['train_seconds']:.1f}s -> {cand['train_seconds']:.1f}s ({saved:+.1%} saved)"]
+    for key in sorted(base["last_eval"] or {}):
+        if key == "batch":
+            continue
+        lines.append(f"   {key}: {base['last_eval'][key]:.4f} -> {cand['last_eval'][key]:.4f}")
+    return "\n".join(lines)

@@ -43,6 +43,7 @@ class GlueConfig:
     save_finetuned: bool = False  # keep every fine-tuned model (the MNLI models for round 2 are always kept)
     task_overrides: dict[str, Any] = field(default_factory=dict)  # {task: {lr, weight_decay, batch_size, epochs, seeds}}
     sane: SaneSettings = field(default_factory=SaneSettings)
+    earlybert: dict[str, Any] | None = None  # EarlyBERT arguments: search, prune and train smaller in every job
 
 
 def load_glue_config(yaml_path: str | os.PathLike, overrides: list[str] | None = None) -> GlueConfig:
@@ -58,6 +59,13 @@ def load_glue_config(yaml_path: str | os.PathLike, overrides: list[str] | None =
     for task in list(config.tasks) + list(config.task_overrides):
         if task not in TASKS:
             raise ConfigError(f"unknown GLUE task '{task}'.{nearest(task, TASKS)} Tasks: {', '.join(TASKS)}.")
+    if config.earlybert is not None:
+        if config.model_name != "mosaic_bert":
+            raise ConfigError("earlybert works on model_name=mosaic_bert only.")
+        from mosaicbert import registry
+        import mosaicbert.builders  # noqa: F401  (registers earlybert)
+
+        registry.algorithms.validate("earlybert", config.earlybert, "earlybert")
     for task, values in config.task_overrides.items():
         build_dataclass(Hyperparameters, {**_as_dict(PAPER[task]), **values}, f"task_overrides.{task}")
     return config

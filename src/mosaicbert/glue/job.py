@@ -39,6 +39,7 @@ class Job:
     result_path: str
     log_path: str
     save_model_dir: str | None = None
+    earlybert: dict[str, Any] | None = None  # EarlyBERT arguments, when the job searches and prunes
 
     @property
     def name(self) -> str:
@@ -69,6 +70,7 @@ def run(job: Job) -> dict[str, Any]:
         def __init__(self, model):
             super().__init__()
             self.model = model
+            self.reshape_hooks = []  # EarlyBERT's hook point (see ComposerMosaicBert)
 
         def forward(self, batch):
             return self.model(**batch)
@@ -94,6 +96,11 @@ def run(job: Job) -> dict[str, Any]:
         data.load_examples(task, "train", job.data_source, job.data_local), tokenizer, job.max_seq_len, regression
     )
     model = load_classifier(job.start, job.model_name, task.num_labels, job.model_config)
+    algorithms = []
+    if job.earlybert is not None:
+        from mosaicbert.algorithms.earlybert import EarlyBERT
+
+        algorithms.append(EarlyBERT(run_folder=os.path.splitext(job.result_path)[0] + "-earlybert", **job.earlybert))
     started = time.perf_counter()
     trainer = Trainer(
         model=ComposerClassifier(model),
@@ -105,6 +112,7 @@ def run(job: Job) -> dict[str, Any]:
         precision=precision,
         device_train_microbatch_size=job.batch_size if device == "cpu" else "auto",
         seed=job.seed,
+        algorithms=algorithms,
         progress_bar=True,
         log_to_console=False,
         python_log_level="warning",
@@ -130,7 +138,10 @@ def run(job: Job) -> dict[str, Any]:
         "hyperparameters": {"lr": job.lr, "weight_decay": job.weight_decay, "batch_size": job.batch_size,
                             "epochs": job.epochs, "precision": precision, "shuffle_train": job.shuffle_train},
         "train_examples": len(train_set), "train_seconds": round(train_seconds, 2), "saved_model": job.save_model_dir,
+        "parameters": sum(p.numel() for p in model.parameters()),
     }
+    if algorithms:
+        result["earlybert_draw_step"] = algorithms[0].drawn["step"] if algorithms[0].drawn else None
     write_json_atomically(job.result_path, result)
     return result
 

@@ -36,7 +36,7 @@ def make_jobs(config: GlueConfig, tasks: list[str], start: str, keep_models: set
                 data_local=config.data_local, lr=hp.lr, weight_decay=hp.weight_decay, batch_size=hp.batch_size,
                 epochs=hp.epochs, precision=config.precision, shuffle_train=config.shuffle_train,
                 result_path=str(folder / "results" / f"{name}.json"), log_path=str(folder / "logs" / f"{name}.log"),
-                save_model_dir=str(folder / "models" / name) if keep else None,
+                save_model_dir=str(folder / "models" / name) if keep else None, earlybert=config.earlybert,
             ))
     return jobs
 

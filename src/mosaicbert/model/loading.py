@@ -54,13 +54,17 @@ def read_start(path: str, model_config: dict[str, Any] | None = None) -> tuple[d
     except (KeyError, TypeError):
         raise UserError(f"{start} is not a Composer checkpoint (no state/model entry).") from None
     state = {key.removeprefix("module.").removeprefix("model."): value for key, value in weights.items()}
+    shape = state.pop("_extra_state", None)  # widths of a structurally pruned model (ComposerMosaicBert)
     if model_config is None:
         config_file = start.parent / "model_config.json"
         if not config_file.is_file():
             raise UserError(f"no model_config.json next to {start}; pretraining writes one beside its checkpoints, "
                             "or give the architecture as model_config in the GLUE YAML.")
         model_config = json.loads(config_file.read_text())
-    return dict(model_config), state
+    model_config = dict(model_config)
+    if isinstance(shape, dict):
+        model_config.update(shape)
+    return model_config, state
 
 
 def load_classifier(path: str, model_name: str, num_labels: int, model_config: dict[str, Any] | None = None) -> torch.nn.Module:

@@ -144,6 +144,7 @@ class MosaicBertAttention(nn.Module):
         self.backend = config.attention_backend
         # Each kept head keeps its original slope, so pruned models attend as before.
         self.register_buffer("alibi_slopes", alibi_slopes(config.num_attention_heads)[heads], persistent=False)
+        self.register_parameter("head_coef", None)  # EarlyBERT search: one scale per head (model/pruning.py)
 
     def forward(
         self,
@@ -157,6 +158,8 @@ class MosaicBertAttention(nn.Module):
             context = self._flash(qkv, unpadded)
         else:
             context = self._sdpa(qkv, unpadded, distances)
+        if self.head_coef is not None:
+            context = (context.view(-1, self.num_heads, self.head_dim) * self.head_coef[:, None]).flatten(1)
         if subset_idx is not None:  # last layer: keys and values used every token; the rest runs on the subset
             context, hidden = context[subset_idx], hidden[subset_idx]
         return self.LayerNorm(self.dropout(self.dense(context)) + hidden)
@@ -220,10 +223,14 @@ class MosaicBertGLU(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.wo = nn.Linear(self.intermediate_size, config.hidden_size)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.register_parameter("unit_coef", None)  # EarlyBERT search: one scale per unit (model/pruning.py)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         gate, value = self.gated_layers(hidden).split(self.intermediate_size, dim=-1)
-        return self.layernorm(self.wo(self.dropout(self.act(gate) * value)) + hidden)
+        units = self.act(gate) * value
+        if self.unit_coef is not None:
+            units = units * self.unit_coef
+        return self.layernorm(self.wo(self.dropout(units)) + hidden)
 
 
 class MosaicBertLayer(nn.Module):

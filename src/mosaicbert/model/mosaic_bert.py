@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -23,6 +24,26 @@ class ComposerMosaicBert(ComposerModel):
         self.tokenizer = tokenizer
         self.train_metrics = {"LanguageCrossEntropy": LanguageCrossEntropy(), "MaskedAccuracy": MaskedAccuracy()}
         self.eval_metrics = {"LanguageCrossEntropy": LanguageCrossEntropy(), "MaskedAccuracy": MaskedAccuracy()}
+        # Called with the replaced parameters when loading a checkpoint reshapes the model (see set_extra_state).
+        self.reshape_hooks: list[Callable[[list], None]] = []
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """The model's widths travel with every checkpoint, so a structurally pruned run resumes."""
+        config = self.model.config
+        return {"head_indices_per_layer": config.head_indices_per_layer,
+                "intermediate_size_per_layer": config.intermediate_size_per_layer}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        # Runs before the submodules load their weights, so they can take the checkpoint's shapes first.
+        config = self.model.config
+        heads, units = state.get("head_indices_per_layer"), state.get("intermediate_size_per_layer")
+        if (heads, units) == (config.head_indices_per_layer, config.intermediate_size_per_layer):
+            return
+        from mosaicbert.model.pruning import reshape_to
+
+        replaced = reshape_to(self.model, heads, units)
+        for hook in self.reshape_hooks:
+            hook(replaced)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> MosaicBertMaskedLMOutput:
         return self.model(

@@ -1,0 +1,1 @@
+"""Composer algorithms of this project (EarlyBERT)."""

@@ -1,0 +1,100 @@
+"""EarlyBERT inside Composer runs: search, draw, in-run pruning, resume, two-phase with rewind, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mosaicbert.config import load_config
+from mosaicbert.model.loading import load_classifier
+from mosaicbert.train import train
+
+from conftest import DEMO_YAML, REPO, tiny_overrides
+from test_train import CrashAtBatch, checkpoint_weights, free_port
+
+pytestmark = pytest.mark.slow
+
+
+def earlybert_overrides(sample_root, folder, **extra):
+    settings = {
+        "model.model_config.num_attention_heads": 4, "model.model_config.hidden_size": 64,
+        "algorithms.earlybert.mode": "in_run", "algorithms.earlybert.check_interval": 2,
+        "algorithms.earlybert.window": 3, "algorithms.earlybert.min_search_steps": 4,
+        "algorithms.earlybert.max_search_steps": 6, "algorithms.earlybert.min_units_per_layer": 8,
+        "algorithms.earlybert.unit_prune_ratio": 0.3, "max_duration": "16ba", "save_interval": "4ba",
+        "eval_interval": "8ba",
+    }
+    settings.update(extra)
+    return tiny_overrides(sample_root, folder, **settings)
+
+
+def run(sample_root, folder, callbacks=None, **extra):
+    return train(load_config(DEMO_YAML, earlybert_overrides(sample_root, folder, **extra)), extra_callbacks=callbacks)
+
+
+def test_in_run_pruning_resumes_and_fine_tunes(clean_env, sample_root, tmp_path):
+    straight = run(sample_root, tmp_path / "straight")
+    ticket = json.loads((tmp_path / "straight" / "ticket.json").read_text())
+    assert ticket["step"] <= 6 and ticket["reason"] in ("masks stable", "max_search_steps")
+    assert all(len(kept) == 3 for kept in ticket["kept_heads"])  # 1 of 4 heads per layer pruned
+    assert (tmp_path / "straight" / "earlybert_masks.png").is_file()
+    weights = checkpoint_weights(straight["checkpoint"])
+    assert weights["model.bert.encoder.layer.0.attention.Wqkv.weight"].shape == (3 * 3 * 16, 64)  # q, k, v x 3 heads x head_dim 16
+    assert not any("coef" in key for key in weights)  # folded into the weights at the draw
+
+    with pytest.raises(KeyboardInterrupt):
+        run(sample_root, tmp_path / "resumed", [CrashAtBatch(10)])
+    resumed = run(sample_root, tmp_path / "resumed", autoresume=True)  # loads the pruned batch-8 checkpoint
+    assert resumed["batches"] == 16 and resumed["batches_this_run"] == 8
+    other = checkpoint_weights(resumed["checkpoint"])
+    for key in weights:
+        torch.testing.assert_close(other[key], weights[key], rtol=1e-4, atol=1e-5, msg=key)
+    report = json.loads((tmp_path / "resumed" / "earlybert_report.json").read_text())
+    # The crashed part never reached FIT_END; the draw is known from the ticket the search wrote.
+    resumed_ticket = json.loads((tmp_path / "resumed" / "ticket.json").read_text())
+    assert report["drawn"] and report["draw_step"] == resumed_ticket["step"] == ticket["step"]
+    assert resumed_ticket["search_seconds"] > 0
+
+    classifier = load_classifier(resumed["checkpoint"], "mosaic_bert", num_labels=2)  # GLUE from the pruned model
+    assert classifier.bert.encoder.layer[0].attention.num_heads == 3
+    assert classifier.bert.encoder.layer[0].mlp.intermediate_size == weights["model.bert.encoder.layer.0.mlp.wo.weight"].shape[1]
+
+
+def test_two_phase_search_then_pruned_training_with_rewind(clean_env, sample_root, tmp_path):
+    search = run(sample_root, tmp_path / "search", **{"algorithms.earlybert.mode": "two_phase"})
+    assert search["batches"] <= 6  # stopped at the draw
+    folder = tmp_path / "search"
+    assert (folder / "ticket.json").is_file()
+    start = torch.load(folder / "earlybert_search_start.pt", weights_only=True)
+    searched = torch.load(folder / "earlybert_searched.pt", weights_only=True)
+    coefficients = [key for key in start if key.endswith("_coef")]
+    assert coefficients and all(torch.equal(start[k], torch.ones_like(start[k])) for k in coefficients)  # before step 1
+    assert any(not torch.equal(searched[k], start[k]) for k in coefficients)
+
+    pruned = run(sample_root, tmp_path / "pruned", **{
+        "algorithms.earlybert.ticket": str(folder / "ticket.json"), "algorithms.earlybert.rewind": True,
+        "max_duration": "8ba"})
+    assert pruned["batches"] == 8
+    weights = checkpoint_weights(pruned["checkpoint"])
+    ticket = json.loads((folder / "ticket.json").read_text())
+    kept_units = [len(units) for units in ticket["kept_units"]]
+    assert [weights[f"model.bert.encoder.layer.{i}.mlp.wo.weight"].shape[1] for i in range(2)] == kept_units
+
+
+def test_ranks_hold_identical_weights_after_in_run_pruning(clean_env, sample_root, tmp_path):
+    overrides = earlybert_overrides(sample_root, tmp_path / "ddp", max_duration="10ba", save_interval="10ba")
+    composer = os.path.join(os.path.dirname(sys.executable), "composer")
+    result = subprocess.run(
+        [composer, "-n", "2", "--master_port", str(free_port()), "src/main.py", "yamls/demo.yaml", *overrides],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "ddp" / "earlybert_report.json").read_text())
+    assert report["drawn"]
+    checksums = report["segments"][-1]["rank_parameter_checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
