@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,8 +11,8 @@ from mosaicbert.config import load_config
 from mosaicbert.model.loading import load_classifier
 from mosaicbert.train import train
 
-from conftest import DEMO_YAML, REPO, tiny_overrides
-from test_train import CrashAtBatch, checkpoint_weights, free_port
+from conftest import DEMO_YAML, tiny_overrides
+from test_train import CrashAtBatch, checkpoint_weights, run_two_processes
 
 pytestmark = pytest.mark.slow
 
@@ -87,13 +84,7 @@ def test_two_phase_search_then_pruned_training_with_rewind(clean_env, sample_roo
 
 
 def test_ranks_hold_identical_weights_after_in_run_pruning(clean_env, sample_root, tmp_path):
-    overrides = earlybert_overrides(sample_root, tmp_path / "ddp", max_duration="10ba", save_interval="10ba")
-    composer = os.path.join(os.path.dirname(sys.executable), "composer")
-    result = subprocess.run(
-        [composer, "-n", "2", "--master_port", str(free_port()), "src/main.py", "yamls/demo.yaml", *overrides],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_two_processes(earlybert_overrides(sample_root, tmp_path / "ddp", max_duration="10ba", save_interval="10ba"))
     report = json.loads((tmp_path / "ddp" / "earlybert_report.json").read_text())
     assert report["drawn"]
     checksums = report["segments"][-1]["rank_parameter_checksums"]

@@ -128,15 +128,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_process_cpu_run(clean_env, sample_root, tmp_path):
-    overrides = tiny_overrides(sample_root, tmp_path / "ddp", max_duration="4ba", save_interval="4ba")
+def run_two_processes(overrides: list[str]) -> None:
+    """`composer -n 2 src/main.py yamls/demo.yaml <overrides>`: two CPU ranks over gloo."""
     composer = os.path.join(os.path.dirname(sys.executable), "composer")
     result = subprocess.run(
         [composer, "-n", "2", "--master_port", str(free_port()), "src/main.py", "yamls/demo.yaml", *overrides],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_two_process_cpu_run(clean_env, sample_root, tmp_path):
+    run_two_processes(tiny_overrides(sample_root, tmp_path / "ddp", max_duration="4ba", save_interval="4ba"))
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["batches"] == 4
     saved = (tmp_path / "ddp" / "config.yaml").read_text()
