@@ -226,3 +226,18 @@ def test_glue_job_with_earlybert_searches_and_prunes(tmp_path, sample_root):
     classifier_params = sum(p.numel() for p in MosaicBertForSequenceClassification(tiny(vocab_size=2048, num_attention_heads=4, intermediate_size=96, num_labels=2)).parameters())
     assert result["parameters"] < classifier_params
     assert (tmp_path / "run" / "results" / "sst2-seed19-earlybert" / "ticket.json").is_file()
+
+
+def test_hf_bert_pretraining_checkpoint_start(tmp_path):
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    mlm = BertForMaskedLM(BertConfig(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=64))
+    torch.save({"state": {"model": {f"model.{k}": v for k, v in mlm.state_dict().items()}}}, tmp_path / "ep0-ba1-rank0.pt")
+    mlm.config.to_json_file(tmp_path / "model_config.json")
+    model = load_classifier(str(tmp_path / "ep0-ba1-rank0.pt"), "hf_bert", 3)
+    assert type(model).__name__ == "BertForSequenceClassification" and model.classifier.out_features == 3
+    torch.testing.assert_close(model.bert.encoder.layer[1].output.dense.weight, mlm.bert.encoder.layer[1].output.dense.weight)
+    with pytest.raises(UserError, match="holds a hf_bert model, but the GLUE config says model_name=mosaic_bert"):
+        load_classifier(str(tmp_path / "ep0-ba1-rank0.pt"), "mosaic_bert", 3)
