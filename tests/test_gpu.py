@@ -1,4 +1,5 @@
-"""GPU-only checks: FlashAttention-2 varlen against the SDPA path in bf16. Skipped without CUDA and flash-attn."""
+"""GPU-only checks: FlashAttention-2 varlen and FlexAttention against the SDPA path in bf16.
+Skipped without CUDA (and, for the FlashAttention tests, without flash-attn)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,9 @@ import torch
 from mosaicbert.model import MosaicBertConfig, MosaicBertForMaskedLM, MosaicBertModel
 from mosaicbert.model import modeling_mosaicbert
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-    pytest.mark.skipif(modeling_mosaicbert.flash_attn_varlen_qkvpacked_func is None,
-                       reason="needs flash-attn (pip install '.[gpu]')"),
-]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+needs_flash = pytest.mark.skipif(modeling_mosaicbert.flash_attn_varlen_qkvpacked_func is None,
+                                 reason="needs flash-attn (pip install '.[gpu]')")
 
 
 def config(backend: str) -> MosaicBertConfig:
@@ -34,9 +32,9 @@ def padded_batch(device="cuda"):
     return ids.to(device), mask.to(device), labels.to(device)
 
 
-def test_flash_matches_sdpa_in_bf16_forward_and_backward():
+def compare_with_sdpa_in_bf16(backend: str) -> None:
     torch.manual_seed(0)
-    flash = MosaicBertForMaskedLM(config("flash_attn")).cuda()
+    flash = MosaicBertForMaskedLM(config(backend)).cuda()
     sdpa = MosaicBertForMaskedLM(config("sdpa")).cuda()
     sdpa.load_state_dict(flash.state_dict())
     ids, mask, labels = padded_batch()
@@ -54,6 +52,16 @@ def test_flash_matches_sdpa_in_bf16_forward_and_backward():
         assert (fg[name] - sg[name]).abs().max() / scale < 5e-2, name
 
 
+@needs_flash
+def test_flash_matches_sdpa_in_bf16_forward_and_backward():
+    compare_with_sdpa_in_bf16("flash_attn")
+
+
+def test_flex_matches_sdpa_in_bf16_forward_and_backward():
+    compare_with_sdpa_in_bf16("flex")
+
+
+@needs_flash
 def test_flash_hidden_states_match_sdpa_in_bf16():
     torch.manual_seed(0)
     flash = MosaicBertModel(config("flash_attn"), add_pooling_layer=False).cuda().to(torch.bfloat16).eval()
@@ -66,6 +74,7 @@ def test_flash_hidden_states_match_sdpa_in_bf16():
     torch.testing.assert_close(a[real], b[real], rtol=2e-2, atol=2e-2)
 
 
+@needs_flash
 def test_auto_backend_uses_flash_for_bf16_cuda(monkeypatch):
     calls = []
     original = modeling_mosaicbert.flash_attn_varlen_qkvpacked_func

@@ -243,3 +243,20 @@ def test_flop_count_matches_parameter_arithmetic_when_every_token_is_computed():
     mask[:, 8:] = 0
     labels[:, 4:] = -100
     assert mlm_training_flops(model, mask, labels) < mlm_training_flops(model, torch.ones_like(mask), torch.ones_like(labels)) / 2
+
+
+def test_flex_backend_matches_sdpa_in_forward_and_gradients():
+    torch.manual_seed(0)
+    sdpa = MosaicBertForMaskedLM(tiny_config())
+    flex = MosaicBertForMaskedLM(tiny_config(attention_backend="flex"))
+    flex.load_state_dict(sdpa.state_dict())
+    ids, mask, types = heavily_padded_batch()
+    labels = torch.where(mask.bool() & (torch.rand(ids.shape) < 0.3), ids, -100)
+    outputs = []
+    for model in (sdpa, flex):
+        out = model(ids, mask, types, labels=labels)
+        out.loss.backward()
+        outputs.append((out.logits, {n: p.grad for n, p in model.named_parameters()}))
+    torch.testing.assert_close(outputs[1][0], outputs[0][0], rtol=1e-5, atol=1e-5)
+    for name, grad in outputs[0][1].items():
+        torch.testing.assert_close(outputs[1][1][name], grad, rtol=1e-4, atol=1e-6, msg=name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
-ATTENTION_BACKENDS = ("auto", "flash_attn", "sdpa")
+ATTENTION_BACKENDS = ("auto", "flash_attn", "sdpa", "flex")
 
 
 class MosaicBertConfig(PretrainedConfig):
@@ -16,7 +16,9 @@ class MosaicBertConfig(PretrainedConfig):
             batches grow it (with a warning). Raise it before fine-tuning on longer sequences.
         attention_backend: "auto" (FlashAttention-2 varlen for CUDA fp16/bf16 tensors when
             flash-attn is installed, else PyTorch SDPA), "flash_attn" (required; an error when it
-            cannot run), or "sdpa" (PyTorch scaled_dot_product_attention on padded tensors).
+            cannot run), "sdpa" (PyTorch scaled_dot_product_attention on padded tensors), or "flex"
+            (FlexAttention on the packed tokens: ALiBi as a score modifier, sequences as a block mask;
+            compiled on GPU; no attention dropout).
         head_indices_per_layer: for structurally pruned models (EarlyBERT), which of the original
             heads each layer kept, so surviving heads keep their original ALiBi slopes; None
             means every layer has all heads.

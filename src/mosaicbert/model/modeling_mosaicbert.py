@@ -16,6 +16,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +67,21 @@ def alibi_distances(size: int) -> torch.Tensor:
     return (positions[None, :] - positions[:, None]).abs().float()
 
 
+_compiled_flex = None
+
+
+def _flex_attention(on_cuda: bool):
+    """FlexAttention: compiled on CUDA (where it is fast), eager elsewhere (exact, for CPU tests)."""
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if not on_cuda:
+        return flex_attention
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=True)
+    return _compiled_flex
+
+
 # --------------------------------------------------------------------------- padding
 
 
@@ -84,6 +100,9 @@ class Unpadded:
     max_seqlen: int
     batch_size: int
     packed_indices: torch.Tensor
+    sequence_ids: torch.Tensor  # which sequence each real token belongs to
+    positions: torch.Tensor  # each real token's position within its sequence
+    block_mask: Any = None  # FlexAttention's document mask, built once per batch and shared by the layers
 
 
 def unpad(attention_mask: torch.Tensor) -> Unpadded:
@@ -97,7 +116,7 @@ def unpad(attention_mask: torch.Tensor) -> Unpadded:
     rows = torch.repeat_interleave(torch.arange(batch_size, device=mask.device), seqlens.long())
     offsets = torch.arange(len(indices), device=mask.device) - cu_seqlens[rows].long()
     packed_indices = rows * max_seqlen + offsets
-    return Unpadded(indices, cu_seqlens, seqlens, max_seqlen, batch_size, packed_indices)
+    return Unpadded(indices, cu_seqlens, seqlens, max_seqlen, batch_size, packed_indices, rows, offsets)
 
 
 def pad(rows: torch.Tensor, indices: torch.Tensor, num_slots: int) -> torch.Tensor:
@@ -154,7 +173,9 @@ class MosaicBertAttention(nn.Module):
         subset_idx: torch.Tensor | None = None,
     ) -> torch.Tensor:
         qkv = self.Wqkv(hidden).view(-1, 3, self.num_heads, self.head_dim)
-        if self._flash_can_run(qkv):
+        if self.backend == "flex":
+            context = self._flex(qkv, unpadded)
+        elif self._flash_can_run(qkv):
             context = self._flash(qkv, unpadded)
         else:
             context = self._sdpa(qkv, unpadded, distances)
@@ -192,6 +213,30 @@ class MosaicBertAttention(nn.Module):
             alibi_slopes=self.alibi_slopes,
         )
         return context.reshape(qkv.shape[0], -1)
+
+    def _flex(self, qkv: torch.Tensor, unpadded: Unpadded) -> torch.Tensor:
+        """FlexAttention on the packed tokens: ALiBi as a score modifier, sequences as a block mask."""
+        if self.training and self.attention_dropout > 0:
+            raise RuntimeError("attention_backend=flex has no attention dropout; set attention_probs_dropout_prob=0 "
+                               "or use another backend")
+        _announce_backend("flex", "FlexAttention, ALiBi score_mod and a per-sequence block mask")
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        positions, sequence_ids, slopes = unpadded.positions, unpadded.sequence_ids, self.alibi_slopes
+
+        def alibi(score, batch, head, q_idx, kv_idx):
+            return score - slopes[head] * (positions[q_idx] - positions[kv_idx]).abs()
+
+        if unpadded.block_mask is None:
+            def same_sequence(batch, head, q_idx, kv_idx):
+                return sequence_ids[q_idx] == sequence_ids[kv_idx]
+
+            tokens = qkv.shape[0]
+            unpadded.block_mask = create_block_mask(same_sequence, B=None, H=None, Q_LEN=tokens, KV_LEN=tokens,
+                                                    device=qkv.device)
+        q, k, v = qkv.permute(1, 2, 0, 3).unsqueeze(1).unbind(0)  # each [1, heads, tokens, head_dim]
+        context = _flex_attention(qkv.is_cuda)(q, k, v, score_mod=alibi, block_mask=unpadded.block_mask)
+        return context[0].transpose(0, 1).reshape(qkv.shape[0], -1)
 
     def _sdpa(self, qkv: torch.Tensor, unpadded: Unpadded, distances: Callable[[int], torch.Tensor]) -> torch.Tensor:
         batch, seq = unpadded.batch_size, unpadded.max_seqlen
