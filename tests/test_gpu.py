@@ -33,23 +33,24 @@ def padded_batch(device="cuda"):
 
 
 def compare_with_sdpa_in_bf16(backend: str) -> None:
+    """Loss, sparse logits and every gradient of `backend` against SDPA, under bf16 autocast."""
     torch.manual_seed(0)
-    flash = MosaicBertForMaskedLM(config(backend)).cuda()
+    candidate = MosaicBertForMaskedLM(config(backend)).cuda()
     sdpa = MosaicBertForMaskedLM(config("sdpa")).cuda()
-    sdpa.load_state_dict(flash.state_dict())
+    sdpa.load_state_dict(candidate.state_dict())
     ids, mask, labels = padded_batch()
     results = []
-    for model in (flash, sdpa):
+    for model in (candidate, sdpa):
         with torch.autocast("cuda", dtype=torch.bfloat16):
             out = model(ids, mask, labels=labels)
         out.loss.backward()
         results.append((out.logits.float(), out.loss.float(), {n: p.grad.float() for n, p in model.named_parameters()}))
-    (fl, fl_loss, fg), (sl, sl_loss, sg) = results
-    torch.testing.assert_close(fl, sl, rtol=2e-2, atol=2e-2)
-    torch.testing.assert_close(fl_loss, sl_loss, rtol=1e-2, atol=1e-2)
-    for name in fg:
-        scale = sg[name].abs().max().clamp_min(1e-6)
-        assert (fg[name] - sg[name]).abs().max() / scale < 5e-2, name
+    (logits, loss, grads), (ref_logits, ref_loss, ref_grads) = results
+    torch.testing.assert_close(logits, ref_logits, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-2, atol=1e-2)
+    for name in grads:
+        scale = ref_grads[name].abs().max().clamp_min(1e-6)
+        assert (grads[name] - ref_grads[name]).abs().max() / scale < 5e-2, name
 
 
 @needs_flash
