@@ -176,3 +176,4 @@ def test_algorithm_rejects_unknown_mode_and_rewind_without_ticket(tmp_path):
         EarlyBERT(run_folder=str(tmp_path), mode="later")
     with pytest.raises(ConfigError, match="rewind needs ticket"):
         EarlyBERT(run_folder=str(tmp_path), rewind=True)
+    EarlyBERT(run_folder=str(tmp_path), mode="two_phase", rewind=True)  # applies to the second phase

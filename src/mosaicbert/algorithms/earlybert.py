@@ -127,8 +127,9 @@ class EarlyBERT(Algorithm):
             raise ConfigError("algorithms.earlybert: prune ratios must lie in [0, 1).")
         if window < 2 or check_interval < 1:
             raise ConfigError("algorithms.earlybert: window must be >= 2 and check_interval >= 1.")
-        if rewind and ticket is None:
-            raise ConfigError("algorithms.earlybert.rewind needs ticket: the ticket.json of a two_phase search run.")
+        if rewind and ticket is None and mode != "two_phase":
+            raise ConfigError("algorithms.earlybert.rewind needs ticket (the ticket.json of a two_phase search run) "
+                              "or mode: two_phase.")
         self.run_folder = run_folder
         self.mode = mode
         self.head_prune_ratio = head_prune_ratio

@@ -66,6 +66,7 @@ def load_glue_config(yaml_path: str | os.PathLike, overrides: list[str] | None =
         import mosaicbert.builders  # noqa: F401  (registers earlybert)
 
         registry.algorithms.validate("earlybert", config.earlybert, "earlybert")
+        registry.algorithms.build("earlybert", config.earlybert, "earlybert", run_folder=config.run_folder)  # value checks
     for task, values in config.task_overrides.items():
         build_dataclass(Hyperparameters, {**_as_dict(PAPER[task]), **values}, f"task_overrides.{task}")
     return config

@@ -95,31 +95,42 @@ def run(job: Job) -> dict[str, Any]:
     train_set = data.TokenizedExamples(
         data.load_examples(task, "train", job.data_source, job.data_local), tokenizer, job.max_seq_len, regression
     )
+    def fit(model, algorithms) -> None:
+        trainer = Trainer(
+            model=ComposerClassifier(model),
+            train_dataloader=data.dataloader(train_set, job.batch_size, job.shuffle_train, job.seed, tokenizer.pad_token_id),
+            max_duration=f"{job.epochs}ep",
+            optimizers=DecoupledAdamW(model.parameters(), lr=job.lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=job.weight_decay),
+            schedulers=LinearWithWarmupScheduler(t_warmup="0.06dur", alpha_f=0.0),
+            device=device,
+            precision=precision,
+            device_train_microbatch_size=job.batch_size if device == "cpu" else "auto",
+            seed=job.seed,
+            algorithms=algorithms,
+            progress_bar=True,
+            log_to_console=False,
+            python_log_level="warning",
+        )
+        trainer.fit()
+        trainer.close()
+
     model = load_classifier(job.start, job.model_name, task.num_labels, job.model_config)
     algorithms = []
     if job.earlybert is not None:
         from mosaicbert.algorithms.earlybert import EarlyBERT
 
-        algorithms.append(EarlyBERT(run_folder=os.path.splitext(job.result_path)[0] + "-earlybert", **job.earlybert))
+        folder = os.path.splitext(job.result_path)[0] + "-earlybert"
+        algorithms.append(EarlyBERT(run_folder=folder, **job.earlybert))
     started = time.perf_counter()
-    trainer = Trainer(
-        model=ComposerClassifier(model),
-        train_dataloader=data.dataloader(train_set, job.batch_size, job.shuffle_train, job.seed, tokenizer.pad_token_id),
-        max_duration=f"{job.epochs}ep",
-        optimizers=DecoupledAdamW(model.parameters(), lr=job.lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=job.weight_decay),
-        schedulers=LinearWithWarmupScheduler(t_warmup="0.06dur", alpha_f=0.0),
-        device=device,
-        precision=precision,
-        device_train_microbatch_size=job.batch_size if device == "cpu" else "auto",
-        seed=job.seed,
-        algorithms=algorithms,
-        progress_bar=True,
-        log_to_console=False,
-        python_log_level="warning",
-    )
-    trainer.fit()
+    fit(model, algorithms)
+    if algorithms and algorithms[0].mode == "two_phase" and algorithms[0].drawn is not None:
+        # As the paper fine-tunes: train the ticket afresh for the whole budget, from the search-start
+        # weights with `rewind` (the default there), else from the searched ones.
+        reproducibility.seed_all(job.seed)
+        model = load_classifier(job.start, job.model_name, task.num_labels, job.model_config)
+        algorithms = [EarlyBERT(run_folder=folder, **{**job.earlybert, "ticket": os.path.join(folder, "ticket.json")})]
+        fit(model, algorithms)
     train_seconds = time.perf_counter() - started
-    trainer.close()
 
     model.eval()
     metrics = {}
