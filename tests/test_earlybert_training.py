@@ -43,6 +43,8 @@ def test_in_run_pruning_resumes_and_fine_tunes(clean_env, sample_root, tmp_path)
     weights = checkpoint_weights(straight["checkpoint"])
     assert weights["model.bert.encoder.layer.0.attention.Wqkv.weight"].shape == (3 * 3 * 16, 64)  # q, k, v x 3 heads x head_dim 16
     assert not any("coef" in key for key in weights)  # folded into the weights at the draw
+    saved_config = json.loads((tmp_path / "straight" / "checkpoints" / "model_config.json").read_text())
+    assert [len(h) for h in saved_config["head_indices_per_layer"]] == [3, 3]
 
     with pytest.raises(KeyboardInterrupt):
         run(sample_root, tmp_path / "resumed", [CrashAtBatch(10)])

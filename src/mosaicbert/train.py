@@ -32,6 +32,16 @@ def check_save_folder(config: TrainConfig) -> None:
         )
 
 
+def write_model_config(config: TrainConfig, composer_model) -> None:
+    """The architecture next to the checkpoints, so fine-tuning can rebuild it from a checkpoint path
+    alone. Written again at the end of training: structured pruning may have changed the widths."""
+    from composer.utils import dist
+
+    if config.save_folder is not None and dist.get_global_rank() == 0:
+        os.makedirs(config.save_folder, exist_ok=True)
+        composer_model.model.config.to_json_file(os.path.join(config.save_folder, MODEL_CONFIG_FILE))
+
+
 def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extra_loggers: list | None = None):
     """Everything the run needs, built from registries in a fixed order; returns (trainer, summary callback)."""
     # Composer and the data stack are imported here so `--help` and config errors stay fast.
@@ -87,10 +97,7 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
     if dist.get_global_rank() == 0:
         os.makedirs(config.run_folder, exist_ok=True)
         OmegaConf.save(OmegaConf.create(to_dict(config)), os.path.join(config.run_folder, "config.yaml"))
-        if config.save_folder is not None:
-            # Next to the checkpoints, so fine-tuning can rebuild the architecture from a checkpoint path alone.
-            os.makedirs(config.save_folder, exist_ok=True)
-            model.model.config.to_json_file(os.path.join(config.save_folder, MODEL_CONFIG_FILE))
+        write_model_config(config, model)
 
     trainer = Trainer(
         run_name=config.run_name,
@@ -136,6 +143,7 @@ def train(config: TrainConfig, extra_callbacks: list | None = None, extra_logger
         if config.eval_first and config.eval_loader is not None and int(trainer.state.timestamp.batch) == 0:
             trainer.eval()
         trainer.fit()
+        write_model_config(config, trainer.state.model.module if hasattr(trainer.state.model, "module") else trainer.state.model)
     finally:
         trainer.close()
     return summary.summary
