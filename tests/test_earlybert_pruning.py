@@ -177,3 +177,89 @@ def test_algorithm_rejects_unknown_mode_and_rewind_without_ticket(tmp_path):
     with pytest.raises(ConfigError, match="rewind needs ticket"):
         EarlyBERT(run_folder=str(tmp_path), rewind=True)
     EarlyBERT(run_folder=str(tmp_path), mode="two_phase", rewind=True)  # applies to the second phase
+
+
+def quiet_logger():
+    from types import SimpleNamespace
+
+    return SimpleNamespace(log_metrics=lambda *args, **kwargs: None)
+
+
+def test_ticket_is_drawn_once_window_masks_agree_after_min_steps(tmp_path):
+    from mosaicbert.algorithms.earlybert import EarlyBERT
+
+    model = MosaicBertForMaskedLM(config())
+    pruning.add_coefficients(model)
+    heads, units = pruning.coefficients(model)
+    algorithm = EarlyBERT(run_folder=str(tmp_path), window=3, check_interval=10, min_search_steps=40,
+                          max_search_steps=1000, min_units_per_layer=4)
+    decisions = {step: algorithm._decide(step, heads, units, quiet_logger()) for step in (10, 20, 30)}
+    assert all(d is None for d in decisions.values())  # 30: stable, but before min_search_steps
+    drawn = algorithm._decide(40, heads, units, quiet_logger())
+    assert drawn is not None and drawn["reason"] == "masks stable"
+    with torch.no_grad():  # a mask that moves keeps the search going, until the cap
+        units[0].fill_(2.0)  # the pruned units move from layer 0 to layer 1
+    assert algorithm._decide(50, heads, units, quiet_logger()) is None
+    assert algorithm._decide(1000, heads, units, quiet_logger())["reason"] == "max_search_steps"
+
+
+def test_search_state_survives_a_checkpoint(tmp_path):
+    from mosaicbert.algorithms.earlybert import EarlyBERT
+
+    model = MosaicBertForMaskedLM(config())
+    pruning.add_coefficients(model)
+    heads, units = pruning.coefficients(model)
+    first = EarlyBERT(run_folder=str(tmp_path), window=3, min_units_per_layer=4)
+    for step in (10, 20):
+        first._decide(step, heads, units, quiet_logger())
+    second = EarlyBERT(run_folder=str(tmp_path), window=3, min_units_per_layer=4)
+    second.load_state_dict(first.state_dict())
+    assert second.history == first.history and len(second.recent) == 2
+    for a, b in zip(first.recent, second.recent):
+        assert np.array_equal(a["units"], b["units"]) and np.array_equal(a["heads"], b["heads"])
+
+
+def test_floors_below_one_are_refused(tmp_path):
+    from mosaicbert.algorithms.earlybert import EarlyBERT
+    from mosaicbert.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="must be >= 1"):
+        EarlyBERT(run_folder=str(tmp_path), min_heads_per_layer=0)
+
+
+def test_folding_rescales_adam_moments():
+    torch.manual_seed(0)
+    model = MosaicBertForMaskedLM(config(num_hidden_layers=1))
+    pruning.add_coefficients(model)
+    mlp = pruning.layers(model)[0].mlp
+    with torch.no_grad():
+        mlp.unit_coef.uniform_(0.5, 2.0)
+    coef = mlp.unit_coef.detach().clone()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ids, mask = batch()
+    model(ids, mask, labels=torch.where(torch.rand(ids.shape) < 0.5, ids, -100)).loss.backward()
+    optimizer.step()
+    old = mlp.wo.weight
+    before = {k: v.clone() for k, v in optimizer.state[old].items()}
+    pruning.slice_optimizer_state([optimizer], pruning.fold_coefficients(model))
+    after = optimizer.state[mlp.wo.weight]
+    torch.testing.assert_close(after["exp_avg"], before["exp_avg"] / coef[None, :])
+    torch.testing.assert_close(after["exp_avg_sq"], before["exp_avg_sq"] / coef[None, :] ** 2)
+
+
+def test_classifier_from_a_mid_search_checkpoint_keeps_the_coefficients_effect(tmp_path):
+    from mosaicbert.model.loading import load_classifier
+
+    torch.manual_seed(0)
+    mlm = MosaicBertForMaskedLM(config()).eval()
+    pruning.add_coefficients(mlm)
+    with torch.no_grad():
+        for coef in sum(pruning.coefficients(mlm), []):
+            coef.uniform_(0.5, 1.5)
+    torch.save({"state": {"model": {f"model.{k}": v for k, v in mlm.state_dict().items()}}}, tmp_path / "ep0-ba5-rank0.pt")
+    config().to_json_file(tmp_path / "model_config.json")
+    classifier = load_classifier(str(tmp_path / "ep0-ba5-rank0.pt"), "mosaic_bert", 2).eval()
+    ids, mask = batch()
+    real = mask.bool()
+    torch.testing.assert_close(classifier.bert(ids, mask).last_hidden_state[real], mlm.bert(ids, mask).last_hidden_state[real],
+                               rtol=1e-5, atol=1e-5)

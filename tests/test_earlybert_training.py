@@ -59,6 +59,17 @@ def test_in_run_pruning_resumes_and_fine_tunes(clean_env, sample_root, tmp_path)
     assert report["drawn"] and report["draw_step"] == resumed_ticket["step"] == ticket["step"]
     assert resumed_ticket["search_seconds"] > 0
 
+    # A plain run (no EarlyBERT) that loads the pruned weights trains every one of them.
+    from mosaicbert.train import build_trainer
+
+    plain = load_config(DEMO_YAML, earlybert_overrides(sample_root, tmp_path / "plain", algorithms="null",
+                                                       load_path=resumed["checkpoint"], load_weights_only=True))
+    trainer, _ = build_trainer(plain)
+    model_params = {id(p) for p in trainer.state.model.parameters()}
+    optimized = {id(p) for group in trainer.state.optimizers[0].param_groups for p in group["params"]}
+    assert optimized == model_params
+    trainer.close()
+
     classifier = load_classifier(resumed["checkpoint"], "mosaic_bert", num_labels=2)  # GLUE from the pruned model
     assert classifier.bert.encoder.layer[0].attention.num_heads == 3
     assert classifier.bert.encoder.layer[0].mlp.intermediate_size == weights["model.bert.encoder.layer.0.mlp.wo.weight"].shape[1]

@@ -76,6 +76,12 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
     name, kwargs = split_named(config.model, "model")
     model = registry.models.build(name, kwargs, "model", tokenizer=tokenizer)
 
+    optimizer = build_optimizer(config, model.parameters())
+    if hasattr(model, "reshape_hooks"):
+        # A checkpoint of a structurally pruned model reshapes the model on load: the optimizer follows.
+        from mosaicbert.model.pruning import slice_optimizer_state
+
+        model.reshape_hooks.append(lambda replaced: slice_optimizer_state([optimizer], replaced))
     train_loader = build_mlm_dataloader(
         config.train_loader, tokenizer, config.max_seq_len, config.device_train_batch_size, seed=config.seed
     )
@@ -108,7 +114,7 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
         eval_interval=config.eval_interval,
         eval_subset_num_batches=config.eval_subset_num_batches,
         max_duration=config.max_duration,
-        optimizers=build_optimizer(config, model.parameters()),
+        optimizers=optimizer,
         schedulers=build_scheduler(config),
         algorithms=build_section(config, "algorithms"),
         callbacks=callbacks,

@@ -127,6 +127,9 @@ class EarlyBERT(Algorithm):
             raise ConfigError("algorithms.earlybert: prune ratios must lie in [0, 1).")
         if window < 2 or check_interval < 1:
             raise ConfigError("algorithms.earlybert: window must be >= 2 and check_interval >= 1.")
+        if min_heads_per_layer < 1 or min_units_per_layer < 1:
+            raise ConfigError("algorithms.earlybert: min_heads_per_layer and min_units_per_layer must be >= 1; "
+                              "a layer without heads or units cannot run.")
         if rewind and ticket is None and mode != "two_phase":
             raise ConfigError("algorithms.earlybert.rewind needs ticket (the ticket.json of a two_phase search run) "
                               "or mode: two_phase.")
@@ -149,7 +152,7 @@ class EarlyBERT(Algorithm):
 
         self.searching = ticket is None
         self.coefficients: list[torch.nn.Parameter] = []
-        self.recent: deque = deque(maxlen=window)
+        self.recent: deque = deque(maxlen=window - 1)  # the masks the newest one is compared with
         self.history: list[dict[str, Any]] = []  # every check: step, masks, distances
         self.drawn: dict[str, Any] | None = None
         self._fit_start = None
@@ -178,7 +181,18 @@ class EarlyBERT(Algorithm):
             self._finish(state)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"searching": self.searching, "drawn": self.drawn, "history": self.history}
+        recent = [{kind: (np.packbits(m[kind]).tolist(), len(m[kind])) for kind in ("heads", "units")} for m in self.recent]
+        return {"searching": self.searching, "drawn": self.drawn, "history": self.history, "recent": recent}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Composer restores this after the model, so a resumed search keeps its window and history."""
+        self.searching = state["searching"] and self.searching
+        self.drawn = state["drawn"] or self.drawn
+        self.history = state["history"]
+        self.recent.clear()
+        for masks in state.get("recent", []):
+            self.recent.append({kind: np.unpackbits(np.array(bits, dtype=np.uint8), count=n).astype(bool)
+                                for kind, (bits, n) in masks.items()})
 
     # INIT ---------------------------------------------------------------------
     def _init(self, state: State) -> None:
@@ -289,11 +303,14 @@ class EarlyBERT(Algorithm):
     def _on_reshape(self, state: State, replaced: list) -> None:
         """A checkpoint of the already-pruned model is being loaded: the search is over."""
         model = _unwrap(state.model).model
+        current = []
         for layer in pruning.layers(model):
+            current += [p for p in (layer.attention.head_coef, layer.mlp.unit_coef) if p is not None]
             layer.attention.head_coef = None
             layer.mlp.unit_coef = None
-        pruning.drop_from_optimizer(state.optimizers, self.coefficients)
+        # Idempotent: a no-op where the trainer's own reshape hook already moved the optimizer over.
         pruning.slice_optimizer_state(state.optimizers, replaced)
+        pruning.drop_from_optimizer(state.optimizers, current + self.coefficients)
         self.coefficients = []
         self.searching = False
         ticket = os.path.join(self.run_folder, "ticket.json")
@@ -336,7 +353,8 @@ class EarlyBERT(Algorithm):
         now = time.perf_counter()
         path = os.path.join(self.run_folder, "earlybert_report.json")
         report = {"segments": []}
-        if os.path.isfile(path) and self._start_batch > 0:  # a resumed run adds to what came before
+        # A resumed run, or the second phase in the same folder, adds to what came before.
+        if os.path.isfile(path) and (self._start_batch > 0 or self.ticket is not None):
             with open(path, encoding="utf-8") as f:
                 report = json.load(f)
         report["segments"].append({

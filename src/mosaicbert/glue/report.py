@@ -76,6 +76,8 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines += [
         f"- Training data {'shuffled' if report['shuffle_train'] else 'in file order'}; scores are the final "
         "evaluation of each job (no best-of), x100; a task's score is the mean of its metrics over seeds",
+        "- STS-B is scored by Spearman correlation, as in the MosaicBERT reference (the GLUE leaderboard "
+        "averages Pearson and Spearman; Pearson is listed per metric)",
         "",
         "| task | metric(s) | score | median | min-max | seeds | per metric |",
         "|---|---|---|---|---|---|---|",

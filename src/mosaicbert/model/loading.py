@@ -67,11 +67,26 @@ def read_start(path: str, model_config: dict[str, Any] | None = None) -> tuple[d
     return model_config, state
 
 
+def fold_search_coefficients(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A checkpoint taken during an EarlyBERT search still holds head and unit coefficients: scale the
+    following projections by them (as the search did) so the encoder computes the same function."""
+    state = dict(state)
+    for key in [k for k in state if k.endswith((".attention.head_coef", ".mlp.unit_coef"))]:
+        coef = state.pop(key)
+        prefix = key.rsplit(".", 1)[0]
+        target = f"{prefix}.dense.weight" if key.endswith("head_coef") else f"{prefix}.wo.weight"
+        weight = state[target]
+        scale = coef.repeat_interleave(weight.shape[1] // coef.numel()).to(weight.dtype)
+        state[target] = weight * scale[None, :]
+    return state
+
+
 def load_classifier(path: str, model_name: str, num_labels: int, model_config: dict[str, Any] | None = None) -> torch.nn.Module:
     """A sequence classifier of type `model_name` with the encoder weights of `path` and a fresh classifier."""
     if model_name not in CLASSIFIERS:
         raise UserError(f"model_name must be one of {', '.join(CLASSIFIERS)}, got '{model_name}'.")
     config_dict, state = read_start(path, model_config)
+    state = fold_search_coefficients(state)
     found = next((name for name, key in SIGNATURE_KEYS.items() if key in state), None)
     if found is None:
         raise UserError(f"{path} holds neither a MosaicBERT nor a Hugging Face BERT encoder.")

@@ -30,6 +30,7 @@ class Replacement:
     new: nn.Parameter
     dim: int
     index: torch.Tensor
+    scale: torch.Tensor | None = None  # folding: the new weight is the old one times `scale` along `dim`
 
 
 def _replace(module: nn.Module, name: str, dim: int, index: torch.Tensor) -> Replacement:
@@ -87,7 +88,7 @@ def _scale_columns(linear: nn.Linear, scale: torch.Tensor) -> Replacement:
     index = torch.arange(linear.weight.shape[1])
     old = linear.weight
     linear.weight = nn.Parameter(old.detach() * scale[None, :], requires_grad=old.requires_grad)
-    return Replacement(old, linear.weight, 1, index)
+    return Replacement(old, linear.weight, 1, index, scale)
 
 
 # --------------------------------------------------------------------------- pruning
@@ -173,8 +174,22 @@ def slice_optimizer_state(optimizers: Sequence[torch.optim.Optimizer], replaced:
                 state = optimizer.state.pop(replacement.old)
                 for key, value in state.items():
                     if torch.is_tensor(value) and value.shape == replacement.old.shape:
-                        state[key] = value.index_select(replacement.dim, replacement.index.to(value.device))
+                        value = value.index_select(replacement.dim, replacement.index.to(value.device))
+                        if replacement.scale is not None:
+                            value = value / _moment_scale(key, replacement, value)
+                        state[key] = value
                 optimizer.state[replacement.new] = state
+
+
+def _moment_scale(key: str, replacement: Replacement, value: torch.Tensor) -> torch.Tensor:
+    """After W' = W * c the gradient is g / c: first moments divide by c, second moments by c^2.
+    A coefficient of 0 (a unit about to be pruned) leaves its moments as they are."""
+    c = replacement.scale.to(value.device, value.dtype)
+    c = torch.where(c == 0, torch.ones_like(c), c)
+    c = c ** 2 if "sq" in key else c
+    shape = [1] * value.dim()
+    shape[replacement.dim] = -1
+    return c.view(shape)
 
 
 def drop_from_optimizer(optimizers: Sequence[torch.optim.Optimizer], params: Sequence[torch.Tensor]) -> None:
