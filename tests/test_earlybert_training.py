@@ -70,6 +70,14 @@ def test_in_run_pruning_resumes_and_fine_tunes(clean_env, sample_root, tmp_path)
     assert optimized == model_params
     trainer.close()
 
+    from mosaicbert.model import MosaicBertForMaskedLM
+    from mosaicbert.model.loading import export_pretrained
+
+    export_pretrained(resumed["checkpoint"], str(tmp_path / "exported"))  # and export it
+    exported = MosaicBertForMaskedLM.from_pretrained(tmp_path / "exported")
+    assert exported.bert.encoder.layer[1].attention.num_heads == 3
+    torch.testing.assert_close(exported.bert.encoder.layer[1].mlp.wo.weight, other["model.bert.encoder.layer.1.mlp.wo.weight"])
+
     classifier = load_classifier(resumed["checkpoint"], "mosaic_bert", num_labels=2)  # GLUE from the pruned model
     assert classifier.bert.encoder.layer[0].attention.num_heads == 3
     assert classifier.bert.encoder.layer[0].mlp.intermediate_size == weights["model.bert.encoder.layer.0.mlp.wo.weight"].shape[1]

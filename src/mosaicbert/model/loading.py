@@ -18,7 +18,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from mosaicbert.errors import UserError
 from mosaicbert.model.configuration_mosaicbert import MosaicBertConfig
-from mosaicbert.model.modeling_mosaicbert import MosaicBertForSequenceClassification
+from mosaicbert.model.modeling_mosaicbert import MosaicBertForMaskedLM, MosaicBertForSequenceClassification
 
 MODEL_TYPES = {"mosaic_bert": "mosaic_bert", "hf_bert": "bert"}  # our registry name -> transformers model_type
 CLASSIFIERS = {"mosaic_bert": (MosaicBertConfig, MosaicBertForSequenceClassification),
@@ -102,4 +102,18 @@ def load_classifier(path: str, model_name: str, num_labels: int, model_config: d
     fresh = [k for k in missing if not k.startswith(("classifier.", "bert.pooler."))]
     if fresh:
         raise UserError(f"{path} lacks encoder weights the classifier needs (e.g. {fresh[0]}); is it the right architecture?")
+    return model
+
+
+def export_pretrained(checkpoint: str, out_dir: str) -> torch.nn.Module:
+    """Write a Composer MosaicBERT pretraining checkpoint (pruned or not) as a Hugging Face model folder."""
+    config_dict, state = read_start(checkpoint)
+    if SIGNATURE_KEYS["mosaic_bert"] not in state:
+        raise UserError(f"{checkpoint} does not hold a MosaicBERT model (hf_bert runs can use Composer's "
+                        "write_huggingface_pretrained_from_composer_checkpoint).")
+    model = MosaicBertForMaskedLM(MosaicBertConfig.from_dict(config_dict))
+    missing, unexpected = model.load_state_dict(fold_search_coefficients(state), strict=False)
+    if missing or unexpected:
+        raise UserError(f"{checkpoint} does not match its architecture: missing {missing[:3]}, unexpected {unexpected[:3]}.")
+    model.save_pretrained(out_dir)
     return model
