@@ -103,7 +103,7 @@ def test_interrupted_checkpoint_write_leaves_no_file(tmp_path, monkeypatch):
 
 
 def test_missing_data_names_the_make_target(clean_env, tmp_path):
-    config = load_config(DEMO_YAML, [f"data_local={tmp_path / 'nowhere'}", f"tokenizer_name=bert-base-uncased",
+    config = load_config(DEMO_YAML, [f"data_local={tmp_path / 'nowhere'}", "tokenizer_name=bert-base-uncased",
                                      f"run_folder={tmp_path / 'run'}"])
     from mosaicbert.data.text_dataset import build_mlm_dataloader
 

@@ -12,7 +12,6 @@ import os
 import random
 import re
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 from mosaicbert.data.prep import sample_corpus
@@ -117,17 +116,14 @@ def write_demo_tasks(out_dir: str | os.PathLike, train_size: int = 320, dev_size
             rng = random.Random(f"{seed}-{task}")
             folder = staging / task
             folder.mkdir(parents=True)
-            files: dict[str, Callable[[], list[list[str]]]] = {
-                # Training and dev sentences come from different halves of the corpus.
-                "train.tsv": lambda: make_rows(task, docs[:half], train_size * (2 if task == "MNLI" else 1), rng),
-            }
+            # Training and dev sentences come from different halves of the corpus.
+            files = [("train.tsv", docs[:half], train_size * (2 if task == "MNLI" else 1))]
             if task == "MNLI":
-                files["dev_matched.tsv"] = lambda: make_rows(task, docs[half:], dev_size, rng)
-                files["dev_mismatched.tsv"] = lambda: make_rows(task, docs[half:][::-1], dev_size, rng)
+                files += [("dev_matched.tsv", docs[half:], dev_size), ("dev_mismatched.tsv", docs[half:][::-1], dev_size)]
             else:
-                files["dev.tsv"] = lambda: make_rows(task, docs[half:], dev_size, rng)
-            for name, rows in files.items():
-                lines = ([header] if header else []) + rows()
+                files.append(("dev.tsv", docs[half:], dev_size))
+            for name, source, size in files:
+                lines = ([header] if header else []) + make_rows(task, source, size, rng)
                 (folder / name).write_text("".join("\t".join(row) + "\n" for row in lines), encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
