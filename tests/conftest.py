@@ -34,7 +34,6 @@ def tiny_overrides(sample_root: Path, run_folder: Path, **extra) -> list[str]:
         "model.model_config.num_hidden_layers": 2,
         "model.model_config.num_attention_heads": 2,
         "model.model_config.intermediate_size": 128,
-        "model.model_config.alibi_starting_size": 64,
         "global_train_batch_size": 16,
         "device_train_microbatch_size": 8,
         "max_duration": "12ba",

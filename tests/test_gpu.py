@@ -92,3 +92,18 @@ def test_auto_backend_uses_flash_for_bf16_cuda(monkeypatch):
     assert calls == [0.0] * 4  # every layer, no dropout in eval
     model(ids, mask)  # fp32: falls back to SDPA
     assert len(calls) == 4
+
+
+def test_no_host_sync_between_the_first_layer_and_the_loss():
+    """Indices for the sparse head and the loss come from the inputs, before the encoder: from the
+    first layer to the loss, CUDA never waits for the host (sync debug mode turns any sync into an error)."""
+    torch.manual_seed(0)
+    model = MosaicBertForMaskedLM(config("sdpa")).cuda()
+    ids, mask, labels = padded_batch()
+    model.bert.encoder.register_forward_pre_hook(lambda *_: torch.cuda.set_sync_debug_mode("error"))
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(ids, mask, labels=labels).loss
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(loss)

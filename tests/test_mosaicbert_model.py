@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 
 import pytest
@@ -22,7 +21,7 @@ VOCAB = 96
 
 def tiny_config(**overrides) -> MosaicBertConfig:
     values = dict(vocab_size=VOCAB, hidden_size=48, num_hidden_layers=3, num_attention_heads=6,
-                  intermediate_size=80, hidden_dropout_prob=0.0, alibi_starting_size=64, attention_backend="sdpa")
+                  intermediate_size=80, hidden_dropout_prob=0.0, attention_backend="sdpa")
     values.update(overrides)
     return MosaicBertConfig(**values)
 
@@ -160,19 +159,6 @@ def test_base_parameter_count_is_about_137m():
     assert model.config.vocab_size == 30528
 
 
-def test_sequences_longer_than_prepared_alibi_size(caplog):
-    torch.manual_seed(0)
-    short = MosaicBertModel(tiny_config(alibi_starting_size=8), add_pooling_layer=False).eval()
-    long = MosaicBertModel(tiny_config(alibi_starting_size=64), add_pooling_layer=False).eval()
-    long.load_state_dict(short.state_dict())
-    ids, mask, types = heavily_padded_batch()
-    with caplog.at_level(logging.WARNING):
-        grown = short(ids, mask, types).last_hidden_state
-    assert "exceeds the prepared ALiBi size 8" in caplog.text
-    assert short.encoder.alibi_distance_table.shape[0] == 30
-    torch.testing.assert_close(grown, long(ids, mask, types).last_hidden_state)
-
-
 def test_save_and_reload_round_trip(tmp_path):
     torch.manual_seed(0)
     model = MosaicBertForMaskedLM(tiny_config()).eval()
@@ -260,3 +246,268 @@ def test_flex_backend_matches_sdpa_in_forward_and_gradients():
     torch.testing.assert_close(outputs[1][0], outputs[0][0], rtol=1e-5, atol=1e-5)
     for name, grad in outputs[0][1].items():
         torch.testing.assert_close(outputs[1][1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+# --------------------------------------------------------------------------- independent reference
+
+
+def formula_encoder(model: MosaicBertModel, ids: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+    """One sequence (no padding), fp64, written from the paper's formulas with the model's weights:
+    softmax(q k^T / sqrt(d) - m_h |i - j|) v per head, m_h = 2^(-8(h+1)/n) (and, for n not a power of
+    two, every other slope of the 2p-head set), post-LayerNorm residuals, GeGLU = (GELU(x Wg) * x Wv) Wo."""
+    def w(module, name="weight"):
+        return getattr(module, name).detach().double()
+
+    def layer_norm(x, ln):
+        mean, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
+        return (x - mean) / torch.sqrt(var + ln.eps) * w(ln) + w(ln, "bias")
+
+    def gelu(x):
+        return 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))
+
+    config = model.config
+    n = config.num_attention_heads
+    p = 2 ** int(math.floor(math.log2(n)))
+    slopes = [2.0 ** (-8 * (h + 1) / p) for h in range(p)] + [2.0 ** (-8 * (2 * h + 1) / (2 * p)) for h in range(n - p)]
+    emb = model.embeddings
+    x = layer_norm(w(emb.word_embeddings)[ids] + w(emb.token_type_embeddings)[types], emb.LayerNorm)
+    length, d = len(ids), config.head_dim
+    distance = torch.tensor([[abs(i - j) for j in range(length)] for i in range(length)], dtype=torch.float64)
+    for layer in model.encoder.layer:
+        attn, mlp = layer.attention, layer.mlp
+        qkv = x @ w(attn.Wqkv).T + w(attn.Wqkv, "bias")
+        heads = []
+        for h in range(n):
+            q, k, v = (qkv[:, t * n * d + h * d: t * n * d + (h + 1) * d] for t in range(3))
+            scores = q @ k.T / math.sqrt(d) - slopes[h] * distance
+            heads.append(torch.softmax(scores, dim=-1) @ v)
+        x = layer_norm(torch.cat(heads, dim=1) @ w(attn.dense).T + w(attn.dense, "bias") + x, attn.LayerNorm)
+        gate, value = (x @ w(mlp.gated_layers).T).split(mlp.intermediate_size, dim=1)
+        x = layer_norm((gelu(gate) * value) @ w(mlp.wo).T + w(mlp.wo, "bias") + x, mlp.layernorm)
+    return x
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "flex"])
+def test_ragged_batch_equals_fp64_formula_one_sequence_at_a_time(backend):
+    torch.manual_seed(0)
+    model = MosaicBertModel(tiny_config(num_attention_heads=12, hidden_size=48, attention_backend=backend),
+                            add_pooling_layer=False).eval()
+    lengths = (300, 17, 1, 129, 64)  # past 256 (where bf16 distances would round) and across 128-token blocks
+    ids, mask, types = heavily_padded_batch(lengths=lengths, seq=300)
+    out = model.double()(ids, mask, types).last_hidden_state
+    for row, n in enumerate(lengths):
+        expected = formula_encoder(model, ids[row, :n], types[row, :n])
+        torch.testing.assert_close(out[row, :n], expected, rtol=1e-6, atol=1e-6, msg=f"sequence {row}")
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "flex"])
+def test_permuting_the_other_sequences_leaves_each_output_unchanged(backend):
+    torch.manual_seed(0)
+    model = MosaicBertForMaskedLM(tiny_config(attention_backend=backend)).eval()
+    ids, mask, types = heavily_padded_batch(lengths=(17, 3, 30, 1, 9, 25))
+    order = torch.tensor([4, 2, 5, 0, 3, 1])
+    logits = model(ids, mask, types).logits
+    permuted = model(ids[order], mask[order], types[order]).logits
+    real = mask[order].bool()
+    torch.testing.assert_close(permuted[real], logits[order][real], rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- dtypes, buffers, kernels' inputs
+
+
+@pytest.mark.parametrize("cast", [lambda m: m.to(torch.bfloat16), lambda m: m.half(), lambda m: m.double()],
+                         ids=["to_bf16", "half", "double"])
+def test_alibi_slopes_stay_exact_fp32_whatever_the_module_dtype(cast):
+    model = cast(MosaicBertForMaskedLM(tiny_config(num_attention_heads=12, hidden_size=48)))
+    buffers = dict(model.named_buffers())
+    assert buffers, "the slopes are buffers, so .to(device) moves them"
+    for name, buffer in buffers.items():
+        assert name.endswith("alibi_slopes") and buffer.dtype == torch.float32, (name, buffer.dtype)
+        torch.testing.assert_close(buffer, alibi_slopes(12), rtol=0, atol=0)
+
+
+def test_bf16_model_runs_on_cpu_with_finite_outputs():
+    torch.manual_seed(0)
+    model = MosaicBertForMaskedLM(tiny_config()).to(torch.bfloat16).eval()
+    ids, mask, types = heavily_padded_batch()
+    labels = torch.where(mask.bool(), ids, -100)
+    out = model(ids, mask, types, labels=labels)
+    assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.loss)
+
+
+def test_no_host_sync_after_the_encoder_starts():
+    """Every index the head and loss need is computed from the inputs before the first layer, so on
+    a GPU the host queues the whole step without waiting. CPU stand-in: no data-dependent op
+    (nonzero, boolean indexing, .item(), bool()) runs once the encoder has been entered."""
+    from torch.overrides import TorchFunctionMode
+
+    syncing = {"nonzero", "item", "tolist", "__bool__", "masked_select", "unique", "argwhere"}
+    seen: list[str] = []
+    entered = []
+
+    class Watch(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            name = getattr(func, "__name__", str(func))
+            if entered:
+                boolean_index = name == "__getitem__" and any(
+                    isinstance(a, torch.Tensor) and a.dtype == torch.bool for a in args[1:])
+                if name in syncing or boolean_index:
+                    seen.append(name)
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    for model in (MosaicBertForMaskedLM(tiny_config()), MosaicBertForSequenceClassification(tiny_config(num_labels=2))):
+        model.bert.encoder.register_forward_pre_hook(lambda *_: entered.append(True))
+        ids, mask, types = heavily_padded_batch()
+        labels = torch.where(mask.bool() & (torch.rand(ids.shape) < 0.3), ids, -100)
+        if isinstance(model, MosaicBertForSequenceClassification):
+            labels = torch.tensor([0, 1, 1, 0, 1])
+        with Watch():
+            model(ids, mask, types, labels=labels).loss.backward()
+        entered.clear()
+    assert not seen, f"host syncs after the encoder started: {seen}"
+
+
+def test_masked_lm_head_runs_on_masked_tokens_only():
+    """No forced first token: the last layer and the head see exactly the masked tokens."""
+    torch.manual_seed(0)
+    model = MosaicBertForMaskedLM(tiny_config()).eval()
+    ids, mask, types = heavily_padded_batch()
+    labels = torch.full_like(ids, -100)
+    labels[:, 2] = torch.where(mask[:, 2].bool(), ids[:, 2], -100)
+    rows = []
+    for module in (model.bert.encoder.layer[-1].mlp, model.cls):
+        module.register_forward_hook(lambda module, inputs, output: rows.append(inputs[0].shape[0]))
+    model(ids, mask, types, labels=labels)
+    masked = int((labels != -100).sum())
+    assert rows == [masked, masked]
+
+
+def test_sdpa_bias_is_built_once_per_forward_for_layers_with_the_same_heads(monkeypatch):
+    from mosaicbert.model import modeling_mosaicbert
+    from mosaicbert.model.pruning import prune_heads
+
+    built = []
+    original = modeling_mosaicbert.MosaicBertAttention._sdpa_bias
+
+    def spy(self, unpadded, dtype):
+        built.append(self.head_indices)
+        return original(self, unpadded, dtype)
+
+    monkeypatch.setattr(modeling_mosaicbert.MosaicBertAttention, "_sdpa_bias", spy)
+    model = MosaicBertModel(tiny_config(), add_pooling_layer=False).eval()
+    ids, mask, types = heavily_padded_batch()
+    model(ids, mask, types)
+    assert built == [tuple(range(6))]  # three layers, one bias
+    built.clear()
+    prune_heads(model.encoder.layer[1].attention, [0, 2, 5])
+    model(ids, mask, types)
+    assert built == [tuple(range(6)), (0, 2, 5)]
+
+
+@pytest.mark.parametrize("lengths", [(17, 3, 30, 1, 9), (128, 128, 5), (300, 0, 129, 127, 256), (1,), (700, 40)])
+def test_document_block_mask_equals_create_block_mask_without_the_dense_mask(lengths):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from mosaicbert.model.modeling_mosaicbert import document_block_mask, unpad
+
+    mask = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    for row, n in enumerate(lengths):
+        mask[row, :n] = 1
+    unpadded = unpad(mask)
+    sequence_ids, tokens = unpadded.sequence_ids, int(mask.sum())
+
+    def same_sequence(batch, head, q_idx, kv_idx):
+        return sequence_ids[q_idx] == sequence_ids[kv_idx]
+
+    ours = document_block_mask(sequence_ids, unpadded.cu_seqlens, same_sequence)
+    reference = create_block_mask(same_sequence, B=None, H=None, Q_LEN=tokens, KV_LEN=tokens, device="cpu")
+    for field in ("kv_num_blocks", "full_kv_num_blocks", "q_num_blocks", "full_q_num_blocks"):
+        assert torch.equal(getattr(ours, field), getattr(reference, field)), field
+    for counts, indices in (("kv_num_blocks", "kv_indices"), ("full_kv_num_blocks", "full_kv_indices")):
+        for row, count in enumerate(getattr(reference, counts)[0, 0].tolist()):
+            assert torch.equal(getattr(ours, indices)[0, 0, row, :count], getattr(reference, indices)[0, 0, row, :count])
+    assert ours.seq_lengths == reference.seq_lengths
+    assert torch.equal(ours.to_dense(), reference.to_dense())
+
+
+def _ddp_ranks_see_different_lengths(rank: int, world_size: int, init_file: str, results: str) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    torch.manual_seed(0)
+    model = DistributedDataParallel(MosaicBertForMaskedLM(tiny_config()))  # broadcast_buffers=True, the default
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(2):
+        # Rank 1's batches are much longer than rank 0's, and longer than any earlier batch.
+        lengths = (9, 12) if rank == 0 else (150 + 100 * step, 40)
+        ids, mask, types = heavily_padded_batch(lengths=lengths, seq=max(lengths), seed=rank * 10 + step)
+        labels = torch.where(mask.bool(), ids, -100)
+        optimizer.zero_grad()
+        model(ids, mask, types, labels=labels).loss.backward()
+        optimizer.step()
+    torch.save({"params": {n: p.detach() for n, p in model.module.named_parameters()},
+                "buffer_bytes": sum(b.numel() * b.element_size() for b in model.module.buffers())},
+               f"{results}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_ddp_with_a_longer_batch_on_one_rank_keeps_ranks_identical(tmp_path):
+    import torch.multiprocessing as mp
+
+    results = str(tmp_path / "params")
+    mp.spawn(_ddp_ranks_see_different_lengths, args=(2, str(tmp_path / "init"), results), nprocs=2)
+    rank0, rank1 = torch.load(f"{results}.0"), torch.load(f"{results}.1")
+    for name, param in rank0["params"].items():
+        torch.testing.assert_close(rank1["params"][name], param, rtol=0, atol=0, msg=name)
+    assert rank0["buffer_bytes"] == rank1["buffer_bytes"] <= 3 * 6 * 4  # only the slopes: 3 layers x 6 heads, fp32
+
+
+# --------------------------------------------------------------------------- transformers conventions
+
+
+def test_top_level_imports_and_auto_classes(tmp_path):
+    import mosaicbert
+    from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+    assert mosaicbert.MosaicBertForMaskedLM is MosaicBertForMaskedLM
+    assert isinstance(AutoConfig.for_model("mosaic_bert"), MosaicBertConfig)
+    torch.manual_seed(0)
+    model = MosaicBertForMaskedLM(tiny_config()).eval()
+    model.save_pretrained(tmp_path)
+    ids, mask, types = heavily_padded_batch()
+    loaded = AutoModelForMaskedLM.from_pretrained(tmp_path).eval()
+    assert type(loaded) is MosaicBertForMaskedLM
+    torch.testing.assert_close(loaded(ids, mask, types).logits, model(ids, mask, types).logits, rtol=0, atol=0)
+    assert type(AutoModel.from_pretrained(tmp_path)) is MosaicBertModel
+    assert type(AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=3)) is MosaicBertForSequenceClassification
+
+
+def test_trainer_and_pipeline_keyword_arguments():
+    torch.manual_seed(0)
+    config = tiny_config()
+    model = MosaicBertForMaskedLM(config).eval()
+    ids, mask, types = heavily_padded_batch()
+    labels = torch.where(mask.bool() & (torch.rand(ids.shape) < 0.3), ids, -100)
+
+    out = model(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=labels, return_dict=True,
+                output_hidden_states=True)
+    as_tuple = model(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=labels, return_dict=False)
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], out.loss)
+    torch.testing.assert_close(as_tuple[1], out.logits)
+    assert len(out.hidden_states) == config.num_hidden_layers + 1
+    real = mask.bool()
+    full = model.bert(ids, mask, types).last_hidden_state
+    torch.testing.assert_close(out.hidden_states[-1][real], full[real], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(out.logits, model.cls(full[labels != -100]), rtol=1e-5, atol=1e-5)
+    assert (out.hidden_states[0][~real] == 0).all()
+
+    classifier = MosaicBertForSequenceClassification(tiny_config(num_labels=2)).eval()
+    states = classifier(ids, mask, types, output_hidden_states=True).hidden_states
+    assert len(states) == config.num_hidden_layers + 1 and states[-1].shape == (*ids.shape, 48)
+    with pytest.raises(ValueError, match="does not return attention weights"):
+        model(ids, mask, output_attentions=True)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        model(ids, mask, head_mask=None)

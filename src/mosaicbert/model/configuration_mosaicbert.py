@@ -9,11 +9,11 @@ ATTENTION_BACKENDS = ("auto", "flash_attn", "sdpa", "flex")
 
 class MosaicBertConfig(PretrainedConfig):
     """Defaults are MosaicBERT-Base: 12 layers, hidden 768, 12 heads, GeGLU width 3072, vocabulary
-    30528 (bert-base-uncased's 30522 padded to a multiple of 64).
+    30528 (bert-base-uncased's 30522 padded to a multiple of 64). ALiBi has no maximum length, so
+    there is no position table to size (configs of the original release carry `alibi_starting_size`;
+    it is accepted and unused).
 
     Args beyond BERT's:
-        alibi_starting_size: sequence length the ALiBi distance table is prepared for; longer
-            batches grow it (with a warning). Raise it before fine-tuning on longer sequences.
         attention_backend: "auto" (FlashAttention-2 varlen for CUDA fp16/bf16 tensors when
             flash-attn is installed, else PyTorch SDPA), "flash_attn" (required; an error when it
             cannot run), "sdpa" (PyTorch scaled_dot_product_attention on padded tensors), or "flex"
@@ -42,7 +42,6 @@ class MosaicBertConfig(PretrainedConfig):
         initializer_range: float = 0.02,
         layer_norm_eps: float = 1e-12,
         pad_token_id: int = 0,
-        alibi_starting_size: int = 512,
         attention_backend: str = "auto",
         classifier_dropout: float | None = None,
         head_indices_per_layer: list[list[int]] | None = None,
@@ -65,7 +64,6 @@ class MosaicBertConfig(PretrainedConfig):
         self.type_vocab_size = type_vocab_size
         self.initializer_range = initializer_range
         self.layer_norm_eps = layer_norm_eps
-        self.alibi_starting_size = alibi_starting_size
         self.attention_backend = attention_backend
         self.classifier_dropout = classifier_dropout
         self.head_indices_per_layer = head_indices_per_layer

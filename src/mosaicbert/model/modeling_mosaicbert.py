@@ -15,13 +15,19 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    PreTrainedModel,
+)
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import MaskedLMOutput, SequenceClassifierOutput
 from transformers.utils import ModelOutput
@@ -61,12 +67,6 @@ def alibi_slopes(num_heads: int) -> torch.Tensor:
     return torch.tensor(slopes, dtype=torch.float32)
 
 
-def alibi_distances(size: int) -> torch.Tensor:
-    """|i - j| for positions below `size`, the symmetric (bidirectional) ALiBi distance."""
-    positions = torch.arange(size)
-    return (positions[None, :] - positions[:, None]).abs().float()
-
-
 _compiled_flex = None
 
 
@@ -87,7 +87,7 @@ def _flex_attention(on_cuda: bool):
 
 @dataclass
 class Unpadded:
-    """Where the real tokens of a padded `[batch, seq]` batch are.
+    """Where the real tokens of a padded `[batch, seq]` batch are, and what the layers of one forward share.
 
     indices: flat positions of real tokens in the `[batch * seq]` input, row-major.
     cu_seqlens: int32 `[batch + 1]`, 0 then cumulative sequence lengths (FlashAttention's layout).
@@ -102,10 +102,14 @@ class Unpadded:
     packed_indices: torch.Tensor
     sequence_ids: torch.Tensor  # which sequence each real token belongs to
     positions: torch.Tensor  # each real token's position within its sequence
-    block_mask: Any = None  # FlexAttention's document mask, built once per batch and shared by the layers
+    # Built by the first layer that needs them and reused by the others (layers with the same heads
+    # share one SDPA bias; every layer shares FlexAttention's document mask).
+    sdpa_bias: dict[tuple[int, ...], torch.Tensor] = field(default_factory=dict)
+    block_mask: Any = None
 
 
 def unpad(attention_mask: torch.Tensor) -> Unpadded:
+    """The one host sync of a forward (`nonzero`, `max_seqlen`), before any layer is launched."""
     mask = attention_mask.bool()
     batch_size = mask.shape[0]
     seqlens = mask.sum(dim=1, dtype=torch.int32)
@@ -113,10 +117,46 @@ def unpad(attention_mask: torch.Tensor) -> Unpadded:
     cu_seqlens = F.pad(torch.cumsum(seqlens, dim=0, dtype=torch.int32), (1, 0))
     max_seqlen = int(seqlens.max()) if batch_size else 0
     # A sequence's real tokens, packed to the left of its row (holes in the mask close up).
-    rows = torch.repeat_interleave(torch.arange(batch_size, device=mask.device), seqlens.long())
+    rows = torch.repeat_interleave(torch.arange(batch_size, device=mask.device), seqlens.long(),
+                                   output_size=len(indices))
     offsets = torch.arange(len(indices), device=mask.device) - cu_seqlens[rows].long()
     packed_indices = rows * max_seqlen + offsets
     return Unpadded(indices, cu_seqlens, seqlens, max_seqlen, batch_size, packed_indices, rows, offsets)
+
+
+def document_block_mask(sequence_ids: torch.Tensor, cu_seqlens: torch.Tensor, mask_mod: Callable,
+                        block_size: int = 128):
+    """FlexAttention's BlockMask for packed sequences, built from the sequence boundaries alone.
+
+    `create_block_mask` evaluates the mask on every (query, key) pair, a dense tokens x tokens
+    tensor; here each query block's key blocks follow from which sequences it touches, so the cost
+    is (blocks)^2 integers. The result equals `create_block_mask(mask_mod, ...)` (tested): key
+    blocks inside the query block's sequences, split into full blocks (query and key block wholly
+    inside one and the same sequence, neither cut short by the end) and partial ones (mask_mod decides).
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    tokens = sequence_ids.shape[0]
+    blocks = -(-tokens // block_size)
+    starts = torch.arange(blocks, device=sequence_ids.device) * block_size
+    ends = torch.clamp(starts + block_size, max=tokens) - 1  # last token of each block
+    first_seq, last_seq = sequence_ids[starts], sequence_ids[ends]
+    cu = cu_seqlens.long()
+    low = cu[first_seq] // block_size  # key blocks from the first sequence's start ...
+    high = (cu[last_seq + 1] - 1) // block_size  # ... to the last sequence's end
+    column = torch.arange(blocks, device=sequence_ids.device)
+    touched = (column[None, :] >= low[:, None]) & (column[None, :] <= high[:, None])
+    whole = (first_seq == last_seq) & (ends - starts + 1 == block_size)  # one sequence, not cut short
+    full = touched & whole[:, None] & whole[None, :] & (first_seq[:, None] == first_seq[None, :])
+    partial = touched & ~full
+
+    def ordered(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Block counts per query block, and the key-block indices with the used ones first, ascending.
+        dense = dense.to(torch.int32)[None, None]
+        return dense.sum(-1, dtype=torch.int32), torch.argsort(dense, dim=-1, descending=True, stable=True).to(torch.int32)
+
+    return BlockMask.from_kv_blocks(*ordered(partial), *ordered(full), BLOCK_SIZE=block_size, mask_mod=mask_mod,
+                                    seq_lengths=(tokens, tokens))
 
 
 def pad(rows: torch.Tensor, indices: torch.Tensor, num_slots: int) -> torch.Tensor:
@@ -161,24 +201,29 @@ class MosaicBertAttention(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.attention_dropout = config.attention_probs_dropout_prob
         self.backend = config.attention_backend
-        # Each kept head keeps its original slope, so pruned models attend as before.
+        # Each kept head keeps its original slope, so pruned models attend as before. `head_indices`
+        # (the original head numbers) names the slope set, so layers with the same heads share one bias.
+        self.head_indices = tuple(heads)
         self.register_buffer("alibi_slopes", alibi_slopes(config.num_attention_heads)[heads], persistent=False)
         self.register_parameter("head_coef", None)  # EarlyBERT search: one scale per head (model/pruning.py)
 
-    def forward(
-        self,
-        hidden: torch.Tensor,
-        unpadded: Unpadded,
-        distances: Callable[[int], torch.Tensor],
-        subset_idx: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def _apply(self, fn, recurse=True):
+        # `.to(torch.bfloat16)` / `.half()` cast every floating buffer, but FlashAttention-2 takes fp32
+        # slopes only, and bf16 slopes would change the bias: follow the device, keep fp32 and the exact values.
+        slopes = self.alibi_slopes
+        super()._apply(fn, recurse)
+        if self.alibi_slopes.dtype != torch.float32:
+            self.alibi_slopes = slopes.to(device=self.alibi_slopes.device, dtype=torch.float32)
+        return self
+
+    def forward(self, hidden: torch.Tensor, unpadded: Unpadded, subset_idx: torch.Tensor | None = None) -> torch.Tensor:
         qkv = self.Wqkv(hidden).view(-1, 3, self.num_heads, self.head_dim)
         if self.backend == "flex":
             context = self._flex(qkv, unpadded)
         elif self._flash_can_run(qkv):
             context = self._flash(qkv, unpadded)
         else:
-            context = self._sdpa(qkv, unpadded, distances)
+            context = self._sdpa(qkv, unpadded)
         if self.head_coef is not None:
             context = (context.view(-1, self.num_heads, self.head_dim) * self.head_coef[:, None]).flatten(1)
         if subset_idx is not None:  # last layer: keys and values used every token; the rest runs on the subset
@@ -220,8 +265,6 @@ class MosaicBertAttention(nn.Module):
             raise RuntimeError("attention_backend=flex has no attention dropout; set attention_probs_dropout_prob=0 "
                                "or use another backend")
         _announce_backend("flex", "FlexAttention, ALiBi score_mod and a per-sequence block mask")
-        from torch.nn.attention.flex_attention import create_block_mask
-
         positions, sequence_ids, slopes = unpadded.positions, unpadded.sequence_ids, self.alibi_slopes
 
         def alibi(score, batch, head, q_idx, kv_idx):
@@ -231,26 +274,33 @@ class MosaicBertAttention(nn.Module):
             def same_sequence(batch, head, q_idx, kv_idx):
                 return sequence_ids[q_idx] == sequence_ids[kv_idx]
 
-            tokens = qkv.shape[0]
-            unpadded.block_mask = create_block_mask(same_sequence, B=None, H=None, Q_LEN=tokens, KV_LEN=tokens,
-                                                    device=qkv.device)
+            unpadded.block_mask = document_block_mask(sequence_ids, unpadded.cu_seqlens, same_sequence)
         q, k, v = qkv.permute(1, 2, 0, 3).unsqueeze(1).unbind(0)  # each [1, heads, tokens, head_dim]
         context = _flex_attention(qkv.is_cuda)(q, k, v, score_mod=alibi, block_mask=unpadded.block_mask)
         return context[0].transpose(0, 1).reshape(qkv.shape[0], -1)
 
-    def _sdpa(self, qkv: torch.Tensor, unpadded: Unpadded, distances: Callable[[int], torch.Tensor]) -> torch.Tensor:
+    def _sdpa(self, qkv: torch.Tensor, unpadded: Unpadded) -> torch.Tensor:
         batch, seq = unpadded.batch_size, unpadded.max_seqlen
         padded = pad(qkv, unpadded.packed_indices, batch * seq).view(batch, seq, 3, self.num_heads, self.head_dim)
         q, k, v = padded.permute(2, 0, 3, 1, 4).unbind(0)  # each [batch, heads, seq, head_dim]
-        bias = (-self.alibi_slopes[:, None, None] * distances(seq)[:seq, :seq]).to(q.dtype)
-        key_is_padding = torch.arange(seq, device=q.device)[None, :] >= unpadded.seqlens[:, None]
-        # The most negative finite value, not -inf: a row with no real key stays finite (uniform), never NaN.
-        bias = bias[None].masked_fill(key_is_padding[:, None, None, :], torch.finfo(q.dtype).min)
+        bias = unpadded.sdpa_bias.get(self.head_indices)
+        if bias is None or bias.dtype != q.dtype:
+            bias = unpadded.sdpa_bias[self.head_indices] = self._sdpa_bias(unpadded, q.dtype)
         context = F.scaled_dot_product_attention(
             q, k, v, attn_mask=bias, dropout_p=self.attention_dropout if self.training else 0.0
         )
         context = context.transpose(1, 2).reshape(batch * seq, self.num_heads * self.head_dim)
         return context.index_select(0, unpadded.packed_indices)
+
+    def _sdpa_bias(self, unpadded: Unpadded, dtype: torch.dtype) -> torch.Tensor:
+        """`[batch, heads, seq, seq]`: -slope * |i - j|, and padded keys masked out."""
+        seq = unpadded.max_seqlen
+        positions = torch.arange(seq, device=self.alibi_slopes.device)
+        distance = (positions[None, :] - positions[:, None]).abs()  # integers: exact at any length
+        bias = (-self.alibi_slopes[:, None, None] * distance).to(dtype)
+        key_is_padding = positions[None, :] >= unpadded.seqlens[:, None]
+        # The most negative finite value, not -inf: a row with no real key stays finite (uniform), never NaN.
+        return bias[None].masked_fill(key_is_padding[:, None, None, :], torch.finfo(dtype).min)
 
 
 class MosaicBertGLU(nn.Module):
@@ -284,31 +334,37 @@ class MosaicBertLayer(nn.Module):
         self.attention = MosaicBertAttention(config, layer_idx)
         self.mlp = MosaicBertGLU(config, layer_idx)
 
-    def forward(self, hidden, unpadded, distances, subset_idx=None):
-        return self.mlp(self.attention(hidden, unpadded, distances, subset_idx))
+    def forward(self, hidden, unpadded, subset_idx=None):
+        return self.mlp(self.attention(hidden, unpadded, subset_idx))
 
 
 class MosaicBertEncoder(nn.Module):
+    """The layers. ALiBi needs no table sized in advance: each forward builds what its longest
+    sequence needs, so any length works and no large buffer travels in DDP's buffer broadcast."""
+
     def __init__(self, config: MosaicBertConfig):
         super().__init__()
         self.layer = nn.ModuleList([MosaicBertLayer(config, i) for i in range(config.num_hidden_layers)])
-        self.register_buffer("alibi_distance_table", alibi_distances(config.alibi_starting_size), persistent=False)
 
-    def distances(self, seq_len: int) -> torch.Tensor:
-        """The |i - j| table, grown (with a warning) when a batch is longer than it was prepared for."""
-        if seq_len > self.alibi_distance_table.shape[0]:
-            log.warning(
-                "Sequence length %d exceeds the prepared ALiBi size %d; growing it. Set alibi_starting_size "
-                "to the longest sequence to avoid this.", seq_len, self.alibi_distance_table.shape[0],
-            )
-            self.alibi_distance_table = alibi_distances(seq_len).to(self.alibi_distance_table.device)
-        return self.alibi_distance_table
-
-    def forward(self, hidden: torch.Tensor, unpadded: Unpadded, subset_idx: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        unpadded: Unpadded,
+        subset_idx: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """With `subset_idx`, the last layer after attention runs on those rows only (keys and values
+        still come from every token). With `output_hidden_states`, every layer runs on every token and
+        the list holds the embeddings' output and each layer's, `[num_real_tokens, hidden]` each."""
+        states = [hidden] if output_hidden_states else None
         last = len(self.layer) - 1
         for i, layer in enumerate(self.layer):
-            hidden = layer(hidden, unpadded, self.distances, subset_idx if i == last else None)
-        return hidden
+            hidden = layer(hidden, unpadded, subset_idx if i == last and not output_hidden_states else None)
+            if states is not None:
+                states.append(hidden)
+        if output_hidden_states and subset_idx is not None:
+            hidden = hidden.index_select(0, subset_idx)
+        return hidden, states
 
 
 class MosaicBertPooler(nn.Module):
@@ -341,10 +397,12 @@ class MosaicBertPredictionHead(nn.Module):
 @dataclass
 class MosaicBertModelOutput(ModelOutput):
     """last_hidden_state: `[batch, seq, hidden]`, or `[rows, hidden]` for the rows of `subset_mask`
-    (row-major order) when one was given. pooler_output: `[batch, hidden]` when the model has a pooler."""
+    (row-major order) when one was given. pooler_output: `[batch, hidden]` when the model has a pooler.
+    hidden_states: with `output_hidden_states`, the embeddings' and each layer's output, `[batch, seq, hidden]`."""
 
     last_hidden_state: torch.Tensor | None = None
     pooler_output: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass
@@ -383,6 +441,20 @@ def _defaults(input_ids, attention_mask, token_type_ids):
     return attention_mask, token_type_ids
 
 
+def _check_unsupported(output_attentions: bool | None, kwargs: dict[str, Any]) -> None:
+    """transformers' Trainer and pipelines pass these; say plainly what this model cannot do."""
+    if output_attentions:
+        raise ValueError("MosaicBERT does not return attention weights (output_attentions=True): its attention "
+                         "kernels (FlashAttention, SDPA, FlexAttention) never materialise them.")
+    if kwargs:
+        raise TypeError(f"unexpected keyword argument(s) {sorted(kwargs)}")
+
+
+def _output(model: PreTrainedModel, output: ModelOutput, return_dict: bool | None):
+    return_dict = return_dict if return_dict is not None else model.config.use_return_dict
+    return output if return_dict else output.to_tuple()
+
+
 class MosaicBertModel(MosaicBertPreTrainedModel):
     def __init__(self, config: MosaicBertConfig, add_pooling_layer: bool = True):
         super().__init__(config)
@@ -403,41 +475,56 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         subset_mask: torch.Tensor | None = None,
-    ) -> MosaicBertModelOutput:
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MosaicBertModelOutput | tuple:
         """`subset_mask` (`[batch, seq]` bool) limits the last layer after attention to those tokens;
         with a pooler, the first token of every sequence must be among them."""
+        _check_unsupported(output_attentions, kwargs)
+        output_hidden_states = bool(output_hidden_states if output_hidden_states is not None
+                                    else self.config.output_hidden_states)
         attention_mask, token_type_ids = _defaults(input_ids, attention_mask, token_type_ids)
         batch, seq = input_ids.shape
+        # Every index is worked out here, before the first layer is launched: nothing after the
+        # encoder waits on the host.
         unpadded = unpad(attention_mask)
+        subset_idx = first_token_rows = None
+        if subset_mask is not None:
+            in_subset = subset_mask.flatten().index_select(0, unpadded.indices).bool()
+            subset_idx = torch.nonzero(in_subset, as_tuple=False).flatten()
+            if self.pooler is not None:
+                first_token_rows = _first_token_rows(subset_mask, attention_mask)
         hidden = self.embeddings(
             input_ids.flatten().index_select(0, unpadded.indices),
             token_type_ids.flatten().index_select(0, unpadded.indices),
         )
-        subset_idx = None
-        if subset_mask is not None:
-            subset_idx = torch.nonzero(subset_mask.flatten().index_select(0, unpadded.indices), as_tuple=False).flatten()
-        hidden = self.encoder(hidden, unpadded, subset_idx)
+        hidden, states = self.encoder(hidden, unpadded, subset_idx, output_hidden_states)
+
+        def padded(rows: torch.Tensor) -> torch.Tensor:
+            return pad(rows, unpadded.indices, batch * seq).view(batch, seq, -1)
 
         if subset_idx is None:
-            sequence_output = pad(hidden, unpadded.indices, batch * seq).view(batch, seq, -1)
+            sequence_output = padded(hidden)
             first_tokens = sequence_output[:, 0]
         else:
             sequence_output = hidden
-            first_tokens = None
-            if self.pooler is not None:
-                first_tokens = _first_token_rows(hidden, subset_mask, attention_mask)
+            first_tokens = hidden.index_select(0, first_token_rows) if first_token_rows is not None else None
         pooled = self.pooler(first_tokens) if self.pooler is not None else None
-        return MosaicBertModelOutput(last_hidden_state=sequence_output, pooler_output=pooled)
+        hidden_states = tuple(padded(state) for state in states) if states is not None else None
+        output = MosaicBertModelOutput(last_hidden_state=sequence_output, pooler_output=pooled, hidden_states=hidden_states)
+        return _output(self, output, return_dict)
 
 
-def _first_token_rows(subset_hidden: torch.Tensor, subset_mask: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Rows of `subset_hidden` that hold each sequence's first token."""
+def _first_token_rows(subset_mask: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Rows of the subset output that hold each sequence's first token (checked on the inputs, before the encoder)."""
     kept = subset_mask.bool() & attention_mask.bool()
     if not bool(kept[:, 0].all()):
         raise ValueError("every sequence needs its first token ([CLS]) unmasked and in subset_mask for the pooler")
     row_of_position = torch.cumsum(kept.flatten().long(), dim=0) - 1
     first_positions = torch.arange(kept.shape[0], device=kept.device) * kept.shape[1]
-    return subset_hidden.index_select(0, row_of_position[first_positions])
+    return row_of_position[first_positions]
 
 
 class MosaicBertForMaskedLM(MosaicBertPreTrainedModel):
@@ -461,24 +548,31 @@ class MosaicBertForMaskedLM(MosaicBertPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-    ) -> MosaicBertMaskedLMOutput:
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MosaicBertMaskedLMOutput | tuple:
         """With `labels` (-100 where not masked), the last layer after attention and the head run on the
-        masked tokens (and each first token) only, and the loss is the mean cross-entropy over masked tokens."""
+        masked tokens only, and the loss is the mean cross-entropy over masked tokens."""
+        _check_unsupported(output_attentions, kwargs)
         attention_mask, token_type_ids = _defaults(input_ids, attention_mask, token_type_ids)
         if labels is None:
-            hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state
-            return MosaicBertMaskedLMOutput(logits=self.cls(hidden))
+            out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states,
+                            return_dict=True)
+            output = MosaicBertMaskedLMOutput(logits=self.cls(out.last_hidden_state), hidden_states=out.hidden_states)
+            return _output(self, output, return_dict)
 
-        subset_mask = (labels != IGNORE_INDEX) & attention_mask.bool()
-        subset_mask[:, 0] = attention_mask[:, 0].bool()  # first token, as in the reference
-        hidden = self.bert(input_ids, attention_mask, token_type_ids, subset_mask=subset_mask).last_hidden_state
-        subset_labels = labels.flatten()[torch.nonzero(subset_mask.flatten(), as_tuple=False).flatten()]
-        is_masked = subset_labels != IGNORE_INDEX
-        logits = self.cls(hidden[is_masked])
-        targets = subset_labels[is_masked]
+        is_masked = (labels != IGNORE_INDEX) & attention_mask.bool()
+        # Targets in the order the subset rows come out (row-major), taken before the encoder runs.
+        targets = labels.flatten().index_select(0, torch.nonzero(is_masked.flatten(), as_tuple=False).flatten())
+        out = self.bert(input_ids, attention_mask, token_type_ids, subset_mask=is_masked,
+                        output_hidden_states=output_hidden_states, return_dict=True)
+        logits = self.cls(out.last_hidden_state)
         # Sum / count rather than mean, so a batch without masked tokens gives 0, not NaN.
         loss = F.cross_entropy(logits.float(), targets, reduction="sum") / targets.numel() if targets.numel() else logits.sum() * 0.0
-        return MosaicBertMaskedLMOutput(loss=loss, logits=logits, labels=targets)
+        output = MosaicBertMaskedLMOutput(loss=loss, logits=logits, labels=targets, hidden_states=out.hidden_states)
+        return _output(self, output, return_dict)
 
 
 class MosaicBertForSequenceClassification(MosaicBertPreTrainedModel):
@@ -500,16 +594,23 @@ class MosaicBertForSequenceClassification(MosaicBertPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-    ) -> SequenceClassifierOutput:
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutput | tuple:
+        _check_unsupported(output_attentions, kwargs)
         attention_mask, token_type_ids = _defaults(input_ids, attention_mask, token_type_ids)
         first_tokens = torch.zeros_like(attention_mask, dtype=torch.bool)
         first_tokens[:, 0] = True  # the classifier reads only [CLS]: the last layer computes nothing else
-        pooled = self.bert(input_ids, attention_mask, token_type_ids, subset_mask=first_tokens).pooler_output
-        logits = self.classifier(self.dropout(pooled))
+        out = self.bert(input_ids, attention_mask, token_type_ids, subset_mask=first_tokens,
+                        output_hidden_states=output_hidden_states, return_dict=True)
+        logits = self.classifier(self.dropout(out.pooler_output))
         loss = None
         if labels is not None:
             loss = self._loss(logits, labels)
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+        output = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+        return _output(self, output, return_dict)
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.config.problem_type is None:
@@ -524,3 +625,10 @@ class MosaicBertForSequenceClassification(MosaicBertPreTrainedModel):
         if self.config.problem_type == "single_label_classification":
             return F.cross_entropy(logits.float().view(-1, self.num_labels), labels.view(-1))
         return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+
+
+# `AutoModelForMaskedLM.from_pretrained(folder)` and friends find these classes by `model_type`.
+AutoConfig.register(MosaicBertConfig.model_type, MosaicBertConfig, exist_ok=True)
+AutoModel.register(MosaicBertConfig, MosaicBertModel, exist_ok=True)
+AutoModelForMaskedLM.register(MosaicBertConfig, MosaicBertForMaskedLM, exist_ok=True)
+AutoModelForSequenceClassification.register(MosaicBertConfig, MosaicBertForSequenceClassification, exist_ok=True)

@@ -107,6 +107,7 @@ def prune_heads(attn: MosaicBertAttention, keep: Sequence[int]) -> list[Replacem
     if attn.head_coef is not None:
         replaced.append(_replace(attn, "head_coef", 0, keep))
     attn.alibi_slopes = attn.alibi_slopes[keep.to(attn.alibi_slopes.device)]
+    attn.head_indices = tuple(attn.head_indices[i] for i in keep.tolist())
     attn.num_heads = len(keep)
     attn.Wqkv.out_features = 3 * len(keep) * d
     attn.dense.in_features = len(keep) * d
