@@ -12,6 +12,9 @@ C4_LOCAL_DIR ?=
 C4_ARGS ?=
 NOW := $(shell date +%Y%m%d-%H%M%S)
 DEMO_RUN ?= demo-$(NOW)
+# Extra `key=value` overrides for the demos, e.g. DEMO_ARGS="max_duration=200ba" for a shorter demo.
+DEMO_ARGS ?=
+GLUE_DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
 GLUE_DEMO_ROOT ?= data/glue_demo
@@ -41,15 +44,15 @@ c4-shards: $(STAMP)
 
 # Each demo run gets its own folder under runs/, so nothing earlier is overwritten.
 demo: $(STAMP) sample-shards
-	$(VENV)/bin/composer src/main.py yamls/demo.yaml run_name=$(DEMO_RUN)
+	$(VENV)/bin/composer src/main.py yamls/demo.yaml run_name=$(DEMO_RUN) $(DEMO_ARGS)
 
 # Fine-tunes the newest `make demo` checkpoint (running the demo first if there is none) on
 # generated GLUE-format tasks, offline, with the paper protocol's two rounds.
 glue-demo: $(STAMP) sample-shards $(GLUE_DEMO_ROOT)/RTE/dev.tsv
 	@ckpt=$$(ls -td runs/demo-*/checkpoints/latest-rank0.pt 2>/dev/null | head -1); \
-	if [ -z "$$ckpt" ]; then $(MAKE) demo && ckpt=$$(ls -td runs/demo-*/checkpoints/latest-rank0.pt | head -1); fi; \
+	if [ -z "$$ckpt" ]; then $(MAKE) demo DEMO_ARGS='$(DEMO_ARGS)' && ckpt=$$(ls -td runs/demo-*/checkpoints/latest-rank0.pt | head -1); fi; \
 	echo "fine-tuning $$ckpt"; \
-	$(PY) src/glue.py yamls/glue/demo.yaml starting_checkpoint=$$ckpt data_local=$(GLUE_DEMO_ROOT) run_name=$(GLUE_DEMO_RUN)
+	$(PY) src/glue.py yamls/glue/demo.yaml starting_checkpoint=$$ckpt data_local=$(GLUE_DEMO_ROOT) run_name=$(GLUE_DEMO_RUN) $(GLUE_DEMO_ARGS)
 
 $(GLUE_DEMO_ROOT)/RTE/dev.tsv: | $(STAMP) sample-shards
 	$(PY) data_prep/glue_demo_tasks.py --out $(GLUE_DEMO_ROOT)
