@@ -511,3 +511,23 @@ def test_trainer_and_pipeline_keyword_arguments():
         model(ids, mask, output_attentions=True)
     with pytest.raises(TypeError, match="unexpected keyword"):
         model(ids, mask, head_mask=None)
+
+
+def test_flop_count_equals_the_matmuls_the_forward_runs():
+    """Counted independently: every nn.Linear call's rows x in x out on a sparse, padded batch, plus QK^T and AV."""
+    from mosaicbert.model.mosaic_bert import mlm_training_flops
+
+    torch.manual_seed(0)
+    model = MosaicBertForMaskedLM(tiny_config())
+    ids, mask, types = heavily_padded_batch()
+    labels = torch.where(mask.bool() & (torch.rand(ids.shape) < 0.3), ids, -100)
+    labels[:, 0] = -100  # first tokens unmasked: they must not be counted in the last layer
+    counted = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.register_forward_hook(
+                lambda m, inputs, output: counted.append(2 * inputs[0].shape[0] * m.in_features * m.out_features))
+    model(ids, mask, types, labels=labels)
+    lengths = mask.sum(dim=1)
+    attention = 2 * 2 * int((lengths**2).sum()) * 48 * len(model.bert.encoder.layer)
+    assert mlm_training_flops(model, mask, labels) == 3 * (sum(counted) + attention)

@@ -72,20 +72,19 @@ class ComposerMosaicBert(ComposerModel):
 def mlm_training_flops(model: MosaicBertForMaskedLM, attention_mask: torch.Tensor, labels: torch.Tensor) -> int:
     """Forward + backward FLOPs (3x forward) of one MLM batch, counting what the model computes:
     real tokens only, every layer's widths as they are (pruned or not), the last layer after
-    attention and the head on masked tokens plus first tokens, the vocabulary on masked tokens."""
+    attention, the head and the vocabulary on masked tokens only."""
     seqlens = attention_mask.sum(dim=1).long()
     tokens = int(seqlens.sum())
     squares = int((seqlens**2).sum())
     is_masked = (labels != IGNORE_INDEX) & attention_mask.bool()
     masked = int(is_masked.sum())
-    subset = masked + int((attention_mask[:, 0].bool() & ~is_masked[:, 0]).sum())  # plus first tokens
     hidden = model.config.hidden_size
     layers = model.bert.encoder.layer
     forward = 0
     for i, layer in enumerate(layers):
         attn, mlp = layer.attention, layer.mlp
         inner = attn.num_heads * attn.head_dim
-        rows_after_attention = subset if i == len(layers) - 1 else tokens
+        rows_after_attention = masked if i == len(layers) - 1 else tokens
         forward += 2 * tokens * hidden * 3 * inner  # Wqkv
         forward += 2 * 2 * squares * inner  # QK^T and attention x V
         forward += 2 * rows_after_attention * (inner * hidden + 3 * mlp.intermediate_size * hidden)  # dense, GeGLU
