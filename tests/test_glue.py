@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from mosaicbert.glue import metrics, runner
 from mosaicbert.glue.config import hyperparameters, load_glue_config
 from mosaicbert.glue.data import load_examples, read_tsv
 from mosaicbert.glue.demo_data import write_demo_tasks
+from mosaicbert.glue.job import job_to_json, write_json_atomically
 from mosaicbert.glue.report import seed_score
 from mosaicbert.glue.tasks import TASKS
 from mosaicbert.model import MosaicBertConfig, MosaicBertForMaskedLM, MosaicBertForSequenceClassification
@@ -37,7 +40,64 @@ def test_metrics_against_hand_computed_values():
     assert metrics.pearson([1, 2, 3], [2, 4, 7]) == pytest.approx(5 / np.sqrt(76 / 3))
     # ranks [1, 2.5, 2.5, 4] vs [1, 2, 3, 4] -> 4.5 / sqrt(4.5 * 5)
     assert metrics.spearman([1, 2, 2, 3], [10, 20, 30, 40]) == pytest.approx(4.5 / np.sqrt(22.5))
-    assert metrics.spearman([3, 1, 2], [30, 10, 20]) == pytest.approx(1.0)
+    # torchmetrics adds 1e-6 to the denominator: 1.5e-6 off at 3 examples, < 1e-10 at STS-B's 1,500.
+    assert metrics.spearman([3, 1, 2], [30, 10, 20]) == pytest.approx(1.0, abs=2e-6)
+
+
+def test_metrics_agree_with_sklearn_and_scipy():
+    from scipy import stats
+    from sklearn import metrics as reference
+
+    rng = np.random.default_rng(0)
+    for n in (7, 50, 1000):
+        labels = rng.integers(0, 2, n)
+        predictions = np.where(rng.random(n) < 0.7, labels, 1 - labels)
+        assert metrics.accuracy(predictions, labels) == pytest.approx(reference.accuracy_score(labels, predictions))
+        assert metrics.f1(predictions, labels) == pytest.approx(reference.f1_score(labels, predictions), abs=1e-6)
+        assert metrics.matthews(predictions, labels) == pytest.approx(reference.matthews_corrcoef(labels, predictions), abs=1e-6)
+        three_way = rng.integers(0, 3, n)  # MNLI
+        guesses = np.where(rng.random(n) < 0.6, three_way, rng.integers(0, 3, n))
+        assert metrics.accuracy(guesses, three_way) == pytest.approx(reference.accuracy_score(three_way, guesses))
+        # STS-B-like scores: labels on a 0.2 grid and rounded predictions, so both sides hold ties.
+        scores = rng.integers(0, 26, n) / 5
+        predicted = np.round(scores + rng.normal(0, 1, n), 1)
+        assert metrics.pearson(predicted, scores) == pytest.approx(stats.pearsonr(predicted, scores)[0], abs=1e-6)
+        assert metrics.spearman(predicted, scores) == pytest.approx(stats.spearmanr(predicted, scores)[0], abs=1e-6)
+    # A single predicted or true class: GLUE's scorer (sklearn) says 0.
+    for predictions, labels in (([1, 1, 1], [1, 0, 1]), ([0] * 9, [0] * 9), ([1, 0, 1, 0], [1, 1, 1, 1])):
+        assert metrics.matthews(predictions, labels) == reference.matthews_corrcoef(labels, predictions) == 0.0
+    assert metrics.f1([0, 0, 0], [0, 0, 0]) == reference.f1_score([0, 0, 0], [0, 0, 0], zero_division=0.0) == 0.0
+
+
+def test_matthews_correlation_is_right_beyond_int64_products():
+    from sklearn.metrics import matthews_corrcoef
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 120_000)  # (tp + fp) * (tp + fn) * (tn + fp) * (tn + fn) ~ 60k^4 > 2^63
+    predictions = np.where(rng.random(120_000) < 0.8, labels, 1 - labels)
+    assert metrics.matthews(predictions, labels) == pytest.approx(matthews_corrcoef(labels, predictions), abs=1e-6)
+
+
+def test_correlations_of_constant_predictions_are_nan_in_metrics_and_report(tmp_path, monkeypatch):
+    from scipy import stats
+
+    for constant, varying in (([2.5] * 4, [1.0, 2.0, 3.0, 4.0]), ([1.0, 2.0, 3.0, 4.0], [3.0] * 4)):
+        with pytest.warns(stats.ConstantInputWarning):
+            assert np.isnan(stats.spearmanr(constant, varying)[0])  # the reference says undefined too
+        assert np.isnan(metrics.pearson(constant, varying)) and np.isnan(metrics.spearman(constant, varying))
+
+    config = load_glue_config(GLUE_YAMLS / "demo.yaml", [f"starting_checkpoint={tmp_path}/start.pt", "protocol=sane",
+                                                         f"run_folder={tmp_path / 'run'}", "tasks=[stsb,sst2]",
+                                                         "task_overrides.stsb.seeds=[19,8364]"])
+    collapsed = {"dev": {"spearman": float("nan"), "pearson": float("nan")}}
+    monkeypatch.setattr(runner, "execute", fake_execute([], metrics_of=lambda job: collapsed if job.seed == 8364 else None))
+    report = runner.run_glue(config)
+    assert np.isnan(report["tasks"]["stsb"]["score"]) and np.isnan(report["glue_score"])
+    markdown = (tmp_path / "run" / "glue_results.md").read_text()
+    # Not 75.00-75.00: min and max of [75, nan] ignore the NaN in plain Python.
+    assert "| stsb | spearman | nan | nan | nan-nan | 2/2 | dev/spearman nan, dev/pearson nan |" in markdown
+    assert "| stsb-seed8364 | ok | nan | dev spearman nan, pearson nan |" in markdown
+    assert "| sst2 | accuracy | 75.00 |" in markdown
 
 
 def test_task_score_averages_evaluators_and_scored_metrics_only():
@@ -79,6 +139,27 @@ def test_tsv_layouts_of_every_task(tmp_path):
     assert load_examples(TASKS["qnli"], "dev", "local", str(tmp_path)).labels == [0]  # entailment
     rte = load_examples(TASKS["rte"], "dev", "local", str(tmp_path))
     assert (rte.text_a, rte.text_b, rte.labels) == (["A cat sat."], ["A dog sat."], [1])
+
+
+def test_real_glue_files_byte_order_mark_and_malformed_rows(tmp_path, capsys):
+    # MRPC's files start with a UTF-8 byte-order mark; QQP's hold rows with missing fields.
+    (tmp_path / "MRPC").mkdir()
+    (tmp_path / "MRPC" / "train.tsv").write_text("\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+                                                  "1\t7\t8\tHe left.\tHe went away.\n0\t9\t10\tIt rains.\tIt is dry.\n",
+                                                  encoding="utf-8")
+    mrpc = load_examples(TASKS["mrpc"], "train", "local", str(tmp_path))
+    assert (mrpc.text_a, mrpc.text_b, mrpc.labels) == (["He left.", "It rains."], ["He went away.", "It is dry."], [1, 0])
+    write(tmp_path / "QQP" / "train.tsv", [["id", "qid1", "qid2", "question1", "question2", "is_duplicate"],
+                                           ["0", "1", "2", "Why?", "How?", "0"],
+                                           ["1", "3", "4", "What is"],  # a row split over two lines
+                                           ["a question?", "Where?", "1"],
+                                           ["2", "5", "6", "Who?", "Whom?", "1"]])
+    qqp = load_examples(TASKS["qqp"], "train", "local", str(tmp_path))
+    assert (qqp.text_a, qqp.text_b, qqp.labels) == (["Why?", "Who?"], ["How?", "Whom?"], [0, 1])
+    assert f"skipped 2 malformed rows in {tmp_path / 'QQP' / 'train.tsv'}" in capsys.readouterr().out
+    write(tmp_path / "QQP" / "dev.tsv", [["id", "qid1", "qid2", "question1", "question2", "is_duplicate"], ["0", "1"]])
+    with pytest.raises(UserError, match="dev.tsv has no rows with the 6 fields QQP needs"):
+        load_examples(TASKS["qqp"], "dev", "local", str(tmp_path))
 
 
 def test_missing_task_file_and_bad_label_are_named(tmp_path):
@@ -136,6 +217,54 @@ def test_composer_pretraining_checkpoint_start(tmp_path):
         load_classifier(str(tmp_path / "ep0-ba1-rank0.pt"), "hf_bert", 2)
 
 
+def tiny_bert(**overrides):
+    from transformers import BertConfig
+
+    values = dict(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                  max_position_embeddings=64)
+    return BertConfig(**{**values, **overrides})
+
+
+@pytest.mark.parametrize("saved_as", ["BertModel", "BertForMaskedLM", "BertForSequenceClassification"])
+def test_hugging_face_bert_folders_of_every_layout(tmp_path, saved_as):
+    import transformers
+
+    torch.manual_seed(0)
+    saved = getattr(transformers, saved_as)(tiny_bert(num_labels=3, problem_type="single_label_classification"))
+    saved.save_pretrained(tmp_path / saved_as)
+    encoder = (saved if saved_as == "BertModel" else saved.bert).state_dict()
+    for labels in (2, 3, 1):
+        model = load_classifier(str(tmp_path / saved_as), "hf_bert", labels)
+        assert model.classifier.out_features == model.config.num_labels == labels
+        loaded = model.bert.state_dict()
+        for key, value in encoder.items():
+            torch.testing.assert_close(loaded[key], value, msg=f"{key} was not loaded")
+    if saved_as == "BertForSequenceClassification":
+        fresh = load_classifier(str(tmp_path / saved_as), "hf_bert", 3)
+        assert not torch.equal(fresh.classifier.weight, saved.classifier.weight)  # fresh even when the widths match
+    # One label is regression (STS-B), whatever problem the folder was fine-tuned for.
+    scores = torch.tensor([0.5, 4.0])
+    output = model(input_ids=torch.tensor([[2, 5, 3], [2, 6, 3]]), labels=scores)
+    torch.testing.assert_close(output.loss, torch.nn.functional.mse_loss(output.logits.squeeze(-1), scores))
+
+
+def test_folders_of_other_models_are_refused_naming_what_they_hold(tmp_path, capsys):
+    from transformers import GPT2Config, GPT2Model
+
+    GPT2Model(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=32)).save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(UserError, match=r"gpt2 holds a model of type 'gpt2' \(config.json model_type\)"):
+        load_classifier(str(tmp_path / "gpt2"), "hf_bert", 2)
+    MosaicBertForMaskedLM(tiny()).save_pretrained(tmp_path / "mosaic")
+    with pytest.raises(UserError, match="holds a mosaic_bert model, but the GLUE config says model_name=hf_bert"):
+        load_classifier(str(tmp_path / "mosaic"), "hf_bert", 2)
+    # The command line says so once, before any job starts.
+    code = runner.main([str(GLUE_YAMLS / "hf-bert-base.yaml"), f"starting_checkpoint={tmp_path / 'gpt2'}",
+                        f"run_folder={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "'gpt2'" in err
+    assert not (tmp_path / "run").exists()
+
+
 # --------------------------------------------------------------------------- config and scheduling
 
 
@@ -159,25 +288,126 @@ def test_glue_yamls_validate_and_carry_the_paper_settings():
         load_glue_config(GLUE_YAMLS / "mosaicbert-base.yaml", ["starting_checkpoint=x.pt", "tasks=[mrcp]"])
 
 
-def test_finished_jobs_are_skipped(tmp_path, monkeypatch):
-    config = load_glue_config(GLUE_YAMLS / "demo.yaml", [f"starting_checkpoint={tmp_path}/start.pt",
-                                                         f"run_folder={tmp_path / 'run'}", "tasks=[sst2,cola]"])
-    done = tmp_path / "run" / "results" / "sst2-seed19.json"
-    done.parent.mkdir(parents=True)
-    done.write_text(json.dumps({"task": "sst2", "seed": 19, "status": "ok", "start": "s",
-                                "metrics": {"dev": {"accuracy": 0.75}}}))
+def fake_execute(launched: list[str], metrics_of=lambda job: None, fail=()):
+    """Stands in for `runner.execute`: records the jobs it gets and writes what a finished job writes (its
+    result, 0.75 for every metric unless `metrics_of` says otherwise, and the model it keeps)."""
+
+    def execute(jobs, slots, done_before, total):
+        statuses = {}
+        for job in jobs:
+            launched.append(job.name)
+            if job.task in fail:
+                statuses[job.name] = {"status": "failed", "log": job.log_path, "error": "failed in this test"}
+                continue
+            task = TASKS[job.task]
+            scores = metrics_of(job) or {split: {name: 0.75 for name in task.metrics + task.extra_metrics}
+                                         for split in task.eval_splits}
+            write_json_atomically(job.result_path, {"task": job.task, "seed": job.seed, "status": "ok", "start": job.start,
+                                                    "metrics": scores, "spec_hash": job.spec_hash, "job": job_to_json(job)})
+            if job.save_model_dir:
+                os.makedirs(job.save_model_dir)
+                (Path(job.save_model_dir) / "config.json").write_text("{}")
+            statuses[job.name] = {"status": "ok"}
+        return statuses
+
+    return execute
+
+
+def test_results_are_reused_only_for_the_same_specification(tmp_path, monkeypatch, capsys):
+    start = tmp_path / "start.pt"
+    start.write_bytes(b"weights")
+    overrides = [f"starting_checkpoint={start}", f"run_folder={tmp_path / 'run'}", "tasks=[sst2,cola]"]
+    legacy = tmp_path / "run" / "results" / "sst2-seed19.json"  # as results were named before they had a hash
+    legacy.parent.mkdir(parents=True)
+    legacy.write_text(json.dumps({"task": "sst2", "seed": 19, "status": "ok", "start": "s", "metrics": {"dev": {"accuracy": 0.5}}}))
     launched = []
+    monkeypatch.setattr(runner, "execute", fake_execute(launched))
 
-    def fake_execute(jobs, slots, done_before, total):
-        launched.extend(job.name for job in jobs)
-        return {job.name: {"status": "failed", "log": job.log_path, "error": "not run in this test"} for job in jobs}
+    def run(*extra):
+        launched.clear()
+        report = runner.run_glue(load_glue_config(GLUE_YAMLS / "demo.yaml", overrides + list(extra)))
+        return {row["task"]: row["result"] for row in report["jobs"]}, capsys.readouterr().out
 
-    monkeypatch.setattr(runner, "execute", fake_execute)
-    report = runner.run_glue(config)
-    assert launched == ["cola-seed19"]
-    assert report["tasks"]["sst2"]["score"] == pytest.approx(75.0)
-    assert "score" not in report["tasks"]["cola"]
-    assert "| cola | matthews | failed |" in (tmp_path / "run" / "glue_results.md").read_text()
+    first, out = run()
+    assert launched == ["sst2-seed19", "cola-seed19"] and "cola-seed19 runs: no result yet" in out
+    assert f"sst2-seed19 runs: {legacy} records no job specification" in out and legacy.is_file()
+    assert json.loads(legacy.read_text())["metrics"] == {"dev": {"accuracy": 0.5}}
+
+    again, out = run()
+    assert launched == [] and again == first
+    assert f"reusing sst2-seed19: {first['sst2']} has the same settings" in out
+
+    changed, out = run("task_overrides.sst2.lr=1.0e-4")
+    assert launched == ["sst2-seed19"] and changed["cola"] == first["cola"] and changed["sst2"] != first["sst2"]
+    assert f"sst2-seed19 runs: settings differ from {first['sst2']} (lr 0.0003 -> 0.0001)" in out
+    assert Path(first["sst2"]).is_file()  # the result of the other settings stays
+
+    start.write_bytes(b"other weights")  # a new checkpoint at the same path
+    _, out = run()
+    assert launched == ["sst2-seed19", "cola-seed19"] and out.count("the start's files changed") == 2
+
+    config = load_glue_config(GLUE_YAMLS / "demo.yaml", overrides)
+    plain = runner.make_jobs(config, ["sst2"], str(start), set())[0]
+    config.earlybert = {"head_prune_ratio": 0.25}
+    assert runner.make_jobs(config, ["sst2"], str(start), set())[0].result_path != plain.result_path
+
+
+def test_regression_trains_in_fp32():
+    config = load_glue_config(GLUE_YAMLS / "mosaicbert-base.yaml", ["starting_checkpoint=x.pt", "run_folder=unused"])
+    jobs = runner.make_jobs(config, ["stsb", "mrpc"], "x.pt", set())
+    assert {job.task: job.precision for job in jobs} == {"stsb": "fp32", "mrpc": "amp_bf16"}
+
+
+def test_round_2_without_an_mnli_model_stops_before_any_job(tmp_path, monkeypatch, capsys):
+    start = tmp_path / "start.pt"
+    start.write_bytes(b"weights")
+    earlier = tmp_path / "run" / "results" / "rte-seed19-0123456789ab.json"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text("{}")
+    launched = []
+    monkeypatch.setattr(runner, "execute", fake_execute(launched))
+    overrides = [f"starting_checkpoint={start}", f"run_folder={tmp_path / 'run'}", "tasks=[rte]"]
+    with pytest.raises(UserError, match=r"round 2 \(rte\) starts from the fine-tuned MNLI model under protocol=paper.*"
+                                        r"Add mnli to tasks.*protocol=sane.*round_2_start=") as raised:
+        runner.run_glue(load_glue_config(GLUE_YAMLS / "demo.yaml", overrides))
+    assert launched == [] and sorted(p.name for p in (tmp_path / "run").rglob("*")) == ["results", earlier.name]
+    assert runner.main([str(GLUE_YAMLS / "demo.yaml"), *overrides]) == 2
+    assert capsys.readouterr().err == f"error: {raised.value}\n"
+    with pytest.raises(ConfigError, match="round_2_start applies to protocol=paper only"):
+        load_glue_config(GLUE_YAMLS / "demo.yaml", overrides + ["protocol=sane", f"round_2_start={start}"])
+
+
+def test_round_2_starts_from_the_mnli_model_or_the_start_the_config_names(tmp_path, monkeypatch):
+    start = tmp_path / "start.pt"
+    start.write_bytes(b"weights")
+    launched = []
+    monkeypatch.setattr(runner, "execute", fake_execute(launched, fail=("mnli",)))
+    overrides = [f"starting_checkpoint={start}", "task_overrides.rte.seeds=[19]"]
+
+    def run(folder, *extra):
+        launched.clear()
+        report = runner.run_glue(load_glue_config(GLUE_YAMLS / "demo.yaml", overrides + [f"run_folder={tmp_path / folder}", *extra]))
+        return report, {row["task"]: row for row in report["jobs"]}
+
+    # MNLI fails: round 2 does not fall back to the pretraining checkpoint.
+    report, rows = run("failed", "tasks=[mnli,rte]")
+    assert launched == ["mnli-seed19"] and rows["rte"]["status"] == "not run"
+    assert "no MNLI model to start from: mnli-seed19 did not produce" in rows["rte"]["error"]
+    assert "| rte-seed19 | not run |" in (tmp_path / "failed" / "glue_results.md").read_text()
+
+    monkeypatch.setattr(runner, "execute", fake_execute(launched))
+    report, rows = run("ok", "tasks=[mnli,rte]")
+    mnli_model = Path(rows["rte"]["start"])
+    assert launched == ["mnli-seed19", "rte-seed19"] and (mnli_model / "config.json").is_file()
+    assert mnli_model.parent == tmp_path / "ok" / "models" and mnli_model.name.startswith("mnli-seed19-")
+    assert report["round_2_start"] == f"fine-tuned MNLI model {mnli_model}"
+    report, rows = run("ok", "tasks=[rte]")  # later, alone: the MNLI model of these settings is there
+    assert launched == [] and rows["rte"]["start"] == str(mnli_model)
+
+    report, rows = run("opt-in", "tasks=[rte]", f"round_2_start={start}")
+    assert launched == ["rte-seed19"] and rows["rte"]["start"] == str(start)
+    assert report["round_2_start"].startswith(f"round_2_start={start}, set in the config")
+    assert f"Round 2 started from the round_2_start={start}" in (tmp_path / "opt-in" / "glue_results.md").read_text()
 
 
 @pytest.mark.slow
@@ -193,14 +423,14 @@ def test_a_failing_job_leaves_the_others_intact(tmp_path, sample_root):
         f"starting_checkpoint={start}", f"run_folder={tmp_path / 'run'}", f"data_local={data}",
         f"tokenizer_name={sample_root / 'tokenizer'}", "tasks=[sst2,cola,rte]",
         "task_overrides.sst2.epochs=1", "task_overrides.cola.epochs=1", "task_overrides.rte.epochs=1",
-        "task_overrides.rte.seeds=[19]",
+        "task_overrides.rte.seeds=[19]", f"round_2_start={start}",
     ])
     report = runner.run_glue(config)
     status = {f"{r['task']}-seed{r['seed']}": r["status"] for r in report["jobs"]}
     assert status == {"sst2-seed19": "ok", "cola-seed19": "failed", "rte-seed19": "ok"}
     assert "CoLA/train.tsv is missing" in next(r for r in report["jobs"] if r["task"] == "cola")["error"]
-    assert (tmp_path / "run" / "results" / "sst2-seed19.json").is_file()
-    assert "pretraining checkpoint (no fine-tuned MNLI model" in report["round_2_start"]
+    assert Path(next(r for r in report["jobs"] if r["task"] == "sst2")["result"]).is_file()
+    assert report["round_2_start"].startswith(f"round_2_start={start}, set in the config")
     saved = json.loads((tmp_path / "run" / "glue_results.json").read_text())
     assert saved["glue_complete"] is False and saved["glue_tasks_scored"] == 2
 
@@ -224,11 +454,12 @@ def test_glue_job_with_earlybert_searches_and_prunes(tmp_path, sample_root, mode
     ])
     report = runner.run_glue(config)
     assert report["jobs"][0]["status"] == "ok", report["jobs"][0]
-    result = json.loads((tmp_path / "run" / "results" / "sst2-seed19.json").read_text())
+    result_path = report["jobs"][0]["result"]
+    result = json.loads(Path(result_path).read_text())
     assert result["earlybert_draw_step"] in (1, 2)
     classifier_params = sum(p.numel() for p in MosaicBertForSequenceClassification(tiny(vocab_size=2048, num_attention_heads=4, intermediate_size=96, num_labels=2)).parameters())
     assert result["parameters"] < classifier_params
-    assert (tmp_path / "run" / "results" / "sst2-seed19-earlybert" / "ticket.json").is_file()
+    assert (Path(os.path.splitext(result_path)[0] + "-earlybert") / "ticket.json").is_file()
 
 
 def test_hf_bert_pretraining_checkpoint_start(tmp_path):

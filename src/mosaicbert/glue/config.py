@@ -36,6 +36,7 @@ class GlueConfig:
     data_source: str = "hub"  # hub: nyu-mll/glue; local: classic GLUE TSV folders under data_local
     data_local: str | None = None
     protocol: str = "paper"
+    round_2_start: str | None = None  # paper protocol: start RTE, MRPC, STS-B here instead of this run's MNLI model
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
     parallel: bool = True  # one job per GPU at a time; CPU runs jobs one after another
     precision: str | None = None  # None: amp_bf16 on GPU, fp32 on CPU
@@ -50,6 +51,9 @@ def load_glue_config(yaml_path: str | os.PathLike, overrides: list[str] | None =
     config = build_dataclass(GlueConfig, read_yaml(yaml_path, overrides))
     if config.protocol not in PROTOCOLS:
         raise ConfigError(f"protocol must be one of {', '.join(PROTOCOLS)}, got '{config.protocol}'.{nearest(config.protocol, PROTOCOLS)}")
+    if config.round_2_start and config.protocol != "paper":
+        raise ConfigError(f"round_2_start applies to protocol=paper only; protocol={config.protocol} starts every task "
+                          "from starting_checkpoint.")
     if config.model_name not in ("mosaic_bert", "hf_bert"):
         raise ConfigError(f"model_name must be mosaic_bert or hf_bert, got '{config.model_name}'.")
     if config.data_source not in ("hub", "local"):

@@ -42,8 +42,11 @@ def read_tsv(task: Task, path: Path) -> Examples:
             f"{{train.tsv,{','.join(f for _, f in task.eval_splits.values())}}}; or set data_source=hub."
         )
     layout = task.tsv
-    with open(path, encoding="utf-8", newline="") as f:
+    # utf-8-sig: MRPC's files start with a byte-order mark, which would otherwise stick to "Quality".
+    with open(path, encoding="utf-8-sig", newline="") as f:
         rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if not rows:
+        raise UserError(f"{path} is empty.")
     if layout.header:
         header, rows = rows[0], rows[1:]
         missing = [c for c in (layout.text_a, layout.text_b, layout.label) if c is not None and c not in header]
@@ -55,13 +58,20 @@ def read_tsv(task: Task, path: Path) -> Examples:
         a, b, y = layout.text_a, layout.text_b, layout.label
     width = max(i for i in (a, b, y) if i is not None) + 1
     text_a, text_b, labels = [], [], []
+    malformed = 0
     for line, row in enumerate(rows, start=2 if layout.header else 1):
         if len(row) < width:
-            raise UserError(f"{path}:{line}: {len(row)} fields, expected at least {width}.")
+            # QQP holds some rows with missing fields: drop them rather than the whole job.
+            malformed += 1
+            continue
         text_a.append(row[a])
         if b is not None:
             text_b.append(row[b])
         labels.append(_label(task, row[y], path, line))
+    if malformed:
+        print(f"skipped {malformed} malformed rows in {path} (fewer than {width} fields)", flush=True)
+    if not labels:
+        raise UserError(f"{path} has no rows with the {width} fields {task.folder} needs; is it {task.folder}'s file?")
     return Examples(text_a, text_b if b is not None else None, labels)
 
 

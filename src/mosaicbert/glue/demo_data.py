@@ -93,7 +93,7 @@ def make_rows(task: str, docs: list[list[str]], n: int, rng: random.Random) -> l
 HEADERS: dict[str, list[str] | None] = {
     "CoLA": None,
     "SST-2": ["sentence", "label"],
-    "MRPC": ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
+    "MRPC": ["\ufeffQuality", "#1 ID", "#2 ID", "#1 String", "#2 String"],  # the real files start with a byte-order mark
     "QQP": ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"],
     "STS-B": ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2", "score"],
     "MNLI": ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",

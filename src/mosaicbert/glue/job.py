@@ -40,6 +40,8 @@ class Job:
     log_path: str
     save_model_dir: str | None = None
     earlybert: dict[str, Any] | None = None  # EarlyBERT arguments, when the job searches and prunes
+    inputs: dict[str, Any] | None = None  # name, size and mtime of the start's and the data's files
+    spec_hash: str | None = None  # of every field but the output paths: the runner reuses results by it
 
     @property
     def name(self) -> str:
@@ -146,6 +148,7 @@ def run(job: Job) -> dict[str, Any]:
         model.save_pretrained(job.save_model_dir)
     result = {
         "task": job.task, "seed": job.seed, "status": "ok", "start": job.start, "metrics": metrics,
+        "spec_hash": job.spec_hash, "job": job_to_json(job),
         "hyperparameters": {"lr": job.lr, "weight_decay": job.weight_decay, "batch_size": job.batch_size,
                             "epochs": job.epochs, "precision": precision, "shuffle_train": job.shuffle_train},
         "train_examples": len(train_set), "train_seconds": round(train_seconds, 2), "saved_model": job.save_model_dir,

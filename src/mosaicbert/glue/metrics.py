@@ -1,8 +1,19 @@
-"""GLUE metrics as GLUE defines them, on plain arrays of predictions and labels."""
+"""GLUE metrics on arrays of predictions and labels, computed by torchmetrics (installed with Composer,
+and what the MosaicBERT reference recipes score with), in float64 for the correlations.
+
+Two edges follow GLUE's scorer (scikit-learn / scipy) rather than torchmetrics' own choice:
+- Matthews correlation with a single predicted or true class is 0 (torchmetrics substitutes a
+  limit that reaches 0.41 for predictions [1, 1, 1] against labels [1, 0, 1]).
+- Pearson and Spearman correlation with constant predictions or labels are NaN (torchmetrics'
+  Spearman returns 0), so a regression run that collapsed to one value stands out in the report.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
+from torchmetrics.functional.classification import binary_f1_score, binary_matthews_corrcoef
+from torchmetrics.functional.regression import pearson_corrcoef, spearman_corrcoef
 
 
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
@@ -11,50 +22,36 @@ def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
 
 def f1(predictions: np.ndarray, labels: np.ndarray) -> float:
     """Binary F1 of the positive class (1), as for QQP and MRPC."""
-    predictions, labels = np.asarray(predictions), np.asarray(labels)
-    tp = np.sum((predictions == 1) & (labels == 1))
-    fp = np.sum((predictions == 1) & (labels == 0))
-    fn = np.sum((predictions == 0) & (labels == 1))
-    return float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else 0.0
+    return float(binary_f1_score(torch.as_tensor(predictions), torch.as_tensor(labels)))
+
+
+def _single_valued(*values: torch.Tensor) -> bool:
+    return any(v.unique().numel() < 2 for v in values)
 
 
 def matthews(predictions: np.ndarray, labels: np.ndarray) -> float:
     """Matthews correlation (CoLA); 0 when a class is never predicted or never present."""
-    predictions, labels = np.asarray(predictions), np.asarray(labels)
-    tp = np.sum((predictions == 1) & (labels == 1))
-    tn = np.sum((predictions == 0) & (labels == 0))
-    fp = np.sum((predictions == 1) & (labels == 0))
-    fn = np.sum((predictions == 0) & (labels == 1))
-    denominator = np.sqrt(float((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)))
-    return float((tp * tn - fp * fn) / denominator) if denominator else 0.0
+    predictions, labels = torch.as_tensor(predictions), torch.as_tensor(labels)
+    if _single_valued(predictions, labels):
+        return 0.0
+    return float(binary_matthews_corrcoef(predictions, labels))
+
+
+def _correlation(function, predictions: np.ndarray, labels: np.ndarray) -> float:
+    x = torch.as_tensor(np.asarray(predictions, dtype=np.float64))
+    y = torch.as_tensor(np.asarray(labels, dtype=np.float64))
+    if _single_valued(x, y):
+        return float("nan")
+    return float(function(x, y))
 
 
 def pearson(predictions: np.ndarray, labels: np.ndarray) -> float:
-    x, y = np.asarray(predictions, dtype=np.float64), np.asarray(labels, dtype=np.float64)
-    x, y = x - x.mean(), y - y.mean()
-    denominator = np.sqrt(np.sum(x * x) * np.sum(y * y))
-    return float(np.sum(x * y) / denominator) if denominator else 0.0
-
-
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    """Ranks 1..n, ties sharing the mean of the ranks they span."""
-    order = np.argsort(values, kind="mergesort")
-    ranks = np.empty(len(values), dtype=np.float64)
-    sorted_values = values[order]
-    start = 0
-    while start < len(values):
-        end = start
-        while end + 1 < len(values) and sorted_values[end + 1] == sorted_values[start]:
-            end += 1
-        ranks[order[start:end + 1]] = (start + end) / 2 + 1
-        start = end + 1
-    return ranks
+    return _correlation(pearson_corrcoef, predictions, labels)
 
 
 def spearman(predictions: np.ndarray, labels: np.ndarray) -> float:
-    """Spearman rank correlation (STS-B): Pearson correlation of average ranks."""
-    return pearson(_average_ranks(np.asarray(predictions, dtype=np.float64)),
-                   _average_ranks(np.asarray(labels, dtype=np.float64)))
+    """Spearman rank correlation (STS-B), ties sharing their average rank."""
+    return _correlation(spearman_corrcoef, predictions, labels)
 
 
 METRICS = {"accuracy": accuracy, "f1": f1, "matthews": matthews, "pearson": pearson, "spearman": spearman}

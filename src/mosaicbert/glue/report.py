@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import statistics
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from mosaicbert.glue.job import Job, write_json_atomically
 from mosaicbert.glue.tasks import TASKS
@@ -22,7 +23,8 @@ def build_report(config, jobs: list[Job], statuses: dict[str, dict[str, Any]], r
     rows = []
     for job in jobs:
         status = statuses.get(job.name, {"status": "not run"})
-        row = {"task": job.task, "seed": job.seed, "status": status["status"], "start": job.start, "log": job.log_path}
+        row = {"task": job.task, "seed": job.seed, "status": status["status"], "start": job.start, "log": job.log_path,
+               "result": job.result_path}
         if status["status"] == "ok":
             result = json.loads(Path(job.result_path).read_text())
             row.update(metrics=result["metrics"], score=seed_score(job.task, result["metrics"]), start=result["start"])
@@ -35,11 +37,13 @@ def build_report(config, jobs: list[Job], statuses: dict[str, dict[str, Any]], r
         done = [r for r in rows if r["task"] == task and r["status"] == "ok"]
         entry: dict[str, Any] = {"seeds_ok": len(done), "seeds_planned": sum(r["task"] == task for r in rows)}
         if done:
+            # numpy, not statistics or min/max: a NaN (a correlation of constant predictions) must carry through.
             scores = [r["score"] for r in done]
-            entry.update(score=statistics.fmean(scores), median=statistics.median(scores), min=min(scores), max=max(scores))
+            entry.update(score=float(np.mean(scores)), median=float(np.median(scores)), min=float(np.min(scores)),
+                         max=float(np.max(scores)))
             names = TASKS[task].metrics + TASKS[task].extra_metrics
             entry["metric_means"] = {
-                f"{split}/{name}": 100 * statistics.fmean(r["metrics"][split][name] for r in done)
+                f"{split}/{name}": 100 * float(np.mean([r["metrics"][split][name] for r in done]))
                 for split in done[0]["metrics"] for name in names
             }
         tasks[task] = entry
@@ -54,7 +58,7 @@ def build_report(config, jobs: list[Job], statuses: dict[str, dict[str, Any]], r
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "tasks": tasks,
         "jobs": rows,
-        "glue_score": statistics.fmean(scored) if scored else None,
+        "glue_score": float(np.mean(scored)) if scored else None,
         "glue_tasks_scored": len(scored),
         "glue_complete": complete,
     }
@@ -77,7 +81,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"- Training data {'shuffled' if report['shuffle_train'] else 'in file order'}; scores are the final "
         "evaluation of each job (no best-of), x100; a task's score is the mean of its metrics over seeds",
         "- STS-B is scored by Spearman correlation, as in the MosaicBERT reference (the GLUE leaderboard "
-        "averages Pearson and Spearman; Pearson is listed per metric)",
+        "averages Pearson and Spearman; Pearson is listed per metric), and trains in fp32 as the reference did; "
+        "a correlation with constant predictions (a collapsed run) shows as nan",
         "",
         "| task | metric(s) | score | median | min-max | seeds | per metric |",
         "|---|---|---|---|---|---|---|",

@@ -7,6 +7,7 @@ and writes the results table.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import subprocess
@@ -16,41 +17,101 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from mosaicbert.errors import UserError
 from mosaicbert.glue.config import GlueConfig, hyperparameters
 from mosaicbert.glue.job import Job, write_json_atomically
 from mosaicbert.glue.report import build_report, write_report
-from mosaicbert.glue.tasks import ROUND_1, ROUND_2
+from mosaicbert.glue.tasks import ROUND_1, ROUND_2, TASKS
+
+
+# Job fields outside its specification: where its outputs go, and the hash of the rest.
+OUTPUT_FIELDS = ("result_path", "log_path", "save_model_dir", "spec_hash")
+
+
+def file_identity(path: str | os.PathLike | None) -> list[list[Any]] | None:
+    """Name, size and modification time of a file (with the model_config.json that gives a Composer
+    checkpoint its architecture) or of every file in a folder: enough to notice a replaced checkpoint
+    or regenerated data without reading gigabytes."""
+    if path is None:
+        return None
+    path = Path(path)
+    files = sorted(path.iterdir()) if path.is_dir() else [path, path.parent / "model_config.json"]
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()] or None
+
+
+def specification(job: Job) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(job).items() if k not in OUTPUT_FIELDS}
 
 
 def make_jobs(config: GlueConfig, tasks: list[str], start: str, keep_models: set[str]) -> list[Job]:
+    """The jobs of `tasks`, each named by a hash of its specification: results of other settings stay
+    where they are, and a result is reused only for the same settings and input files."""
     folder = Path(config.run_folder)
     jobs = []
     for task in tasks:
         hp = hyperparameters(config, task)
+        data = Path(config.data_local) / TASKS[task].folder if config.data_source == "local" else None
+        inputs = {"start": file_identity(start), "data": file_identity(data)}
         for seed in hp.seeds:
-            name = f"{task}-seed{seed}"
-            keep = config.save_finetuned or task in keep_models
-            jobs.append(Job(
+            job = Job(
                 task=task, seed=seed, start=start, model_name=config.model_name, model_config=config.model_config,
                 tokenizer_name=config.tokenizer_name, max_seq_len=config.max_seq_len, data_source=config.data_source,
                 data_local=config.data_local, lr=hp.lr, weight_decay=hp.weight_decay, batch_size=hp.batch_size,
-                epochs=hp.epochs, precision=config.precision, shuffle_train=config.shuffle_train,
-                result_path=str(folder / "results" / f"{name}.json"), log_path=str(folder / "logs" / f"{name}.log"),
-                save_model_dir=str(folder / "models" / name) if keep else None, earlybert=config.earlybert,
+                epochs=hp.epochs, shuffle_train=config.shuffle_train, earlybert=config.earlybert, inputs=inputs,
+                # Regression (STS-B) trains in fp32, as the reference did (its STSBJob hard-codes it).
+                precision="fp32" if TASKS[task].num_labels == 1 else config.precision,
+                result_path="", log_path="",
+            )
+            digest = hashlib.sha256(json.dumps(specification(job), sort_keys=True).encode()).hexdigest()[:12]
+            stem = f"{job.name}-{digest}"
+            keep = config.save_finetuned or task in keep_models
+            jobs.append(dataclasses.replace(
+                job, spec_hash=digest, result_path=str(folder / "results" / f"{stem}.json"),
+                log_path=str(folder / "logs" / f"{stem}.log"), save_model_dir=str(folder / "models" / stem) if keep else None,
             ))
     return jobs
 
 
-def warm_start(config: GlueConfig) -> tuple[str, str]:
-    """Round 2's starting point and how it was chosen: the first MNLI seed's fine-tuned model in the
-    paper protocol when it exists, else the pretraining checkpoint."""
+def rerun_reason(job: Job) -> str | None:
+    """None when the job's result for this specification (and the model it must keep) exist, else why it runs."""
+    if os.path.isfile(job.result_path):
+        if job.save_model_dir and not os.path.isfile(os.path.join(job.save_model_dir, "config.json")):
+            return f"its fine-tuned model {job.save_model_dir} is needed but missing"
+        return None
+    results = Path(job.result_path).parent
+    earlier = [p for p in [results / f"{job.name}.json", *results.glob(f"{job.name}-*.json")] if p.is_file()]
+    if not earlier:
+        return "no result yet"
+    latest = max(earlier, key=lambda p: p.stat().st_mtime)
+    old = json.loads(latest.read_text()).get("job")
+    if old is None:
+        return f"{latest} records no job specification (an older version wrote it); it stays as it is"
+    new = specification(job)
+    changes = [f"{key} {old.get(key)!r} -> {value!r}" for key, value in new.items() if key != "inputs" and old.get(key) != value]
+    changes += [f"the {name}'s files changed" for name, value in new["inputs"].items()
+                if (old.get("inputs") or {}).get(name) != value]
+    return f"settings differ from {latest} ({'; '.join(changes) or 'specification hash'}); that result stays as it is"
+
+
+def round_2_plan(config: GlueConfig, round_1: list[str]) -> tuple[Job | None, str]:
+    """Round 2's MNLI job to start from (None when the start is fixed) and how the start was chosen.
+    Decided before any job runs, so a run that cannot follow the paper protocol stops with nothing written."""
     if config.protocol != "paper":
-        return config.starting_checkpoint, "pretraining checkpoint (protocol without MNLI warm start)"
-    seed = hyperparameters(config, "mnli").seeds[0]
-    mnli = Path(config.run_folder) / "models" / f"mnli-seed{seed}"
-    if (mnli / "config.json").is_file():
-        return str(mnli), f"fine-tuned MNLI model {mnli}"
-    return config.starting_checkpoint, "pretraining checkpoint (no fine-tuned MNLI model: MNLI was not run or failed)"
+        return None, f"pretraining checkpoint {config.starting_checkpoint} (protocol {config.protocol}: no MNLI warm start)"
+    if config.round_2_start:
+        return None, (f"round_2_start={config.round_2_start}, set in the config (the paper protocol starts round 2 "
+                      "from its own fine-tuned MNLI model)")
+    mnli = make_jobs(config, ["mnli"], config.starting_checkpoint, {"mnli"})[0]  # the first seed's model
+    if "mnli" not in round_1 and rerun_reason(mnli) is not None:
+        tasks = ", ".join(t for t in ROUND_2 if t in config.tasks)
+        raise UserError(
+            f"round 2 ({tasks}) starts from the fine-tuned MNLI model under protocol=paper, but mnli is not among "
+            f"the tasks and this run folder holds no MNLI model for these settings ({mnli.save_model_dir}). "
+            "Add mnli to tasks (it runs first), or set protocol=sane (every task from the pretraining checkpoint), "
+            "or set round_2_start=<fine-tuned MNLI model folder> (round_2_start=<starting_checkpoint> starts round 2 "
+            "from the pretraining checkpoint; the report says so)."
+        )
+    return mnli, f"fine-tuned MNLI model {mnli.save_model_dir}"
 
 
 def gpu_slots(config: GlueConfig) -> list[str | None]:
@@ -95,7 +156,7 @@ def execute(jobs: list[Job], slots: list[str | None], done_before: int, total: i
 
 
 def _launch(job: Job, slot: str | None) -> tuple[subprocess.Popen, Any]:
-    spec = Path(job.log_path).parent.parent / "jobs" / f"{job.name}.json"
+    spec = Path(job.log_path).parent.parent / "jobs" / f"{Path(job.result_path).stem}.json"
     write_json_atomically(str(spec), dataclasses.asdict(job))
     os.makedirs(os.path.dirname(job.log_path), exist_ok=True)
     log = open(job.log_path, "w", encoding="utf-8")
@@ -121,37 +182,62 @@ def _last_line(path: str) -> str:
 
 def run_glue(config: GlueConfig) -> dict[str, Any]:
     folder = Path(config.run_folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    slots = gpu_slots(config)
     round_1 = [t for t in ROUND_1 if t in config.tasks]
     round_2 = [t for t in ROUND_2 if t in config.tasks]
-    keep = {"mnli"} if config.protocol == "paper" and round_2 else set()
-    planned = make_jobs(config, round_1, config.starting_checkpoint, keep)
-    total = len(planned) + len(make_jobs(config, round_2, config.starting_checkpoint, set()))
+    mnli, round_2_note = round_2_plan(config, round_1) if round_2 else (None, None)
+    folder.mkdir(parents=True, exist_ok=True)
+    slots = gpu_slots(config)
+    planned = make_jobs(config, round_1, config.starting_checkpoint, {"mnli"} if mnli else set())
+    total = len(planned) + sum(len(hyperparameters(config, t).seeds) for t in round_2)
     statuses: dict[str, dict[str, Any]] = {}
 
     def run_round(jobs: list[Job]) -> None:
-        todo = [j for j in jobs if not os.path.isfile(j.result_path)]
+        todo = []
         for job in jobs:
-            if job not in todo:
+            reason = rerun_reason(job)
+            if reason is None:
                 statuses[job.name] = {"status": "ok", "skipped": True}
-        if len(todo) < len(jobs):
-            print(f"[glue] skipping {len(jobs) - len(todo)} job(s) with results already in {folder / 'results'}", flush=True)
+                print(f"[glue] reusing {job.name}: {job.result_path} has the same settings", flush=True)
+            else:
+                todo.append(job)
+                print(f"[glue] {job.name} runs: {reason}", flush=True)
         statuses.update(execute(todo, slots, len(statuses), total))
 
     run_round(planned)
-    round_2_start, round_2_note = warm_start(config)
-    second = make_jobs(config, round_2, round_2_start, set())
-    if second:
+    second = []
+    if round_2:
+        start = mnli.save_model_dir if mnli else (config.round_2_start or config.starting_checkpoint)
+        second = make_jobs(config, round_2, start, set())
         print(f"[glue] round 2 ({', '.join(round_2)}) starts from the {round_2_note}", flush=True)
-        run_round(second)
-    report = build_report(config, planned + second, statuses, round_2_note if second else None)
+        if mnli and rerun_reason(mnli) is not None:
+            error = f"no MNLI model to start from: {mnli.name} did not produce {mnli.save_model_dir} (see {mnli.log_path})"
+            print(f"[glue] round 2 not run: {error}", flush=True)
+            round_2_note += ", which was not produced: round 2 did not run"
+            statuses.update({job.name: {"status": "not run", "error": error} for job in second})
+        else:
+            run_round(second)
+    report = build_report(config, planned + second, statuses, round_2_note)
     write_report(report, folder)
     return report
 
 
+def check_starts(config: GlueConfig) -> None:
+    """The starting points exist and, for Hugging Face folders, hold `model_name`'s model type: one message
+    now rather than the same failure in every job. (Composer checkpoints are opened by the jobs only.)"""
+    from mosaicbert.model.loading import check_model_name, folder_model_name
+
+    start = Path(config.starting_checkpoint)
+    if not start.exists():
+        raise UserError(f"starting_checkpoint {start} does not exist; pretrain first (make demo writes "
+                        "runs/demo-*/checkpoints/latest-rank0.pt) or point it at a Hugging Face model folder.")
+    if config.round_2_start and not Path(config.round_2_start).exists():
+        raise UserError(f"round_2_start {config.round_2_start} does not exist; point it at a fine-tuned MNLI model folder.")
+    for path in (start, config.round_2_start):
+        if path and Path(path).is_dir():
+            check_model_name(str(path), folder_model_name(Path(path)), config.model_name)
+
+
 def main(argv: list[str] | None = None) -> int:
-    from mosaicbert.errors import UserError
     from mosaicbert.glue.config import load_glue_config
 
     argv = sys.argv[1:] if argv is None else argv
@@ -160,10 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     try:
         config = load_glue_config(argv[0], argv[1:])
-        start = Path(config.starting_checkpoint)
-        if not start.exists():
-            raise UserError(f"starting_checkpoint {start} does not exist; pretrain first (make demo writes "
-                            "runs/demo-*/checkpoints/latest-rank0.pt) or point it at a Hugging Face model folder.")
+        check_starts(config)
         report = run_glue(config)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
