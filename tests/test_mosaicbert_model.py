@@ -292,7 +292,7 @@ def test_ragged_batch_equals_fp64_formula_one_sequence_at_a_time(backend):
     torch.manual_seed(0)
     model = MosaicBertModel(tiny_config(num_attention_heads=12, hidden_size=48, attention_backend=backend),
                             add_pooling_layer=False).eval()
-    lengths = (300, 17, 1, 129, 64)  # past 256 (where bf16 distances would round) and across 128-token blocks
+    lengths = (300, 17, 1, 129, 64)  # ragged, across FlexAttention's 128-token blocks
     ids, mask, types = heavily_padded_batch(lengths=lengths, seq=300)
     out = model.double()(ids, mask, types).last_hidden_state
     for row, n in enumerate(lengths):
@@ -513,21 +513,33 @@ def test_trainer_and_pipeline_keyword_arguments():
         model(ids, mask, head_mask=None)
 
 
-def test_flop_count_equals_the_matmuls_the_forward_runs():
-    """Counted independently: every nn.Linear call's rows x in x out on a sparse, padded batch, plus QK^T and AV."""
-    from mosaicbert.model.mosaic_bert import mlm_training_flops
+@pytest.mark.parametrize("head", ["mlm", "classification"])
+def test_transformers_trainer_trains_both_heads(tmp_path, head):
+    """A real transformers.Trainer run with gradient accumulation: Trainer adds `num_items_in_batch` to
+    the inputs of models whose forward takes **kwargs unless `accepts_loss_kwargs` says no."""
+    from transformers import Trainer, TrainingArguments
 
     torch.manual_seed(0)
-    model = MosaicBertForMaskedLM(tiny_config())
-    ids, mask, types = heavily_padded_batch()
-    labels = torch.where(mask.bool() & (torch.rand(ids.shape) < 0.3), ids, -100)
-    labels[:, 0] = -100  # first tokens unmasked: they must not be counted in the last layer
-    counted = []
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear):
-            module.register_forward_hook(
-                lambda m, inputs, output: counted.append(2 * inputs[0].shape[0] * m.in_features * m.out_features))
-    model(ids, mask, types, labels=labels)
-    lengths = mask.sum(dim=1)
-    attention = 2 * 2 * int((lengths**2).sum()) * 48 * len(model.bert.encoder.layer)
-    assert mlm_training_flops(model, mask, labels) == 3 * (sum(counted) + attention)
+    model = MosaicBertForMaskedLM(tiny_config()) if head == "mlm" else MosaicBertForSequenceClassification(tiny_config(num_labels=2))
+    ids, mask, types = heavily_padded_batch(lengths=(17, 3, 30, 1, 9, 12, 20, 5))
+    labels = torch.where(mask.bool() & (torch.rand(ids.shape) < 0.3), ids, -100) if head == "mlm" else torch.arange(8) % 2
+    data = [{"input_ids": ids[i], "attention_mask": mask[i], "token_type_ids": types[i], "labels": labels[i]} for i in range(8)]
+    args = TrainingArguments(str(tmp_path), per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=2,
+                             use_cpu=True, report_to=[], save_strategy="no", disable_tqdm=True)
+    before = [p.detach().clone() for p in model.parameters()]
+    result = Trainer(model=model, args=args, train_dataset=data).train()
+    assert result.global_step == 2 and math.isfinite(result.training_loss)
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+def test_recipe_model_config_keys_are_checked_by_name():
+    from mosaicbert.errors import ConfigError
+    from mosaicbert.model.mosaic_bert import build_mosaic_bert
+
+    tokenizer = type("Tok", (), {"pad_token_id": 0, "__len__": lambda self: 90})()
+    with pytest.raises(ConfigError, match="alibi_starting_size is no longer a setting"):
+        build_mosaic_bert(tokenizer, {"alibi_starting_size": 512})
+    with pytest.raises(ConfigError, match="has no field 'hiden_size'. Did you mean 'hidden_size'"):
+        build_mosaic_bert(tokenizer, {"hiden_size": 64})
+    # An original-release config with the key still loads.
+    assert MosaicBertConfig(alibi_starting_size=512, num_hidden_layers=1).num_hidden_layers == 1

@@ -10,8 +10,8 @@ ATTENTION_BACKENDS = ("auto", "flash_attn", "sdpa", "flex")
 class MosaicBertConfig(PretrainedConfig):
     """Defaults are MosaicBERT-Base: 12 layers, hidden 768, 12 heads, GeGLU width 3072, vocabulary
     30528 (bert-base-uncased's 30522 padded to a multiple of 64). ALiBi has no maximum length, so
-    there is no position table to size (configs of the original release carry `alibi_starting_size`;
-    it is accepted and unused).
+    there is no position table to size (`from_pretrained` accepts configs of the original release,
+    which carry `alibi_starting_size`, and ignores it; a training recipe that sets it is refused).
 
     Args beyond BERT's:
         attention_backend: "auto" (FlashAttention-2 varlen for CUDA fp16/bf16 tensors when

@@ -417,6 +417,9 @@ class MosaicBertPreTrainedModel(PreTrainedModel):
     config_class = MosaicBertConfig
     base_model_prefix = "bert"
     supports_gradient_checkpointing = False
+    # transformers' Trainer passes `num_items_in_batch` to models whose forward takes **kwargs unless
+    # this says no; the losses here are means over each batch's own labelled items.
+    accepts_loss_kwargs = False
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range

@@ -104,6 +104,9 @@ def build_mosaic_bert(
     overrides = dict(model_config or {})
     valid = set(MosaicBertConfig().to_dict())
     for key in overrides:
+        if key == "alibi_starting_size":
+            raise ConfigError("model.model_config.alibi_starting_size is no longer a setting: ALiBi distances are "
+                              "computed per batch, for any length. Remove the key from the recipe.")
         if key not in valid:
             raise ConfigError(f"model.model_config: MosaicBertConfig has no field '{key}'.{nearest(key, valid)}")
     vocab_size = padded_vocab_size(len(tokenizer), vocab_multiple)
