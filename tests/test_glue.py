@@ -98,6 +98,9 @@ def test_correlations_of_constant_predictions_are_nan_in_metrics_and_report(tmp_
     assert "| stsb | spearman | nan | nan | nan-nan | 2/2 | dev/spearman nan, dev/pearson nan |" in markdown
     assert "| stsb-seed8364 | ok | nan | dev spearman nan, pearson nan |" in markdown
     assert "| sst2 | accuracy | 75.00 |" in markdown
+    # The JSON twin stays strict JSON: null, never the bare token NaN.
+    text = (tmp_path / "run" / "glue_results.json").read_text()
+    assert "NaN" not in text and json.loads(text)["tasks"]["stsb"]["score"] is None
 
 
 def test_task_score_averages_evaluators_and_scored_metrics_only():
@@ -153,7 +156,8 @@ def test_real_glue_files_byte_order_mark_and_malformed_rows(tmp_path, capsys):
                                            ["0", "1", "2", "Why?", "How?", "0"],
                                            ["1", "3", "4", "What is"],  # a row split over two lines
                                            ["a question?", "Where?", "1"],
-                                           ["2", "5", "6", "Who?", "Whom?", "1"]])
+                                           ["2", "5", "6", "Who?", "Whom?", "1"],
+                                           [""]])  # a trailing blank line is no malformed row
     qqp = load_examples(TASKS["qqp"], "train", "local", str(tmp_path))
     assert (qqp.text_a, qqp.text_b, qqp.labels) == (["Why?", "Who?"], ["How?", "Whom?"], [0, 1])
     assert f"skipped 2 malformed rows in {tmp_path / 'QQP' / 'train.tsv'}" in capsys.readouterr().out

@@ -60,6 +60,8 @@ def read_tsv(task: Task, path: Path) -> Examples:
     text_a, text_b, labels = [], [], []
     malformed = 0
     for line, row in enumerate(rows, start=2 if layout.header else 1):
+        if not any(field.strip() for field in row):  # blank lines (a trailing newline) are not malformed rows
+            continue
         if len(row) < width:
             # QQP holds some rows with missing fields: drop them rather than the whole job.
             malformed += 1

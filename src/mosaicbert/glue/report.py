@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -111,8 +112,20 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _json_safe(value: Any) -> Any:
+    """NaN (a collapsed regression run's correlation) as null: json.dump would write the bare token
+    NaN, which strict JSON readers (jq, JavaScript) reject."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def write_report(report: dict[str, Any], folder: Path) -> None:
-    write_json_atomically(str(folder / "glue_results.json"), report)
+    write_json_atomically(str(folder / "glue_results.json"), _json_safe(report))
     markdown = to_markdown(report)
     (folder / "glue_results.md").write_text(markdown, encoding="utf-8")
     print(markdown, flush=True)
