@@ -356,10 +356,30 @@ def test_results_are_reused_only_for_the_same_specification(tmp_path, monkeypatc
     assert runner.make_jobs(config, ["sst2"], str(start), set())[0].result_path != plain.result_path
 
 
-def test_regression_trains_in_fp32():
+def test_regression_trains_in_fp32_and_the_cache_keys_on_the_precision_that_runs(monkeypatch):
     config = load_glue_config(GLUE_YAMLS / "mosaicbert-base.yaml", ["starting_checkpoint=x.pt", "run_folder=unused"])
-    jobs = runner.make_jobs(config, ["stsb", "mrpc"], "x.pt", set())
-    assert {job.task: job.precision for job in jobs} == {"stsb": "fp32", "mrpc": "amp_bf16"}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    gpu = {job.task: job for job in runner.make_jobs(config, ["stsb", "mrpc"], "x.pt", set())}
+    assert {task: job.precision for task, job in gpu.items()} == {"stsb": "fp32", "mrpc": "amp_bf16"}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cpu = {job.task: job for job in runner.make_jobs(config, ["stsb", "mrpc"], "x.pt", set())}
+    assert {task: job.precision for task, job in cpu.items()} == {"stsb": "fp32", "mrpc": "fp32"}
+    # A CPU result in fp32 is not reused by a GPU run in bf16 in the same run folder.
+    assert cpu["mrpc"].result_path != gpu["mrpc"].result_path and cpu["stsb"].result_path == gpu["stsb"].result_path
+
+
+def test_fp32_jobs_run_a_flash_attn_model_through_sdpa():
+    from mosaicbert.glue.job import fp32_attention
+
+    torch.manual_seed(0)
+    model = MosaicBertForSequenceClassification(tiny(attention_backend="flash_attn", num_labels=1)).eval()
+    ids = torch.randint(5, 64, (2, 8))
+    with pytest.raises(RuntimeError, match="attention_backend=flash_attn cannot run"):
+        model(ids)
+    fp32_attention(model, "amp_bf16")
+    assert model.config.attention_backend == "flash_attn"  # bf16 jobs keep the strict setting
+    fp32_attention(model, "fp32")
+    assert model.config.attention_backend == "auto" and torch.isfinite(model(ids).logits).all()
 
 
 def test_round_2_without_an_mnli_model_stops_before_any_job(tmp_path, monkeypatch, capsys):
@@ -418,7 +438,8 @@ def test_round_2_starts_from_the_mnli_model_or_the_start_the_config_names(tmp_pa
 def test_a_failing_job_leaves_the_others_intact(tmp_path, sample_root):
     torch.manual_seed(0)
     start = tmp_path / "start"
-    MosaicBertForMaskedLM(tiny(vocab_size=2048)).save_pretrained(start)
+    # attention_backend flash_attn, as a GPU recipe sets it: fp32 jobs (all on CPU) must still run.
+    MosaicBertForMaskedLM(tiny(vocab_size=2048, attention_backend="flash_attn")).save_pretrained(start)
     texts = [f"Sentence number {i} talks about parsing files. It returns a value for item {i}. Then it stops here now."
              for i in range(60)]
     data = write_demo_tasks(tmp_path / "glue", train_size=24, dev_size=8, texts=texts)

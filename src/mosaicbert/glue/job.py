@@ -56,6 +56,25 @@ def write_json_atomically(path: str, payload: dict[str, Any]) -> None:
     os.replace(partial, path)
 
 
+def resolve_precision(requested: str | None, regression: bool) -> str:
+    """The precision a job trains in, decided when it is planned so the result cache keys on it: fp32 on
+    CPU and for regression (STS-B, as the reference's STSBJob), else the config's choice or amp_bf16."""
+    if regression or not torch.cuda.is_available():
+        return "fp32"
+    return requested or "amp_bf16"
+
+
+def fp32_attention(model: torch.nn.Module, precision: str) -> None:
+    """FlashAttention runs in fp16/bf16 only: a model configured with `attention_backend: flash_attn`
+    (which refuses to fall back) computes the same attention through SDPA when the job trains in fp32."""
+    if precision == "fp32" and getattr(model.config, "attention_backend", None) == "flash_attn":
+        print("attention_backend flash_attn -> auto: this job trains in fp32, which FlashAttention cannot", flush=True)
+        model.config.attention_backend = "auto"
+        for module in model.modules():
+            if hasattr(module, "backend"):
+                module.backend = "auto"
+
+
 def run(job: Job) -> dict[str, Any]:
     from composer import Trainer
     from composer.models import ComposerModel
@@ -90,9 +109,7 @@ def run(job: Job) -> dict[str, Any]:
     task = TASKS[job.task]
     regression = task.num_labels == 1
     device = "gpu" if torch.cuda.is_available() else "cpu"
-    precision = job.precision or ("amp_bf16" if device == "gpu" else "fp32")
-    if device == "cpu":
-        precision = "fp32"
+    precision = resolve_precision(job.precision, regression)
     tokenizer = build_tokenizer(job.tokenizer_name, job.max_seq_len)
     train_set = data.TokenizedExamples(
         data.load_examples(task, "train", job.data_source, job.data_local), tokenizer, job.max_seq_len, regression
@@ -117,6 +134,7 @@ def run(job: Job) -> dict[str, Any]:
         trainer.close()
 
     model = load_classifier(job.start, job.model_name, task.num_labels, job.model_config)
+    fp32_attention(model, precision)
     algorithms = []
     if job.earlybert is not None:
         from mosaicbert.algorithms.earlybert import EarlyBERT
@@ -130,6 +148,7 @@ def run(job: Job) -> dict[str, Any]:
         # weights with `rewind` (the default there), else from the searched ones.
         reproducibility.seed_all(job.seed)
         model = load_classifier(job.start, job.model_name, task.num_labels, job.model_config)
+        fp32_attention(model, precision)
         algorithms = [EarlyBERT(run_folder=folder, **{**job.earlybert, "ticket": os.path.join(folder, "ticket.json")})]
         fit(model, algorithms)
     train_seconds = time.perf_counter() - started

@@ -19,7 +19,7 @@ from typing import Any
 
 from mosaicbert.errors import UserError
 from mosaicbert.glue.config import GlueConfig, hyperparameters
-from mosaicbert.glue.job import Job, write_json_atomically
+from mosaicbert.glue.job import Job, resolve_precision, write_json_atomically
 from mosaicbert.glue.report import build_report, write_report
 from mosaicbert.glue.tasks import ROUND_1, ROUND_2, TASKS
 
@@ -58,8 +58,8 @@ def make_jobs(config: GlueConfig, tasks: list[str], start: str, keep_models: set
                 tokenizer_name=config.tokenizer_name, max_seq_len=config.max_seq_len, data_source=config.data_source,
                 data_local=config.data_local, lr=hp.lr, weight_decay=hp.weight_decay, batch_size=hp.batch_size,
                 epochs=hp.epochs, shuffle_train=config.shuffle_train, earlybert=config.earlybert, inputs=inputs,
-                # Regression (STS-B) trains in fp32, as the reference did (its STSBJob hard-codes it).
-                precision="fp32" if TASKS[task].num_labels == 1 else config.precision,
+                # Resolved here (fp32 on CPU and for STS-B), so a CPU result is never reused by a GPU run.
+                precision=resolve_precision(config.precision, TASKS[task].num_labels == 1),
                 result_path="", log_path="",
             )
             digest = hashlib.sha256(json.dumps(specification(job), sort_keys=True).encode()).hexdigest()[:12]
