@@ -53,6 +53,31 @@ def warm_start(config: GlueConfig) -> tuple[str, str]:
     return config.starting_checkpoint, "pretraining checkpoint (no fine-tuned MNLI model: MNLI was not run or failed)"
 
 
+def check_earlybert_start(config: GlueConfig) -> None:
+    """Refuse, before any job runs, an EarlyBERT search on a starting checkpoint that is already a ticket."""
+    if config.earlybert is None:
+        return
+    from mosaicbert.algorithms.earlybert import refuse_search_on_pruned
+    from mosaicbert.model.configuration_mosaicbert import MosaicBertConfig
+    from mosaicbert.model.loading import read_start
+
+    config_dict, _ = read_start(config.starting_checkpoint, config.model_config)
+    refuse_search_on_pruned(MosaicBertConfig.from_dict(config_dict), f"starting_checkpoint {config.starting_checkpoint}")
+
+
+def reuse_mnli_ticket(config: GlueConfig, round_1: list[Job], round_2: list[Job], note: str) -> tuple[list[Job], str]:
+    """With earlybert, round 2 starting from the fine-tuned MNLI model trains MNLI's ticket (that model,
+    already pruned) instead of searching it again, which would prune a ticket a second time."""
+    if config.earlybert is None or not round_2:
+        return round_2, note
+    mnli = next((job for job in round_1 if job.save_model_dir == round_2[0].start), None)
+    if mnli is None:  # round 2 starts from the pretraining checkpoint: it searches as round 1 does
+        return round_2, note
+    ticket = os.path.join(mnli.earlybert_folder, "ticket.json")
+    jobs = [dataclasses.replace(job, earlybert_ticket=ticket) for job in round_2]
+    return jobs, f"{note}, whose EarlyBERT ticket is trained further without a new search"
+
+
 def gpu_slots(config: GlueConfig) -> list[str | None]:
     import torch
 
@@ -120,6 +145,7 @@ def _last_line(path: str) -> str:
 
 
 def run_glue(config: GlueConfig) -> dict[str, Any]:
+    check_earlybert_start(config)
     folder = Path(config.run_folder)
     folder.mkdir(parents=True, exist_ok=True)
     slots = gpu_slots(config)
@@ -142,6 +168,7 @@ def run_glue(config: GlueConfig) -> dict[str, Any]:
     run_round(planned)
     round_2_start, round_2_note = warm_start(config)
     second = make_jobs(config, round_2, round_2_start, set())
+    second, round_2_note = reuse_mnli_ticket(config, planned, second, round_2_note)
     if second:
         print(f"[glue] round 2 ({', '.join(round_2)}) starts from the {round_2_note}", flush=True)
         run_round(second)
