@@ -20,6 +20,9 @@ PYTEST_ARGS ?=
 GLUE_DEMO_ROOT ?= data/glue_demo
 GLUE_DEMO_RUN ?= glue-demo-$(NOW)
 EARLYBERT_RUN ?= earlybert-demo-$(NOW)
+EARLYBERT_REPEATS ?= 1
+EARLYBERT_DEMO_ARGS ?=
+EARLYBERT_SEEDS := $(shell seq 17 $$((16 + $(EARLYBERT_REPEATS))))
 
 .PHONY: install demo glue-demo earlybert-demo test sample-shards c4-shards lock clean
 
@@ -58,11 +61,15 @@ $(GLUE_DEMO_ROOT)/RTE/dev.tsv: | $(STAMP) sample-shards
 	$(PY) data_prep/glue_demo_tasks.py --out $(GLUE_DEMO_ROOT)
 
 # EarlyBERT at CPU scale: an unpruned baseline and a search-prune-train run of the same length on the
-# same data, then their training time and MLM accuracy side by side.
+# same data and seed, then their training time and MLM accuracy side by side. EARLYBERT_REPEATS=3
+# repeats the pair with seeds 17, 18, 19, interleaved (baseline 17, EarlyBERT 17, baseline 18, ...) so
+# a busy spell of a shared machine hits both arms, and reports mean and spread over the pairs.
+# EARLYBERT_DEMO_ARGS are composer overrides for both arms (CI: EARLYBERT_DEMO_ARGS="max_duration=...").
 earlybert-demo: $(STAMP) sample-shards
-	$(VENV)/bin/composer src/main.py yamls/earlybert/demo.yaml run_name=$(EARLYBERT_RUN)-baseline algorithms=null
-	$(VENV)/bin/composer src/main.py yamls/earlybert/demo.yaml run_name=$(EARLYBERT_RUN)
-	$(PY) src/compare_runs.py runs/$(EARLYBERT_RUN)-baseline runs/$(EARLYBERT_RUN)
+	$(foreach seed,$(EARLYBERT_SEEDS),\
+	$(VENV)/bin/composer src/main.py yamls/earlybert/demo.yaml run_name=$(EARLYBERT_RUN)-seed$(seed)-baseline seed=$(seed) algorithms=null $(EARLYBERT_DEMO_ARGS) && \
+	$(VENV)/bin/composer src/main.py yamls/earlybert/demo.yaml run_name=$(EARLYBERT_RUN)-seed$(seed) seed=$(seed) $(EARLYBERT_DEMO_ARGS) && )\
+	$(PY) src/compare_runs.py $(foreach seed,$(EARLYBERT_SEEDS),runs/$(EARLYBERT_RUN)-seed$(seed)-baseline runs/$(EARLYBERT_RUN)-seed$(seed))
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -102,6 +103,27 @@ def test_two_phase_search_then_pruned_training_with_rewind(clean_env, sample_roo
     ticket = json.loads((folder / "ticket.json").read_text())
     kept_units = [len(units) for units in ticket["kept_units"]]
     assert [weights[f"model.bert.encoder.layer.{i}.mlp.wo.weight"].shape[1] for i in range(2)] == kept_units
+
+
+def test_search_on_a_pruned_model_is_refused(clean_env, sample_root, tmp_path, capsys):
+    from mosaicbert.train import main
+
+    pruned = {"model.model_config.head_indices_per_layer": "[[0,1,3],[1,2,3]]"}
+    # A config with pruned widths (a ticket's model_config.json, say): the search would cut 3 heads to 2.
+    assert main([str(DEMO_YAML), *earlybert_overrides(sample_root, tmp_path / "config", **pruned)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "Traceback" not in err
+    assert "EarlyBERT cannot search this model: it is already structurally pruned (heads per layer [3, 3] of 4" in err
+
+    # A pruned checkpoint loaded weights-only: its widths used to end the search silently, before it began.
+    plain = run(sample_root, tmp_path / "plain", algorithms="null", max_duration="2ba", save_interval="2ba",
+                eval_interval="2ba", **pruned)
+    overrides = earlybert_overrides(sample_root, tmp_path / "search", load_path=plain["checkpoint"], load_weights_only=True)
+    assert main([str(DEMO_YAML), *overrides]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "Traceback" not in err
+    assert f"EarlyBERT cannot search the checkpoint loaded from {plain['checkpoint']}: it is already structurally pruned" in err
+    assert os.path.isfile(plain["checkpoint"])
 
 
 def test_ranks_hold_identical_weights_after_in_run_pruning(clean_env, sample_root, tmp_path):

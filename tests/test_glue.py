@@ -282,7 +282,7 @@ def test_glue_yamls_validate_and_carry_the_paper_settings():
     assert hyperparameters(sane, "rte").lr == hyperparameters(sane, "cola").lr == 4e-5
     earlybert = load_glue_config(REPO / "yamls" / "earlybert" / "finetune.yaml", ["starting_checkpoint=x.pt"])
     assert earlybert.earlybert["unit_prune_ratio"] == 0.4
-    with pytest.raises(ConfigError, match="rewind needs ticket"):
+    with pytest.raises(ConfigError, match="GLUE jobs run two_phase"):
         load_glue_config(REPO / "yamls" / "earlybert" / "finetune.yaml", ["starting_checkpoint=x.pt", "earlybert.mode=in_run"])
     with pytest.raises(ConfigError, match="has no argument 'unit_ratio'"):
         load_glue_config(GLUE_YAMLS / "mosaicbert-base.yaml", ["starting_checkpoint=x.pt", "earlybert.unit_ratio=0.4"])
@@ -461,8 +461,8 @@ def test_a_failing_job_leaves_the_others_intact(tmp_path, sample_root):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["in_run", "two_phase"])
-def test_glue_job_with_earlybert_searches_and_prunes(tmp_path, sample_root, mode):
+@pytest.mark.parametrize("rewind", [True, False])
+def test_glue_job_with_earlybert_searches_and_prunes(tmp_path, sample_root, rewind):
     torch.manual_seed(0)
     start = tmp_path / "start"
     full = MosaicBertForMaskedLM(tiny(vocab_size=2048, num_attention_heads=4, intermediate_size=96))
@@ -473,9 +473,9 @@ def test_glue_job_with_earlybert_searches_and_prunes(tmp_path, sample_root, mode
     config = load_glue_config(REPO / "yamls" / "earlybert" / "finetune.yaml", [
         f"starting_checkpoint={start}", f"run_folder={tmp_path / 'run'}", "data_source=local", f"data_local={data}",
         f"tokenizer_name={sample_root / 'tokenizer'}", "max_seq_len=64", "precision=null", "tasks=[sst2]",
-        "task_overrides.sst2.epochs=2", "task_overrides.sst2.seeds=[19]", "earlybert.check_interval=1",
-        "earlybert.window=2", "earlybert.min_search_steps=1", "earlybert.max_search_steps=2",
-        "earlybert.min_units_per_layer=8", "earlybert.round_units_to=1", f"earlybert.mode={mode}", f"earlybert.rewind={mode == 'two_phase'}",
+        "task_overrides.sst2.epochs=2", "task_overrides.sst2.seeds=[19]", "earlybert.check_fraction=0.5",
+        "earlybert.window=2", "earlybert.min_search_fraction=0.5", "earlybert.max_search_fraction=1.0",  # 2 steps an epoch
+        "earlybert.min_units_per_layer=8", "earlybert.round_units_to=1", f"earlybert.rewind={rewind}",
     ])
     report = runner.run_glue(config)
     assert report["jobs"][0]["status"] == "ok", report["jobs"][0]

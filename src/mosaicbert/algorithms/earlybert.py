@@ -98,6 +98,18 @@ def hamming(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(a != b))
 
 
+def refuse_search_on_pruned(config, what: str) -> None:
+    """A search ranks the units a model has; on a ticket it would cut a second ticket out of the first
+    (12 heads -> 8 -> 5) and `rewind` would return to pruned weights, not to the search's start."""
+    widths = pruning.describe_pruning(config)
+    if widths is not None:
+        raise ConfigError(
+            f"EarlyBERT cannot search {what}: it is already structurally pruned ({widths}), so a new search "
+            "would prune it a second time. Start the search from an unpruned checkpoint, or train this pruned "
+            "model without the earlybert section (it keeps its widths)."
+        )
+
+
 # --------------------------------------------------------------------------- algorithm
 
 
@@ -158,16 +170,19 @@ class EarlyBERT(Algorithm):
         self._fit_start = None
         self._start_batch = 0
         self._draw_time = None
+        self._pruned_by_checkpoint = False
 
     # Composer plumbing ------------------------------------------------------
     def match(self, event: Event, state: State) -> bool:
-        if event in (Event.INIT, Event.FIT_START, Event.FIT_END):
+        if event in (Event.INIT, Event.AFTER_LOAD, Event.FIT_START, Event.FIT_END):
             return True
         return self.searching and event in (Event.AFTER_LOSS, Event.BATCH_END)
 
     def apply(self, event: Event, state: State, logger: Logger) -> None:
         if event == Event.INIT:
             self._init(state)
+        elif event == Event.AFTER_LOAD:
+            self._check_loaded_model(state)
         elif event == Event.FIT_START:
             self._fit_start = time.perf_counter()
             self._start_batch = int(state.timestamp.batch)
@@ -204,11 +219,19 @@ class EarlyBERT(Algorithm):
         if self.ticket is not None:
             self._build_from_ticket(state, model)
             return
+        refuse_search_on_pruned(model.config, "this model")
         self.coefficients = pruning.add_coefficients(model)
         for optimizer in state.optimizers:
             lr = optimizer.param_groups[0]["lr"]
             # Their own group: no weight decay, and Composer's schedulers still scale them (added before they compile).
             optimizer.add_param_group({"params": self.coefficients, "weight_decay": 0.0, "lr": lr, "initial_lr": lr})
+
+    def _check_loaded_model(self, state: State) -> None:
+        """A loaded checkpoint that reshaped the model is this search's own pruned continuation only if
+        its EarlyBERT state records the draw (autoresume); otherwise (load_weights_only, or another run's
+        pruned checkpoint) the search would silently not happen: refuse instead."""
+        if self._pruned_by_checkpoint and self.ticket is None and self.drawn is None:
+            refuse_search_on_pruned(_unwrap(state.model).model.config, f"the checkpoint loaded from {state.load_path}")
 
     def _build_from_ticket(self, state: State, model) -> None:
         with open(self.ticket, encoding="utf-8") as f:
@@ -313,10 +336,7 @@ class EarlyBERT(Algorithm):
         pruning.drop_from_optimizer(state.optimizers, current + self.coefficients)
         self.coefficients = []
         self.searching = False
-        ticket = os.path.join(self.run_folder, "ticket.json")
-        if os.path.isfile(ticket):
-            with open(ticket, encoding="utf-8") as f:
-                self.drawn = json.load(f)
+        self._pruned_by_checkpoint = True  # the draw, if any, comes with the checkpoint's EarlyBERT state
 
     # reports ------------------------------------------------------------------
     def _save_weights(self, state: State, name: str) -> None:

@@ -44,7 +44,7 @@ class GlueConfig:
     save_finetuned: bool = False  # keep every fine-tuned model (the MNLI models for round 2 are always kept)
     task_overrides: dict[str, Any] = field(default_factory=dict)  # {task: {lr, weight_decay, batch_size, epochs, seeds}}
     sane: SaneSettings = field(default_factory=SaneSettings)
-    earlybert: dict[str, Any] | None = None  # EarlyBERT arguments: search, prune and train smaller in every job
+    earlybert: dict[str, Any] | None = None  # EarlyBERT in every job: search, prune, train the ticket (glue/earlybert.py)
 
 
 def load_glue_config(yaml_path: str | os.PathLike, overrides: list[str] | None = None) -> GlueConfig:
@@ -68,9 +68,14 @@ def load_glue_config(yaml_path: str | os.PathLike, overrides: list[str] | None =
             raise ConfigError("earlybert works on model_name=mosaic_bert only.")
         from mosaicbert import registry
         import mosaicbert.builders  # noqa: F401  (registers earlybert)
+        from mosaicbert.glue.earlybert import GLUE_KEYS, parse_settings
 
-        registry.algorithms.validate("earlybert", config.earlybert, "earlybert")
-        registry.algorithms.build("earlybert", config.earlybert, "earlybert", run_folder=config.run_folder)  # value checks
+        algorithm = parse_settings(config.earlybert).algorithm
+        try:
+            registry.algorithms.validate("earlybert", algorithm, "earlybert")
+        except ConfigError as err:
+            raise ConfigError(f"{err} GLUE jobs also take {', '.join(GLUE_KEYS)}.") from None
+        registry.algorithms.build("earlybert", algorithm, "earlybert", run_folder=config.run_folder)  # value checks
     for task, values in config.task_overrides.items():
         build_dataclass(Hyperparameters, {**_as_dict(PAPER[task]), **values}, f"task_overrides.{task}")
     return config

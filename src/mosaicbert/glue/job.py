@@ -39,13 +39,19 @@ class Job:
     result_path: str
     log_path: str
     save_model_dir: str | None = None
-    earlybert: dict[str, Any] | None = None  # EarlyBERT arguments, when the job searches and prunes
+    earlybert: dict[str, Any] | None = None  # the GLUE config's earlybert section (glue/earlybert.py)
+    earlybert_ticket: str | None = None  # ticket.json of the pruned model `start` is: train it, no new search
     inputs: dict[str, Any] | None = None  # name, size and mtime of the start's and the data's files
     spec_hash: str | None = None  # of every field but the output paths: the runner reuses results by it
 
     @property
     def name(self) -> str:
         return f"{self.task}-seed{self.seed}"
+
+    @property
+    def earlybert_folder(self) -> str:
+        """Where the job's search writes its ticket, mask heatmap and weights."""
+        return os.path.splitext(self.result_path)[0] + "-earlybert"
 
 
 def write_json_atomically(path: str, payload: dict[str, Any]) -> None:
@@ -78,7 +84,7 @@ def fp32_attention(model: torch.nn.Module, precision: str) -> None:
 def run(job: Job) -> dict[str, Any]:
     from composer import Trainer
     from composer.models import ComposerModel
-    from composer.optim import DecoupledAdamW, LinearWithWarmupScheduler
+    from composer.optim import ConstantScheduler, DecoupledAdamW, LinearWithWarmupScheduler
     from composer.utils import reproducibility
 
     from mosaicbert.data.tokenizer import build_tokenizer
@@ -114,18 +120,19 @@ def run(job: Job) -> dict[str, Any]:
     train_set = data.TokenizedExamples(
         data.load_examples(task, "train", job.data_source, job.data_local), tokenizer, job.max_seq_len, regression
     )
-    def fit(model, algorithms) -> None:
+    def fit(model, lr: float, duration: str, schedule: str, algorithms=()) -> None:
+        """Train `model` for `duration` at `lr`, held constant or with a 6% warm-up and linear decay."""
         trainer = Trainer(
             model=ComposerClassifier(model),
             train_dataloader=data.dataloader(train_set, job.batch_size, job.shuffle_train, job.seed, tokenizer.pad_token_id),
-            max_duration=f"{job.epochs}ep",
-            optimizers=DecoupledAdamW(model.parameters(), lr=job.lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=job.weight_decay),
-            schedulers=LinearWithWarmupScheduler(t_warmup="0.06dur", alpha_f=0.0),
+            max_duration=duration,
+            optimizers=DecoupledAdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=job.weight_decay),
+            schedulers=ConstantScheduler() if schedule == "constant" else LinearWithWarmupScheduler(t_warmup="0.06dur", alpha_f=0.0),
             device=device,
             precision=precision,
             device_train_microbatch_size=job.batch_size if device == "cpu" else "auto",
             seed=job.seed,
-            algorithms=algorithms,
+            algorithms=list(algorithms),
             progress_bar=True,
             log_to_console=False,
             python_log_level="warning",
@@ -133,24 +140,21 @@ def run(job: Job) -> dict[str, Any]:
         trainer.fit()
         trainer.close()
 
-    model = load_classifier(job.start, job.model_name, task.num_labels, job.model_config)
-    fp32_attention(model, precision)
-    algorithms = []
-    if job.earlybert is not None:
-        from mosaicbert.algorithms.earlybert import EarlyBERT
-
-        folder = os.path.splitext(job.result_path)[0] + "-earlybert"
-        algorithms.append(EarlyBERT(run_folder=folder, **job.earlybert))
-    started = time.perf_counter()
-    fit(model, algorithms)
-    if algorithms and algorithms[0].mode == "two_phase" and algorithms[0].drawn is not None:
-        # As the paper fine-tunes: train the ticket afresh for the whole budget, from the search-start
-        # weights with `rewind` (the default there), else from the searched ones.
-        reproducibility.seed_all(job.seed)
+    def load():
         model = load_classifier(job.start, job.model_name, task.num_labels, job.model_config)
         fp32_attention(model, precision)
-        algorithms = [EarlyBERT(run_folder=folder, **{**job.earlybert, "ticket": os.path.join(folder, "ticket.json")})]
-        fit(model, algorithms)
+        return model
+
+    model = load()
+    started = time.perf_counter()
+    earlybert = None
+    if job.earlybert is None:
+        fit(model, job.lr, f"{job.epochs}ep", "warmup_decay")
+    else:
+        from mosaicbert.glue import earlybert as glue_earlybert
+
+        steps_per_epoch = -(-len(train_set) // job.batch_size)  # the last batch may be partial
+        model, earlybert = glue_earlybert.train(job, model, fit, load, steps_per_epoch)
     train_seconds = time.perf_counter() - started
 
     model.eval()
@@ -173,8 +177,8 @@ def run(job: Job) -> dict[str, Any]:
         "train_examples": len(train_set), "train_seconds": round(train_seconds, 2), "saved_model": job.save_model_dir,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
-    if algorithms:
-        result["earlybert_draw_step"] = algorithms[0].drawn["step"] if algorithms[0].drawn else None
+    if earlybert is not None:
+        result.update(earlybert=earlybert, earlybert_draw_step=earlybert["draw_step"])
     write_json_atomically(job.result_path, result)
     return result
 

@@ -45,6 +45,18 @@ def layers(model: MosaicBertForMaskedLM | nn.Module):
     return bert.encoder.layer
 
 
+def describe_pruning(config) -> str | None:
+    """How a model with this config was structurally pruned ("heads per layer [8, 8] of 12, ..."),
+    or None when every layer has all its heads and units (a ticket that pruned nothing included)."""
+    layer_range = range(config.num_hidden_layers)
+    heads = [len(config.layer_head_indices(i)) for i in layer_range]
+    units = [config.layer_intermediate_size(i) for i in layer_range]
+    if all(h == config.num_attention_heads for h in heads) and all(u == config.intermediate_size for u in units):
+        return None
+    return (f"heads per layer {heads} of {config.num_attention_heads}, "
+            f"GeGLU units per layer {units} of {config.intermediate_size}")
+
+
 # --------------------------------------------------------------------------- coefficients
 
 
