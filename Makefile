@@ -20,7 +20,7 @@ PYTEST_ARGS ?=
 GLUE_DEMO_ROOT ?= data/glue_demo
 GLUE_DEMO_RUN ?= glue-demo-$(NOW)
 EARLYBERT_RUN ?= earlybert-demo-$(NOW)
-EARLYBERT_REPEATS ?= 1
+EARLYBERT_REPEATS ?= 3
 EARLYBERT_DEMO_ARGS ?=
 EARLYBERT_SEEDS := $(shell seq 17 $$((16 + $(EARLYBERT_REPEATS))))
 

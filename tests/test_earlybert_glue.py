@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -104,7 +105,7 @@ def test_search_at_a_constant_rate_then_the_ticket_with_its_own_lr_and_epochs(tm
     peak = max(retrain["lrs"])
     assert retrain["lrs"][0] == 0.0 and peak == pytest.approx(4e-4)  # its own warm-up, up to its own rate
     assert retrain["lrs"][-1] < retrain["lrs"][16] < peak  # then decays
-    ticket = json.loads((tmp_path / "run" / "results" / "rte-seed19-earlybert" / "ticket.json").read_text())
+    ticket = json.loads((Path(job.earlybert_folder) / "ticket.json").read_text())
     assert (ticket["settings"]["check_interval"], ticket["settings"]["min_search_steps"],
             ticket["settings"]["max_search_steps"]) == (2, 4, 8)
     assert result["earlybert"]["search"]["max_search_steps"] == 8
@@ -124,21 +125,37 @@ def test_round_2_trains_the_mnli_ticket_on_the_full_task_list(tmp_path, sample_r
     assert {row["task"]: row["status"] for row in report["jobs"]} == dict.fromkeys(config.tasks, "ok"), report["jobs"]
     run = tmp_path / "run"
 
-    def kept_heads(job_name):
-        return json.loads((run / "models" / job_name / "config.json").read_text())["head_indices_per_layer"]
+    def one(pattern):  # job files are named <task>-seed<seed>-<hash of the job's settings>
+        found = [p for p in run.glob(pattern) if not p.name.endswith("-earlybert")]
+        assert len(found) == 1, (pattern, found)
+        return found[0]
 
-    mnli_ticket = run / "results" / "mnli-seed19-earlybert" / "ticket.json"
+    def kept_heads(task):
+        return json.loads((one(f"models/{task}-seed19-*") / "config.json").read_text())["head_indices_per_layer"]
+
+    mnli_ticket = one("results/mnli-seed19-*-earlybert/ticket.json")
     for task in ("mnli", "qnli", "qqp", "sst2", "cola"):  # round 1: each searches its own ticket, 4 of 6 heads
-        assert (run / "results" / f"{task}-seed19-earlybert" / "ticket.json").is_file()
-        assert [len(heads) for heads in kept_heads(f"{task}-seed19")] == [4, 4]
+        assert one(f"results/{task}-seed19-*-earlybert/ticket.json").is_file()
+        assert [len(heads) for heads in kept_heads(task)] == [4, 4]
     for task in ("rte", "mrpc", "stsb"):  # round 2: MNLI's ticket, trained further, not searched and cut again
-        assert not (run / "results" / f"{task}-seed19-earlybert").exists()
-        assert kept_heads(f"{task}-seed19") == kept_heads("mnli-seed19")
-        result = json.loads((run / "results" / f"{task}-seed19.json").read_text())
-        assert result["start"] == str(run / "models" / "mnli-seed19")
+        assert not list(run.glob(f"results/{task}-seed19-*-earlybert"))
+        assert kept_heads(task) == kept_heads("mnli")
+        result = json.loads(one(f"results/{task}-seed19-*.json").read_text())
+        assert result["start"] == str(one("models/mnli-seed19-*"))
         assert result["earlybert"]["ticket"] == str(mnli_ticket) and result["earlybert"]["search"] is None
         assert (result["earlybert"]["retrain"]["lr"], result["earlybert"]["retrain"]["epochs"]) == (4e-5, 1)
     assert "whose EarlyBERT ticket is trained further without a new search" in report["round_2_start"]
+
+    # Later, round 2 alone (MNLI's model from the run above): still MNLI's ticket, no search of it.
+    alone = load_glue_config(FINETUNE_YAML, finetune_overrides(tmp_path, sample_root, str(tmp_path / "start"), data) + [
+        "save_finetuned=true", "earlybert.check_fraction=0.2", "earlybert.min_search_fraction=0.4",
+        "earlybert.max_search_fraction=0.5", "earlybert.retrain_epochs=1", *ONE_SEED_SMALL_BATCHES,
+        "tasks=[rte]", "task_overrides.rte.lr=3.0e-4",
+    ])
+    report = runner.run_glue(alone)
+    assert [row["status"] for row in report["jobs"]] == ["ok"], report["jobs"]
+    result = json.loads(Path(report["jobs"][0]["result"]).read_text())
+    assert result["earlybert"]["ticket"] == str(mnli_ticket) and result["earlybert"]["search"] is None
 
 
 def test_glue_search_on_a_pruned_start_is_refused_before_any_job(tmp_path, sample_root, monkeypatch, capsys):
@@ -157,6 +174,14 @@ def test_glue_search_on_a_pruned_start_is_refused_before_any_job(tmp_path, sampl
             "(heads per layer [4, 4] of 6, GeGLU units per layer [58, 58] of 96)") in err
     assert launched == [] and earlier.read_text() == '{"written": "by an earlier run"}'
 
+    # A pruned round_2_start (say, MNLI's ticket from another run) would be searched by round 2: refused
+    # before round 1 spends its time.
+    start = save_start(tmp_path / "start")
+    overrides = finetune_overrides(tmp_path, sample_root, start) + ["tasks=[sst2,rte]", f"round_2_start={pruned}"]
+    assert runner.main([str(FINETUNE_YAML), *overrides]) == 2
+    assert f"EarlyBERT cannot search round_2_start {pruned}: it is already structurally pruned" in capsys.readouterr().err
+    assert launched == []
+
 
 def test_glue_job_refuses_to_search_a_pruned_model(tmp_path, sample_root):
     """A job handed a pruned start other than as round 2 of its MNLI ticket refuses too, before training."""
@@ -170,4 +195,4 @@ def test_glue_job_refuses_to_search_a_pruned_model(tmp_path, sample_root):
     missing = tmp_path / "run" / "results" / "mnli-seed19-earlybert" / "ticket.json"
     with pytest.raises(UserError, match=f"but {missing} does not exist: that model was fine-tuned without earlybert"):
         glue_job.run(dataclasses.replace(job, earlybert_ticket=str(missing)))
-    assert not (tmp_path / "run" / "results" / "rte-seed19.json").exists()
+    assert not Path(job.result_path).exists()

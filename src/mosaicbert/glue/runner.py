@@ -115,25 +115,29 @@ def round_2_plan(config: GlueConfig, round_1: list[str]) -> tuple[Job | None, st
 
 
 def check_earlybert_start(config: GlueConfig) -> None:
-    """Refuse, before any job runs, an EarlyBERT search on a starting checkpoint that is already a ticket."""
+    """Refuse, before any job runs, an EarlyBERT search on a start that is already a ticket: the
+    starting checkpoint, or a `round_2_start` (round 2 searches from it, since no MNLI job of this run
+    names its ticket)."""
     if config.earlybert is None:
         return
     from mosaicbert.algorithms.earlybert import refuse_search_on_pruned
     from mosaicbert.model.configuration_mosaicbert import MosaicBertConfig
     from mosaicbert.model.loading import read_start
 
-    config_dict, _ = read_start(config.starting_checkpoint, config.model_config)
-    refuse_search_on_pruned(MosaicBertConfig.from_dict(config_dict), f"starting_checkpoint {config.starting_checkpoint}")
+    starts = {"starting_checkpoint": config.starting_checkpoint}
+    if config.protocol == "paper" and config.round_2_start and any(t in config.tasks for t in ROUND_2):
+        starts["round_2_start"] = config.round_2_start
+    for key, path in starts.items():
+        config_dict, _ = read_start(path, config.model_config)
+        refuse_search_on_pruned(MosaicBertConfig.from_dict(config_dict), f"{key} {path}")
 
 
-def reuse_mnli_ticket(config: GlueConfig, round_1: list[Job], round_2: list[Job], note: str) -> tuple[list[Job], str]:
-    """With earlybert, round 2 starting from the fine-tuned MNLI model trains MNLI's ticket (that model,
-    already pruned) instead of searching it again, which would prune a ticket a second time."""
-    if config.earlybert is None or not round_2:
-        return round_2, note
-    mnli = next((job for job in round_1 if job.save_model_dir == round_2[0].start), None)
-    if mnli is None:  # round 2 starts from the pretraining checkpoint: it searches as round 1 does
-        return round_2, note
+def reuse_mnli_ticket(config: GlueConfig, mnli: Job | None, round_2: list[Job], note: str) -> tuple[list[Job], str]:
+    """With earlybert, round 2 starting from the fine-tuned MNLI model (`mnli`, the job that wrote it, in
+    this run or an earlier one) trains MNLI's ticket (that model, already pruned) instead of searching it
+    again, which would prune a ticket a second time."""
+    if config.earlybert is None or not round_2 or mnli is None:
+        return round_2, note  # round 2 starts from unpruned weights: it searches as round 1 does
     ticket = os.path.join(mnli.earlybert_folder, "ticket.json")
     jobs = [dataclasses.replace(job, earlybert_ticket=ticket) for job in round_2]
     return jobs, f"{note}, whose EarlyBERT ticket is trained further without a new search"
@@ -234,7 +238,7 @@ def run_glue(config: GlueConfig) -> dict[str, Any]:
     if round_2:
         start = mnli.save_model_dir if mnli else (config.round_2_start or config.starting_checkpoint)
         second = make_jobs(config, round_2, start, set())
-        second, round_2_note = reuse_mnli_ticket(config, planned, second, round_2_note)
+        second, round_2_note = reuse_mnli_ticket(config, mnli, second, round_2_note)
         print(f"[glue] round 2 ({', '.join(round_2)}) starts from the {round_2_note}", flush=True)
         if mnli and rerun_reason(mnli) is not None:
             error = f"no MNLI model to start from: {mnli.name} did not produce {mnli.save_model_dir} (see {mnli.log_path})"
