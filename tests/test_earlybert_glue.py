@@ -62,6 +62,7 @@ def test_glue_earlybert_settings_are_checked():
         "earlybert.ticket=t.json": "every GLUE job draws its own ticket",
         "earlybert.rewind=false earlybert.mode=in_run": "GLUE jobs run two_phase, a search at a constant learning rate",
         "earlybert.retrain_rate=1": "has no argument 'retrain_rate'.* GLUE jobs also take retrain_lr, retrain_epochs",
+        "earlybert.min_search_fraction=0.5": "min_search_fraction=0.5 is above max_search_fraction=0.2",
     }
     for override, message in cases.items():
         with pytest.raises(ConfigError, match=message):

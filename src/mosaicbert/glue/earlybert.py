@@ -64,6 +64,11 @@ def parse_settings(section: dict[str, Any]) -> GlueEarlyBERT:
         if steps in algorithm:
             raise ConfigError(f"earlybert: set {fraction} (a fraction of an epoch) or {steps} (steps), not both.")
         fractions[fraction] = _positive(algorithm.pop(fraction), f"earlybert.{fraction}", "a fraction of an epoch")
+    low, high = fractions.get("min_search_fraction"), fractions.get("max_search_fraction")
+    if low is not None and high is not None and low > high:
+        # Every ticket would come from the cap, and the early-bird rule would never be asked.
+        raise ConfigError(f"earlybert.min_search_fraction={low:g} is above max_search_fraction={high:g}: "
+                          "the search would always stop at the cap. Lower the first or raise the second.")
     retrain_lr = algorithm.pop("retrain_lr", None)
     retrain_epochs = algorithm.pop("retrain_epochs", None)
     if retrain_lr is not None:
