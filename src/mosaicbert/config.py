@@ -204,11 +204,12 @@ def read_yaml(yaml_path: str | os.PathLike, overrides: list[str] | None = None) 
     return resolved
 
 
-def load_config(yaml_path: str | os.PathLike, overrides: list[str] | None = None) -> TrainConfig:
-    """Read, merge, resolve, type-check and finalize a training config."""
+def load_config(yaml_path: str | os.PathLike, overrides: list[str] | None = None, world_size: int | None = None) -> TrainConfig:
+    """Read, merge, resolve, type-check and finalize a training config. `world_size` checks the batch
+    arithmetic for a launch elsewhere (a sweep planning Slurm jobs); by default this process's."""
     config = build_dataclass(TrainConfig, read_yaml(yaml_path, overrides))
     validate_registry_entries(config)
-    return finalize(config)
+    return finalize(config, world_size)
 
 
 def _parse_overrides(overrides: list[str]) -> Any:
@@ -261,7 +262,7 @@ def validate_registry_entries(config: TrainConfig) -> None:
 # --------------------------------------------------------------------------- derived values
 
 
-def world_size() -> int:
+def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
@@ -271,7 +272,7 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def finalize(config: TrainConfig) -> TrainConfig:
+def finalize(config: TrainConfig, world_size: int | None = None) -> TrainConfig:
     """Fill device-dependent defaults and check the batch arithmetic."""
     filled: dict[str, Any] = {}
     if config.device is None:
@@ -292,7 +293,7 @@ def finalize(config: TrainConfig) -> TrainConfig:
         filled["precision"] = f"fp32 (the recipe's {config.precision} needs a GPU)"
         config.precision = "fp32"
 
-    world = world_size()
+    world = env_world_size() if world_size is None else world_size
     config.world_size = world
     if config.global_train_batch_size <= 0:
         raise ConfigError("global_train_batch_size must be positive.")

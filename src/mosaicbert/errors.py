@@ -5,6 +5,7 @@ else is a bug and keeps its traceback.
 """
 
 import difflib
+import signal
 from collections.abc import Iterable
 
 
@@ -18,6 +19,16 @@ class ConfigError(UserError):
 
 class DataNotFoundError(UserError):
     """A dataset folder the config points at does not exist."""
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal (SIGTERM) after saving a checkpoint; entry scripts exit 128 + signum."""
+
+    def __init__(self, signum: int, batch: int, checkpoint: str | None):
+        self.signum, self.batch, self.checkpoint = signum, batch, checkpoint
+        saved = f"checkpoint {checkpoint} saved" if checkpoint else "no checkpoint saved (save_folder unset)"
+        super().__init__(f"stopped on {signal.Signals(signum).name} after batch {batch}; {saved}. "
+                         "Run the same command with autoresume=true to continue.")
 
 
 def nearest(name: str, candidates: Iterable[str], prefix: str = "") -> str:

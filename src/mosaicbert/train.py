@@ -13,7 +13,7 @@ import warnings
 from omegaconf import OmegaConf
 
 from mosaicbert.config import TrainConfig, describe_defaults, load_config, split_named, to_dict
-from mosaicbert.errors import UserError
+from mosaicbert.errors import Interrupted, UserError
 
 log = logging.getLogger("mosaicbert")
 MODEL_CONFIG_FILE = "model_config.json"
@@ -52,6 +52,7 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
 
     from mosaicbert import registry
     from mosaicbert.builders import build_optimizer, build_scheduler, build_section
+    from mosaicbert.callbacks.checkpoint_on_signal import CheckpointOnSignal
     from mosaicbert.callbacks.jsonl_logger import JSONLinesLogger
     from mosaicbert.callbacks.resume_rng import ResumeRNG
     from mosaicbert.callbacks.run_summary import RunSummary
@@ -93,7 +94,7 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
         evaluators.append(Evaluator(label="eval", dataloader=eval_loader, metric_names=["LanguageCrossEntropy", "MaskedAccuracy"]))
 
     summary = RunSummary(config.run_folder, config.save_folder)
-    callbacks = build_section(config, "callbacks") + [summary, ResumeRNG()] + list(extra_callbacks or [])
+    callbacks = build_section(config, "callbacks") + [summary, ResumeRNG(), CheckpointOnSignal()] + list(extra_callbacks or [])
     loggers = build_section(config, "loggers") + [
         JSONLinesLogger(os.path.join(config.run_folder, "metrics.jsonl")),
         FileLogger(os.path.join(config.run_folder, "console-rank{rank}.log"), flush_interval=50),
@@ -167,4 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
+    except Interrupted as stop:
+        print(str(stop), file=sys.stderr, flush=True)
+        return 128 + stop.signum
     return 0

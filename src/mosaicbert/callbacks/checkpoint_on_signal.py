@@ -1,0 +1,62 @@
+"""SIGTERM (Slurm's warning before the time limit, preemption, scancel): checkpoint, then stop.
+
+The handler only raises a flag; at the end of the current step every rank agrees on it (a max
+all-reduce, so all ranks stop at the same step), the checkpoint saver writes a checkpoint of that
+step unless it just did, and training ends with `Interrupted`. The entry script exits with 128 +
+the signal number; the same command with autoresume=true continues from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import torch
+from composer.callbacks import CheckpointSaver
+from composer.core import Callback, State
+from composer.loggers import Logger
+from composer.utils import dist
+
+from mosaicbert.errors import Interrupted
+
+
+class CheckpointOnSignal(Callback):
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)):
+        self.signals = signals
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        self.received = signum
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        if threading.current_thread() is threading.main_thread():  # Python delivers signals to the main thread only
+            for signum in self.signals:
+                self._previous[signum] = signal.signal(signum, self._handle)
+
+    def batch_checkpoint(self, state: State, logger: Logger) -> None:
+        flag = state.device.tensor_to_device(torch.tensor([self.received or 0], dtype=torch.int64))
+        dist.all_reduce(flag, reduce_operation="MAX")
+        signum = int(flag.item())
+        if not signum:
+            return
+        saver = next((cb for cb in state.callbacks if isinstance(cb, CheckpointSaver)), None)
+        checkpoint = None
+        if saver is not None:
+            if saver.last_checkpoint_batch != state.timestamp.batch:
+                # Composer 0.32 has no public "save now" for callbacks; this is what its interval saving calls.
+                saver._save_checkpoint(state, logger)
+            checkpoint = saver.saved_checkpoints[-1] if saver.saved_checkpoints else None
+        self.restore()
+        raise Interrupted(signum, int(state.timestamp.batch), checkpoint)
+
+    def restore(self) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+
+    def fit_end(self, state: State, logger: Logger) -> None:
+        self.restore()
+
+    def close(self, state: State, logger: Logger) -> None:
+        self.restore()

@@ -1,0 +1,258 @@
+"""Launchers: run a plan's pretraining and evaluation jobs on this machine, or submit them to Slurm.
+
+Both launch the same two commands per run: `composer src/main.py <recipe> <overrides>` (autoresume on,
+so an interrupted run continues from its latest checkpoint) and `python src/sweep.py --evaluate
+<sweep folder> <run>`. Finished runs and evaluated checkpoints are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from queue import Queue
+
+from mosaicbert.errors import UserError
+from mosaicbert.sweep.evaluate import checkpoints, is_trained, pending_evaluations
+from mosaicbert.sweep.plan import Plan, Run
+
+BIN = Path(sys.executable).parent  # the environment's `composer` launcher sits next to its python
+
+
+def status(plan: Plan, run: Run) -> str:
+    if is_trained(run):
+        pending = len(pending_evaluations(plan, run))
+        return f"trained, {pending} checkpoint(s) to evaluate" if pending else "done"
+    saved = len(checkpoints(run))
+    return f"to resume from {saved} checkpoint(s)" if saved else "to train"
+
+
+def describe_plan(plan: Plan) -> str:
+    lines = [f"sweep {plan.sweep.name}: {len(plan.runs)} run(s) in {plan.folder}"]
+    for run in plan.runs:
+        cell = ", ".join(f"{k}={v}" for k, v in run.cell.items())
+        lines.append(f"  {run.run_id}  [{cell}]  {status(plan, run)}")
+    return "\n".join(lines)
+
+
+def evaluate_command(plan: Plan, run: Run) -> list[str]:
+    return [sys.executable, "src/sweep.py", "--evaluate", plan.folder, run.run_id]
+
+
+# --------------------------------------------------------------------------- local
+
+
+def local_slots(plan: Plan) -> list[str | None]:
+    """CUDA_VISIBLE_DEVICES of each concurrent run: every `gpus_per_node` GPUs of this machine form a
+    slot; CPU sweeps run one at a time (parallel runs would only share the same cores)."""
+    if plan.sweep.nodes != 1:
+        raise UserError(f"the local launcher runs on this machine only: set nodes: 1 (got {plan.sweep.nodes}) or use --launcher slurm.")
+    per_run = plan.sweep.gpus_per_node
+    if per_run == 0:
+        return [None]
+    import torch
+
+    available = torch.cuda.device_count()
+    if available < per_run:
+        raise UserError(f"gpus_per_node is {per_run} but this machine has {available} GPU(s); set gpus_per_node: {available} "
+                        "(0 for CPU) or use --launcher slurm.")
+    return [",".join(str(g) for g in range(s * per_run, (s + 1) * per_run)) for s in range(available // per_run)]
+
+
+def run_local(plan: Plan) -> bool:
+    """Train and evaluate every unfinished run, a slot's runs one after another; True if all succeeded."""
+    slots: Queue = Queue()
+    all_slots = local_slots(plan)
+    for index, slot in enumerate(all_slots):
+        slots.put((index, slot))
+    todo = [run for run in plan.runs if status(plan, run) != "done"]
+    print(f"{len(plan.runs) - len(todo)} of {len(plan.runs)} run(s) already done; {len(todo)} to go "
+          f"on {len(all_slots)} slot(s)", flush=True)
+    started = time.perf_counter()
+
+    def work(numbered: tuple[int, Run]) -> bool:
+        number, run = numbered
+        index, slot = slots.get()
+        try:
+            return _train_and_evaluate(plan, run, slot, index, f"[{number}/{len(todo)}]", started)
+        finally:
+            slots.put((index, slot))
+
+    with ThreadPoolExecutor(max_workers=len(all_slots)) as pool:
+        return all(pool.map(work, enumerate(todo, 1)))
+
+
+def _train_and_evaluate(plan: Plan, run: Run, slot: str | None, index: int, tag: str, started: float) -> bool:
+    env = dict(os.environ)
+    if slot is not None:
+        env["CUDA_VISIBLE_DEVICES"] = slot
+    nproc = max(plan.sweep.gpus_per_node, 1)
+    steps = []
+    if not is_trained(run):
+        # Concurrent slots need their own rendezvous port.
+        port = str(plan.sweep.slurm.master_port + index)
+        steps.append(("pretraining", [str(BIN / "composer"), "-n", str(nproc), "--master_port", port, "src/main.py", run.recipe, *run.overrides]))
+    steps.append(("evaluation", evaluate_command(plan, run)))
+    os.makedirs(run.folder, exist_ok=True)
+    log_path = os.path.join(run.folder, "sweep.log")
+    for what, command in steps:
+        print(f"{tag} {run.run_id}: {what} (log {log_path}; {_elapsed(started)} into the sweep)", flush=True)
+        with open(log_path, "a", encoding="utf-8") as log:
+            log.write(f"\n$ {shlex.join(command)}\n")
+            log.flush()
+            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        if code != 0:
+            print(f"{tag} {run.run_id}: {what} failed (exit {code}); last lines of {log_path}:\n{_tail(log_path)}", flush=True)
+            return False
+    print(f"{tag} {run.run_id}: done ({_elapsed(started)} into the sweep)", flush=True)
+    return True
+
+
+def _elapsed(started: float) -> str:
+    seconds = int(time.perf_counter() - started)
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _tail(path: str, lines: int = 15) -> str:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return "".join(f.readlines()[-lines:]).rstrip()
+
+
+# --------------------------------------------------------------------------- slurm
+
+
+def _sbatch_header(plan: Plan, job: str, time_limit: str, log: str, gpus: int, nodes: int) -> list[str]:
+    slurm = plan.sweep.slurm
+    lines = ["#!/bin/bash", f"#SBATCH --job-name={plan.sweep.name}-{job}", f"#SBATCH --nodes={nodes}",
+             "#SBATCH --ntasks-per-node=1", f"#SBATCH --time={time_limit}", f"#SBATCH --output={log}"]
+    if gpus:
+        lines.append(f"#SBATCH --gpus-per-node={gpus}")
+    if slurm.cpus_per_task:
+        lines.append(f"#SBATCH --cpus-per-task={slurm.cpus_per_task}")
+    if slurm.account:
+        lines.append(f"#SBATCH --account={slurm.account}")
+    if slurm.partition:
+        lines.append(f"#SBATCH --partition={slurm.partition}")
+    lines += [f"#SBATCH {extra}" for extra in slurm.extra_sbatch]
+    return lines
+
+
+def slurm_scripts(plan: Plan, to_train: list[Run], repo: str) -> dict[str, str]:
+    """The batch scripts, by file name: a pretraining job array over `to_train`, the per-node launch
+    script it runs on every node, and the evaluation and report jobs."""
+    sweep, slurm = plan.sweep, plan.sweep.slurm
+    folder = os.path.abspath(plan.folder)
+    scripts_dir, logs = os.path.join(folder, "slurm"), os.path.join(folder, "slurm", "logs")
+    nproc = max(sweep.gpus_per_node, 1)
+    cases = "\n".join(f"  {run.run_id}) ARGS=({shlex.join([run.recipe, *run.overrides])}) ;;" for run in plan.runs)
+    launch_node = f"""#!/bin/bash
+# One Composer launcher per node of a sweep's pretraining job, for run $1. World size, node rank,
+# master address and port come from Slurm (SLURM_NNODES, SLURM_NODEID) and the batch script
+# (MASTER_ADDR, MASTER_PORT), so the same line serves one node or many.
+set -euo pipefail
+cd {shlex.quote(repo)}
+NPROC={nproc}
+case "$1" in
+{cases}
+  *) echo "launch-node.sh: no run named '$1' in this sweep" >&2; exit 2 ;;
+esac
+# Slurm's SIGTERM before the time limit reaches every process of the step. The launcher ignores it
+# (the ignore survives exec) so it does not die and take the ranks with it; each rank installs its
+# own handler, saves a checkpoint at the end of its current step and exits, and the resubmitted
+# run resumes from there (autoresume=true).
+trap '' TERM
+exec {shlex.quote(str(BIN / "composer"))} --world_size $(( SLURM_NNODES * NPROC )) --nproc "$NPROC" \\
+  --node_rank "$SLURM_NODEID" --base_rank $(( SLURM_NODEID * NPROC )) \\
+  --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" src/main.py "${{ARGS[@]}}"
+"""
+    pretrain = _sbatch_header(plan, "pretrain", slurm.time, f"{logs}/pretrain-%A_%a.out", sweep.gpus_per_node, sweep.nodes)
+    pretrain += [f"#SBATCH --array=0-{max(len(to_train) - 1, 0)}", f"#SBATCH --signal=TERM@{slurm.signal_seconds}",
+                 "#SBATCH --requeue", "#SBATCH --open-mode=append", "",
+                 f"# Array task i pretrains RUNS[i] on {sweep.nodes} node(s), one launcher per node.",
+                 "set -euo pipefail", f"cd {shlex.quote(repo)}",
+                 f"RUNS=({' '.join(run.run_id for run in to_train)})",
+                 'RUN="${RUNS[$SLURM_ARRAY_TASK_ID]}"',
+                 "# Every node's launcher meets rank 0 on the job's first host, at a port of this job.",
+                 'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
+                 f"export MASTER_PORT=$(( {slurm.master_port} + SLURM_JOB_ID % 1000 ))",
+                 f'srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash {shlex.quote(scripts_dir)}/launch-node.sh "$RUN"', ""]
+    evaluate = _sbatch_header(plan, "evaluate", slurm.evaluation_time, f"{logs}/evaluate-%j.out", sweep.gpus_per_node, 1)
+    evaluate += ["", "# Evaluates every checkpoint of run $1 that has no result yet.", "set -euo pipefail",
+                 f"cd {shlex.quote(repo)}",
+                 f'exec {shlex.quote(sys.executable)} src/sweep.py --evaluate {shlex.quote(folder)} "$1"', ""]
+    report = _sbatch_header(plan, "report", "00:30:00", f"{logs}/report-%j.out", 0, 1)
+    report += ["", "# The sweep's table and Pareto plot from whatever has been evaluated.", "set -euo pipefail",
+               f"cd {shlex.quote(repo)}", f"exec {shlex.quote(sys.executable)} src/sweep.py --report {shlex.quote(folder)}", ""]
+    return {"launch-node.sh": launch_node, "pretrain.sbatch": "\n".join(pretrain),
+            "evaluate.sbatch": "\n".join(evaluate), "report.sbatch": "\n".join(report)}
+
+
+def sbatch(args: list[str], env: dict[str, str] | None = None) -> str:
+    """Submit and return the job id; a refusal is shown verbatim with the command that failed."""
+    command = ["sbatch", "--parsable", *args]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+    except FileNotFoundError:
+        raise UserError("sbatch is not on PATH: run the sweep on a Slurm login node, or use --launcher local.") from None
+    if done.returncode != 0:
+        raise UserError(f"Slurm refused the submission (exit {done.returncode}):\n  $ {shlex.join(command)}\n"
+                        f"{(done.stderr or done.stdout).rstrip()}")
+    return done.stdout.strip().split(";")[0]
+
+
+def submit_slurm(plan: Plan, dry_run: bool = False) -> list[str]:
+    """Write the batch scripts and submit: the pretraining array, one evaluation per run after its
+    array task (`afterok`; cancelled rather than left pending if that task fails), and a report after
+    all evaluations. Returns the job ids (none for a dry run, which prints the scripts instead)."""
+    repo = os.getcwd()
+    to_train = [run for run in plan.runs if not is_trained(run)]
+    to_evaluate = [run for run in plan.runs if is_trained(run) and pending_evaluations(plan, run)]
+    scripts = slurm_scripts(plan, to_train, repo)
+    scripts_dir = Path(plan.folder, "slurm")
+    if dry_run:
+        for name, text in scripts.items():
+            print(f"\n----- {scripts_dir / name}\n{text}")
+        print(f"would submit: pretrain.sbatch as an array of {len(to_train)}, {len(to_train) + len(to_evaluate)} "
+              "evaluation job(s), 1 report job")
+        return []
+    (scripts_dir / "logs").mkdir(parents=True, exist_ok=True)
+    for name, text in scripts.items():
+        (scripts_dir / name).write_text(text, encoding="utf-8")
+    jobs: dict[str, str] = {}
+    evaluations = []
+    if to_train:
+        array = sbatch([str(scripts_dir / "pretrain.sbatch")])
+        jobs["pretrain"] = array
+        print(f"submitted pretraining array {array} ({len(to_train)} run(s))", flush=True)
+        for index, run in enumerate(to_train):
+            job = sbatch([f"--dependency=afterok:{array}_{index}", "--kill-on-invalid-dep=yes",
+                          str(scripts_dir / "evaluate.sbatch"), run.run_id])
+            evaluations.append(job)
+            jobs[f"evaluate {run.run_id}"] = job
+    for run in to_evaluate:
+        job = sbatch([str(scripts_dir / "evaluate.sbatch"), run.run_id])
+        evaluations.append(job)
+        jobs[f"evaluate {run.run_id}"] = job
+    report_args = [f"--dependency=afterany:{':'.join(evaluations)}"] if evaluations else []
+    jobs["report"] = sbatch([*report_args, str(scripts_dir / "report.sbatch")])
+    print(f"submitted {len(evaluations)} evaluation job(s) and report job {jobs['report']}; logs in {scripts_dir / 'logs'}", flush=True)
+    (scripts_dir / "submitted.json").write_text(json.dumps(jobs, indent=2), encoding="utf-8")
+    return list(jobs.values())
+
+
+def wait_for_jobs(job_ids: list[str], poll_seconds: float = 2.0) -> None:
+    """Block until none of the jobs (array tasks included) is pending or running."""
+    ours = set(job_ids)
+    while ours:
+        # %F is an array task's array id (a plain job's own id), %A the task's own id: either may be ours.
+        listed = subprocess.run(["squeue", "--me", "-h", "-o", "%F %A"], capture_output=True, text=True)
+        if listed.returncode != 0:
+            raise UserError(f"squeue failed while waiting for jobs {', '.join(job_ids)}:\n{listed.stderr.rstrip()}")
+        if not ours & set(listed.stdout.split()):
+            return
+        time.sleep(poll_seconds)
