@@ -1,4 +1,4 @@
-"""Shared fixtures: a small offline corpus built once per session, and tiny-model overrides."""
+"""Shared fixtures: a small offline corpus built once per session, tiny-model overrides, a Slurm cluster."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from slurm_cluster import SlurmCluster, available
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "data_prep"))
@@ -54,3 +56,18 @@ def clean_env(monkeypatch):
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(key, raising=False)
     return os.environ
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(tmp_path_factory):
+    """A real single-node Slurm cluster (tests/slurm_cluster.py), torn down after the module's tests.
+
+    Skipped, with the reason, where Debian's Slurm and munge packages are not installed.
+    """
+    installed, reason = available()
+    if not installed:
+        pytest.skip(reason)
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    cluster.start()
+    yield cluster
+    cluster.stop()
