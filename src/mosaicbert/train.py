@@ -56,7 +56,7 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
     from mosaicbert.callbacks.jsonl_logger import JSONLinesLogger
     from mosaicbert.callbacks.resume_rng import ResumeRNG
     from mosaicbert.callbacks.run_summary import RunSummary
-    from mosaicbert.checkpointing import install_atomic_checkpoint_writes
+    from mosaicbert.checkpointing import install_atomic_checkpoint_writes, install_per_node_signal_files
     from mosaicbert.data.text_dataset import build_mlm_dataloader, check_local_split
     from mosaicbert.data.tokenizer import build_tokenizer
 
@@ -67,6 +67,7 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
         if loader is not None and loader.remote is None:
             check_local_split(loader.local, loader.split)
     install_atomic_checkpoint_writes()
+    install_per_node_signal_files()
     reproducibility.seed_all(config.seed)
     if config.clean_stale_shared_memory:
         from streaming.base.util import clean_stale_shared_memory

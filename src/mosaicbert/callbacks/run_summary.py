@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import statistics
 import time
 from typing import Any
 
+import torch
 from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import dist
@@ -73,11 +75,27 @@ class RunSummary(Callback):
             "last_eval": self.evaluations[-1] if self.evaluations else None,
             "checkpoint": checkpoint,
         }
+        if dist.get_world_size() > 1:
+            # Each rank's own weights: data-parallel ranks must end identical, and this shows whether they did.
+            os.makedirs(self.run_folder, exist_ok=True)
+            with open(os.path.join(self.run_folder, f"weights-rank{dist.get_global_rank()}.sha256"), "w", encoding="utf-8") as f:
+                f.write(weights_digest(state.model) + "\n")
         if dist.get_global_rank() == 0:
             os.makedirs(self.run_folder, exist_ok=True)
             with open(os.path.join(self.run_folder, "summary.json"), "w", encoding="utf-8") as f:
                 json.dump(self.summary, f, indent=2)
             print(format_summary(self.summary), flush=True)
+
+
+def weights_digest(model) -> str:
+    """sha256 over the model's tensors in key order (DDP's `module.` wrapper removed), as in the checkpoint."""
+    model = model.module if hasattr(model, "module") else model
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        if hasattr(value, "detach"):  # skips non-tensor extra state
+            digest.update(key.encode())
+            digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -26,7 +26,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--wait", action="store_true", help="slurm: wait for the submitted jobs, then print the report")
     parser.add_argument("--report", metavar="SWEEP_FOLDER", help="collect the results and redraw the report")
     parser.add_argument("--evaluate", nargs=2, metavar=("SWEEP_FOLDER", "RUN"), help="evaluate one run's checkpoints")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     if sum(bool(x) for x in (args.sweep, args.report, args.evaluate)) != 1:
         parser.error("give a sweep YAML, or --report SWEEP_FOLDER, or --evaluate SWEEP_FOLDER RUN")
     return args

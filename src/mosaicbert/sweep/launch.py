@@ -166,6 +166,8 @@ esac
 # own handler, saves a checkpoint at the end of its current step and exits, and the resubmitted
 # run resumes from there (autoresume=true).
 trap '' TERM
+# Torch's CPU threads: the CPUs Slurm gave this task, shared by its ranks (oversubscribed threads crawl).
+if [ -n "${{SLURM_CPUS_PER_TASK:-}}" ]; then export OMP_NUM_THREADS=$(( SLURM_CPUS_PER_TASK / NPROC > 0 ? SLURM_CPUS_PER_TASK / NPROC : 1 )); fi
 exec {shlex.quote(str(BIN / "composer"))} --world_size $(( SLURM_NNODES * NPROC )) --nproc "$NPROC" \\
   --node_rank "$SLURM_NODEID" --base_rank $(( SLURM_NODEID * NPROC )) \\
   --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" src/main.py "${{ARGS[@]}}"
@@ -184,6 +186,7 @@ exec {shlex.quote(str(BIN / "composer"))} --world_size $(( SLURM_NNODES * NPROC 
     evaluate = _sbatch_header(plan, "evaluate", slurm.evaluation_time, f"{logs}/evaluate-%j.out", sweep.gpus_per_node, 1)
     evaluate += ["", "# Evaluates every checkpoint of run $1 that has no result yet.", "set -euo pipefail",
                  f"cd {shlex.quote(repo)}",
+                 'if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then export OMP_NUM_THREADS="$SLURM_CPUS_PER_TASK"; fi',
                  f'exec {shlex.quote(sys.executable)} src/sweep.py --evaluate {shlex.quote(folder)} "$1"', ""]
     report = _sbatch_header(plan, "report", "00:30:00", f"{logs}/report-%j.out", 0, 1)
     report += ["", "# The sweep's table and Pareto plot from whatever has been evaluated.", "set -euo pipefail",

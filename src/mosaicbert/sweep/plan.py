@@ -35,7 +35,8 @@ from mosaicbert.errors import ConfigError, UserError
 
 PLAN_FILE = "plan.json"
 # Set by the sweep for every run, so they never enter the run's identity.
-SWEEP_OWNED_KEYS = ("run_name", "run_folder", "save_folder", "autoresume", "save_overwrite", "save_num_checkpoints_to_keep")
+SWEEP_OWNED_KEYS = ("run_name", "run_folder", "save_folder", "autoresume", "save_overwrite", "save_num_checkpoints_to_keep",
+                    "clean_stale_shared_memory")
 EVALUATION_KINDS = ("mlm", "glue")
 
 
@@ -225,6 +226,9 @@ def make_plan(sweep: SweepConfig) -> Plan:
         overrides += [
             f"run_name={name}", f"run_folder={run_folder}", f"save_folder={run_folder}/checkpoints",
             "autoresume=true", "save_overwrite=false", "save_num_checkpoints_to_keep=-1",
+            # Streaming's cleaner unlinks every streaming segment on the host, live ones included: with runs
+            # and evaluations of a sweep sharing a machine it would pull the data from under the others.
+            "clean_stale_shared_memory=false",
         ]
         try:
             load_config(entry.recipe, overrides, world_size=world_size)

@@ -1,0 +1,196 @@
+"""Sweeps: grid expansion and validation, the Slurm batch scripts, a real local sweep and its resumption."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+from mosaicbert.errors import ConfigError
+from mosaicbert.sweep.launch import slurm_scripts
+from mosaicbert.sweep.plan import cells, dot, make_plan, read_sweep
+
+TINY_MODEL = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}
+
+
+def write_sweep(folder: Path, sample_root: Path, **changes) -> Path:
+    """A tiny two-model sweep on the sample corpus; `changes` replace top-level keys."""
+    sweep = {
+        "name": "tiny",
+        "folder": str(folder / "sweep"),
+        "models": {"mosaicbert": {"recipe": "yamls/demo.yaml"}, "hf-bert": {"recipe": "yamls/pretrain/hf-bert-demo.yaml"}},
+        "grid": {"seed": [17]},
+        "overrides": {"data_local": str(sample_root), "max_seq_len": 64, "model": {"model_config": TINY_MODEL},
+                      "global_train_batch_size": 8, "max_duration": "6ba", "eval_loader": None, "progress_bar": False},
+        "checkpoint_interval": "3ba",
+        "evaluation": {"kind": "mlm", "split": "val_small", "batches": 2, "batch_size": 16},
+        "slurm": {"cpus_per_task": 1},  # two jobs side by side on two cores, one torch thread each
+    }
+    sweep.update(changes)
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def in_repo(monkeypatch):
+    """Recipes and scripts are named relative to the repository root, where sweeps are started."""
+    monkeypatch.chdir(REPO)
+
+
+def sweep_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "src/sweep.py", *args], cwd=REPO, capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def test_grid_expands_to_one_validated_run_per_cell(tmp_path, sample_root, in_repo):
+    path = write_sweep(tmp_path, sample_root, grid={"seed": [17, 18], "optimizer.lr": [1.0e-3, 5.0e-4]})
+    plan = make_plan(read_sweep(path))
+    assert len(plan.runs) == 2 * 2 * 2
+    assert len({run.run_id for run in plan.runs}) == 8 and len({run.config_hash for run in plan.runs}) == 8
+    seen = {(run.model, run.cell["seed"], run.cell["optimizer.lr"]) for run in plan.runs}
+    assert seen == {(m, s, lr) for m in ("mosaicbert", "hf-bert") for s in (17, 18) for lr in (1.0e-3, 5.0e-4)}
+    for run in plan.runs:
+        assert f"seed={run.cell['seed']}" in run.overrides and "autoresume=true" in run.overrides
+        assert f"save_folder={run.folder}/checkpoints" in run.overrides and "save_interval=3ba" in run.overrides
+        # The cell beats the sweep-wide overrides, and the grid's own values arrive typed.
+        assert run.overrides.index(f"seed={run.cell['seed']}") > run.overrides.index("max_duration=6ba")
+    # The same YAML plans the same runs (that is how a re-run finds them); a changed value makes new ones.
+    assert [r.run_id for r in make_plan(read_sweep(path)).runs] == [r.run_id for r in plan.runs]
+    other = make_plan(read_sweep(path, ["overrides.max_duration=8ba"]))
+    assert not {r.run_id for r in other.runs} & {r.run_id for r in plan.runs}
+
+
+def test_grid_model_key_picks_models_and_values_round_trip(tmp_path, sample_root, in_repo):
+    sweep = read_sweep(write_sweep(tmp_path, sample_root, grid={"model": ["hf-bert"], "optimizer.betas": [[0.9, 0.99]]}))
+    assert cells(sweep) == [{"model": "hf-bert", "optimizer.betas": [0.9, 0.99]}]
+    plan = make_plan(sweep)
+    assert [run.model for run in plan.runs] == ["hf-bert"]
+    from omegaconf import OmegaConf
+
+    for value in (17, 0.5, "300ba", "2h", [0.9, 0.98], None, True, "a b"):
+        assert OmegaConf.to_container(OmegaConf.from_dotlist([dot("k", value)]))["k"] == value
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"grid": {}}, "grid is empty"),
+        ({"grid": {"seed": []}}, "grid.seed must be a non-empty list"),
+        ({"grid": {"seed": [17], "optimizer.lrr": [1.0e-3]}}, "sweep cell 0 (model=mosaicbert, seed=17, optimizer.lrr=0.001"),
+        ({"grid": {"max_seq_len": [64, "long"]}}, "sweep cell 1 (model=mosaicbert, max_seq_len=long"),
+        ({"grid": {"model": ["bert"]}}, "grid.model names 'bert'"),
+        ({"models": {"mosaicbert": {"recipe": "yamls/nope.yaml"}}}, "models.mosaicbert.recipe: yamls/nope.yaml does not exist"),
+        ({"grid": {"run_name": ["x"]}}, "grid.run_name: the sweep sets run_name"),
+        ({"evaluation": {"kind": "glue"}}, "models.mosaicbert: evaluation.kind is glue but glue_recipe is not set"),
+        ({"evaluatoin": {}}, "Did you mean 'evaluation'"),
+    ],
+)
+def test_bad_sweeps_fail_before_anything_runs_naming_the_cell(tmp_path, sample_root, in_repo, changes, message):
+    with pytest.raises(ConfigError) as err:
+        make_plan(read_sweep(write_sweep(tmp_path, sample_root, **changes)))
+    assert message in str(err.value)
+
+
+def test_bad_sweep_on_the_command_line_is_one_message_and_nothing_written(tmp_path, sample_root):
+    path = write_sweep(tmp_path, sample_root, grid={"seed": [17, 18], "optimizer.lrr": [1.0e-3]})
+    done = sweep_cli(str(path), "--launcher", "slurm")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: sweep cell 0 (model=mosaicbert, seed=17, optimizer.lrr=0.001") and "Did you mean 'lr'" in done.stderr
+    assert not (tmp_path / "sweep").exists()
+
+
+# --------------------------------------------------------------------------- slurm scripts
+
+
+def test_slurm_scripts_for_a_multi_node_gpu_sweep(tmp_path, sample_root, in_repo):
+    slurm = {"account": "proj", "partition": "gpu", "time": "10:00:00", "signal_seconds": 240, "extra_sbatch": ["--qos=high"]}
+    plan = make_plan(read_sweep(write_sweep(tmp_path, sample_root, nodes=2, gpus_per_node=4, slurm=slurm,
+                                            overrides={"data_local": str(sample_root), "global_train_batch_size": 64})))
+    scripts = slurm_scripts(plan, plan.runs, str(REPO))
+    pretrain, node = scripts["pretrain.sbatch"].splitlines(), scripts["launch-node.sh"]
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=4", "#SBATCH --array=0-1",
+                 "#SBATCH --time=10:00:00", "#SBATCH --signal=TERM@240", "#SBATCH --account=proj",
+                 "#SBATCH --partition=gpu", "#SBATCH --qos=high", "#SBATCH --requeue"):
+        assert line in pretrain, line
+    assert f"RUNS=({' '.join(r.run_id for r in plan.runs)})" in pretrain
+    assert any(line.startswith("srun --ntasks-per-node=1") and "launch-node.sh" in line for line in pretrain)
+    assert "--world_size $(( SLURM_NNODES * NPROC ))" in node and "NPROC=4" in node
+    assert '--node_rank "$SLURM_NODEID" --base_rank $(( SLURM_NODEID * NPROC ))' in node
+    assert '--master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT"' in node and "trap '' TERM" in node
+    evaluate = scripts["evaluate.sbatch"]
+    assert "#SBATCH --nodes=1" in evaluate and "--evaluate" in evaluate and "#SBATCH --account=proj" in evaluate
+    for name, text in scripts.items():
+        checked = subprocess.run(["bash", "-n"], input=text, text=True, capture_output=True)
+        assert checked.returncode == 0, f"{name}: {checked.stderr}"
+
+
+# --------------------------------------------------------------------------- a real local sweep
+
+
+def read_rows(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "results.csv", newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_local_sweep_collects_the_table_and_resumes(tmp_path, sample_root):
+    path = write_sweep(tmp_path, sample_root)
+    folder = tmp_path / "sweep"
+    first = sweep_cli(str(path), "--launcher", "local")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    rows = read_rows(folder)
+    assert sorted((r["model"], int(r["step"])) for r in rows) == [("hf-bert", 3), ("hf-bert", 6), ("mosaicbert", 3), ("mosaicbert", 6)]
+    for row in rows:
+        assert row["metric"] == "mlm_accuracy" and 0.0 <= float(row["quality"]) <= 1.0
+        assert float(row["wall_clock_hours"]) > 0 and int(row["tokens"]) > 0 and float(row["cost"]) == 0.0
+    assert (folder / "pareto.png").stat().st_size > 0 and json.loads((folder / "results.json").read_text())["frontier"]
+    # Both models saw the same tokens: same data, order, batch and steps.
+    by_step = {}
+    for row in rows:
+        by_step.setdefault(row["step"], set()).add(row["tokens"])
+    assert all(len(tokens) == 1 for tokens in by_step.values())
+
+    # Interrupt one run after its first checkpoint, as SIGTERM at step 3 would leave it, and lose one evaluation of the other.
+    runs = {p.name.split("-")[0]: p for p in (folder / "runs").iterdir()}
+    interrupted, kept = runs["mosaicbert"], runs["hf"]
+    (interrupted / "summary.json").unlink()
+    (interrupted / "checkpoints" / "ep0-ba6-rank0.pt").unlink()
+    latest = interrupted / "checkpoints" / "latest-rank0.pt"
+    latest.unlink()
+    latest.symlink_to("ep0-ba3-rank0.pt")
+    kept_checkpoints = {p.name: p.stat().st_mtime_ns for p in (kept / "checkpoints").glob("ep*.pt")}
+    lost = sorted((kept / "evaluations").glob("ep0-ba6-*.json"))
+    assert len(lost) == 1
+    lost[0].unlink()
+
+    second = sweep_cli(str(path), "--launcher", "local")
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "to resume from 1 checkpoint(s)" in second.stdout and "trained, 1 checkpoint(s) to evaluate" in second.stdout
+    summary = json.loads((interrupted / "summary.json").read_text())
+    assert summary["batches"] == 6 and summary["batches_this_run"] == 3  # continued from step 3, not from scratch
+    assert {p.name: p.stat().st_mtime_ns for p in (kept / "checkpoints").glob("ep*.pt")} == kept_checkpoints
+    assert (kept / "sweep.log").read_text().count("src/main.py") == 1  # the finished run was not trained again
+    assert len(read_rows(folder)) == 4
+
+    # A third run has nothing to do, and --report redraws the same table.
+    third = sweep_cli(str(path))
+    assert third.returncode == 0 and "4 of 4" not in third.stdout and "2 of 2 run(s) already done; 0 to go" in third.stdout
+    before = (folder / "results.csv").read_text()
+    (folder / "results.csv").unlink()
+    report = sweep_cli("--report", str(folder))
+    assert report.returncode == 0 and (folder / "results.csv").read_text() == before
+
+
+def test_report_of_a_folder_without_a_plan_is_one_message(tmp_path):
+    done = sweep_cli("--report", str(tmp_path))
+    assert done.returncode == 2 and "holds no plan.json" in done.stderr and "Traceback" not in done.stderr
