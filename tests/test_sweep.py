@@ -71,6 +71,18 @@ def test_grid_expands_to_one_validated_run_per_cell(tmp_path, sample_root, in_re
     assert not {r.run_id for r in other.runs} & {r.run_id for r in plan.runs}
 
 
+@pytest.mark.parametrize("name", ["demo", "pareto-base", "pareto-large"])
+def test_shipped_sweeps_plan_with_every_run_validated(name, in_repo, clean_env):
+    plan = make_plan(read_sweep(REPO / "yamls" / "sweeps" / f"{name}.yaml"))
+    assert len({run.model for run in plan.runs}) == 2 and len(plan.runs) >= 2
+    if name != "demo":  # the paper's protocol: checkpoints every 3,500 of 70,000 steps, GLUE on each
+        assert plan.sweep.evaluation.kind == "glue" and plan.sweep.checkpoint_interval == "3500ba"
+        from mosaicbert.config import read_yaml
+
+        assert {read_yaml(r.recipe, r.overrides)["max_duration"] for r in plan.runs} == {"286720000sp"}  # 70,000 x 4096
+        assert all(run.glue_recipe for run in plan.runs)
+
+
 def test_grid_model_key_picks_models_and_values_round_trip(tmp_path, sample_root, in_repo):
     sweep = read_sweep(write_sweep(tmp_path, sample_root, grid={"model": ["hf-bert"], "optimizer.betas": [[0.9, 0.99]]}))
     assert cells(sweep) == [{"model": "hf-bert", "optimizer.betas": [0.9, 0.99]}]
