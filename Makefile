@@ -12,7 +12,7 @@ C4_LOCAL_DIR ?=
 C4_ARGS ?=
 NOW := $(shell date +%Y%m%d-%H%M%S)
 DEMO_RUN ?= demo-$(NOW)
-# Extra `key=value` overrides for the demos, e.g. DEMO_ARGS="max_duration=200ba" for a shorter demo.
+# Extra `key=value` overrides for the demos, e.g. DEMO_ARGS="max_duration=2m" for a shorter demo.
 DEMO_ARGS ?=
 GLUE_DEMO_ARGS ?=
 PYTEST_ARGS ?=
@@ -50,7 +50,8 @@ c4-shards: $(STAMP)
 	$(PY) data_prep/convert_dataset.py c4 --out-root $(C4_ROOT) --skip-existing \
 		$(if $(C4_LOCAL_DIR),--local-dir $(C4_LOCAL_DIR)) $(C4_ARGS)
 
-# Each demo run gets its own folder under runs/, so nothing earlier is overwritten.
+# Trains for 5 minutes of training time on any CPU (yamls/demo.yaml: max_duration: 5m; a slower CPU
+# trains fewer batches), plus start-up and evaluations. Each run gets its own folder under runs/.
 demo: $(STAMP) sample-shards
 	$(VENV)/bin/composer src/main.py yamls/demo.yaml run_name=$(DEMO_RUN) $(DEMO_ARGS)
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from composer.core import Callback
 
 from slurm_cluster import SlurmCluster, available
 
@@ -48,6 +49,17 @@ def tiny_overrides(sample_root: Path, run_folder: Path, **extra) -> list[str]:
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+class CrashAtBatch(Callback):
+    """Simulates a run killed part way: raises once `batch` batches are done."""
+
+    def __init__(self, batch: int):
+        self.batch = batch
+
+    def batch_checkpoint(self, state, logger):
+        if int(state.timestamp.batch) == self.batch:
+            raise KeyboardInterrupt
 
 
 @pytest.fixture

@@ -10,30 +10,18 @@ import sys
 
 import pytest
 import torch
-from composer.core import Callback
 
 from mosaicbert.callbacks.jsonl_logger import read_jsonl
 from mosaicbert.config import load_config
 from mosaicbert.errors import DataNotFoundError, UserError
 from mosaicbert.train import train
 
-from conftest import DEMO_YAML, REPO, tiny_overrides
+from conftest import DEMO_YAML, REPO, CrashAtBatch, tiny_overrides
 
 
 def run(sample_root, run_folder, callbacks=None, **extra):
     config = load_config(DEMO_YAML, tiny_overrides(sample_root, run_folder, **extra))
     return train(config, extra_callbacks=callbacks)
-
-
-class CrashAtBatch(Callback):
-    """Simulates a run killed part way: raises once `batch` batches are done."""
-
-    def __init__(self, batch: int):
-        self.batch = batch
-
-    def batch_checkpoint(self, state, logger):
-        if int(state.timestamp.batch) == self.batch:
-            raise KeyboardInterrupt
 
 
 def checkpoint_weights(path):
@@ -176,15 +164,3 @@ def test_hf_bert_baseline_recipe_trains(clean_env, sample_root, tmp_path):
     assert summary["last_eval"]["eval/LanguageCrossEntropy"] < summary["first_eval"]["eval/LanguageCrossEntropy"]
     state = torch.load(summary["checkpoint"], map_location="cpu", weights_only=False)
     assert state["state"]["model"]["model.bert.embeddings.word_embeddings.weight"].shape == (2048, 64)  # vocab_multiple 1
-
-
-def test_duration_check_says_in_one_line_when_the_run_will_be_much_longer(clean_env, sample_root, tmp_path, capsys):
-    # The demo recipe carries the check; a promise of 0.001 minutes cannot be kept on any machine.
-    run(sample_root, tmp_path / "slow", max_duration="8ba", eval_interval="8ba", save_interval="8ba",
-        **{"callbacks.duration_check.expected_minutes": 0.001, "callbacks.duration_check.after_batches": 4})
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[duration_check]")]
-    assert len(lines) == 1
-    assert "first 4 batches extrapolated" in lines[0] and 'DEMO_ARGS="max_duration=200ba"' in lines[0]
-    run(sample_root, tmp_path / "fast", max_duration="8ba", eval_interval="8ba", save_interval="8ba",
-        **{"callbacks.duration_check.expected_minutes": 1000, "callbacks.duration_check.after_batches": 4})
-    assert "[duration_check]" not in capsys.readouterr().out

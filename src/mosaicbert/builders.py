@@ -23,7 +23,6 @@ from composer.optim import (
 
 from mosaicbert import registry
 from mosaicbert.algorithms.earlybert import EarlyBERT
-from mosaicbert.callbacks.duration_check import DurationCheck
 from mosaicbert.config import TrainConfig, named_entries, split_named
 
 registry.optimizers.register("decoupled_adamw", DecoupledAdamW, provided=("params",))
@@ -67,7 +66,6 @@ registry.callbacks.register("lr_monitor", LRMonitor)
 registry.callbacks.register("memory_monitor", MemoryMonitor)
 registry.callbacks.register("runtime_estimator", RuntimeEstimator)
 registry.callbacks.register("optimizer_monitor", OptimizerMonitor)
-registry.callbacks.register("duration_check", DurationCheck)
 
 registry.loggers.register("wandb", WandBLogger)
 registry.loggers.register("mlflow", MLFlowLogger)

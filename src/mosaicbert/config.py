@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -54,7 +55,7 @@ class TrainConfig:
     tokenizer_name: str
     train_loader: LoaderConfig
     global_train_batch_size: int
-    max_duration: Union[str, int]
+    max_duration: Union[str, int]  # a training length (600ba, 2ep) or a wall-clock budget (2h, 90m, 45s)
     optimizer: dict[str, Any]
     scheduler: dict[str, Any]
 
@@ -99,6 +100,7 @@ class TrainConfig:
     # Filled in by `finalize`, never read from YAML.
     world_size: int = field(default=1, metadata={"derived": True})
     device_train_batch_size: int = field(default=0, metadata={"derived": True})
+    time_budget_seconds: float | None = field(default=None, metadata={"derived": True})  # a wall-clock max_duration
     filled_defaults: dict[str, Any] = field(default_factory=dict, metadata={"derived": True})
 
 
@@ -339,8 +341,85 @@ def finalize(config: TrainConfig, world_size: int | None = None) -> TrainConfig:
 
     if config.autoresume and config.save_folder is None:
         raise ConfigError("autoresume=true needs save_folder (where to look for the latest checkpoint).")
+    config.time_budget_seconds = time_budget_seconds(config.max_duration)
+    check_intervals(config)
+    if config.time_budget_seconds is not None:
+        check_budgeted_schedule(config)
     config.filled_defaults = filled
     return config
+
+
+# Hours, minutes and seconds, alone or in that order: 2h, 1.5h, 90m, 30min, 45s, 7200sec, 1h30m.
+# Composer's own parser reads only some of these (not 24h, 90m or 1.5h), so they are read here.
+WALL_CLOCK = re.compile(r"(?:(?P<h>\d+(?:\.\d+)?)h)?(?:(?P<m>\d+(?:\.\d+)?)(?:min|m))?(?:(?P<s>\d+(?:\.\d+)?)(?:sec|s))?")
+WALL_CLOCK_FORMS = "2h, 1.5h, 90m, 30min, 45s, 7200sec, 1h30m"
+TRAINING_LENGTH_UNITS = ("ba", "ep", "sp", "tok")
+
+
+def wall_clock_seconds(value: str | int) -> float | None:
+    """Seconds of a wall-clock time such as `2h` or `90m`; None for anything else."""
+    match = WALL_CLOCK.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None or not any(match.groupdict().values()):
+        return None
+    return sum(float(match[unit] or 0) * factor for unit, factor in (("h", 3600), ("m", 60), ("s", 1)))
+
+
+def time_budget_seconds(max_duration: str | int) -> float | None:
+    """The budget of a wall-clock `max_duration` in seconds, None for a training length (600ba, 2ep).
+
+    Composer's trainer refuses wall-clock durations; the `TimeBudget` callback trains to them."""
+    seconds = wall_clock_seconds(max_duration)
+    if seconds is not None:
+        if seconds <= 0:
+            raise ConfigError(f"max_duration: a time budget must be positive, got '{max_duration}'.")
+        return seconds
+    if isinstance(max_duration, int):
+        return None  # epochs, as in Composer
+    from composer.core import Time
+
+    try:
+        unit = Time.from_timestring(max_duration).unit.value
+    except (ValueError, TypeError):
+        unit = None
+    if unit not in TRAINING_LENGTH_UNITS:
+        raise ConfigError(
+            f"max_duration: '{max_duration}' is neither a training length (600ba, 2ep, 100000sp, 5000000tok) "
+            f"nor a wall-clock budget of training time ({WALL_CLOCK_FORMS})."
+        )
+    return None
+
+
+def check_intervals(config: TrainConfig) -> None:
+    """`eval_interval` and `save_interval` as Composer times; wall-clock forms (`10m`) become Composer's
+    whole seconds of training (`600sec`). A budgeted run refuses `dur` intervals: its `max_duration`
+    in batches moves after every batch, so a fraction of it would name a different batch every time."""
+    from composer.core import Time, TimeUnit
+
+    for name in ("eval_interval", "save_interval"):
+        value = getattr(config, name)
+        seconds = wall_clock_seconds(value)
+        if seconds is not None:
+            value = f"{max(1, round(seconds))}sec"
+            setattr(config, name, value)
+        try:
+            interval = Time.from_input(value, TimeUnit.EPOCH)
+        except (ValueError, TypeError):
+            raise ConfigError(f"{name}: '{value}' is not a time such as 200ba, 1ep, 0.25dur, 10m or 60sec.") from None
+        if interval.unit == TimeUnit.DURATION and config.time_budget_seconds is not None:
+            seconds = max(1, round(interval.value * config.time_budget_seconds))
+            raise ConfigError(
+                f"{name}={value} is a fraction of a time budget ({config.max_duration}), which has no fixed number "
+                f"of batches: give it in seconds of training instead ({name}={seconds}sec is that fraction) or in batches."
+            )
+
+
+def check_budgeted_schedule(config: TrainConfig) -> None:
+    t_max = split_named(config.scheduler, "scheduler")[1].get("t_max")
+    if t_max is not None and not str(t_max).endswith("dur"):
+        raise ConfigError(
+            f"scheduler.t_max={t_max}: a schedule trained to a time budget ends when the budget does; "
+            "remove t_max or give it as a fraction of the budget (1dur)."
+        )
 
 
 def describe_defaults(config: TrainConfig) -> str:

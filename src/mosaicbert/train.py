@@ -56,6 +56,7 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
     from mosaicbert.callbacks.jsonl_logger import JSONLinesLogger
     from mosaicbert.callbacks.resume_rng import ResumeRNG
     from mosaicbert.callbacks.run_summary import RunSummary
+    from mosaicbert.callbacks.time_budget import PLACEHOLDER_MAX_DURATION, TimeBudget
     from mosaicbert.checkpointing import install_atomic_checkpoint_writes, install_per_node_signal_files
     from mosaicbert.data.text_dataset import build_mlm_dataloader, check_local_split
     from mosaicbert.data.tokenizer import build_tokenizer
@@ -94,8 +95,13 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
         )
         evaluators.append(Evaluator(label="eval", dataloader=eval_loader, metric_names=["LanguageCrossEntropy", "MaskedAccuracy"]))
 
-    summary = RunSummary(config.run_folder, config.save_folder)
+    summary = RunSummary(config.run_folder, config.save_folder, config.time_budget_seconds)
     callbacks = build_section(config, "callbacks") + [summary, ResumeRNG(), CheckpointOnSignal()] + list(extra_callbacks or [])
+    max_duration = config.max_duration
+    if config.time_budget_seconds is not None:
+        # First among the callbacks, so the others see each batch's new plan at the same event.
+        callbacks.insert(0, TimeBudget(config.time_budget_seconds))
+        max_duration = PLACEHOLDER_MAX_DURATION
     loggers = build_section(config, "loggers") + [
         JSONLinesLogger(os.path.join(config.run_folder, "metrics.jsonl")),
         FileLogger(os.path.join(config.run_folder, "console-rank{rank}.log"), flush_interval=50),
@@ -115,7 +121,7 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
         eval_dataloader=evaluators or None,
         eval_interval=config.eval_interval,
         eval_subset_num_batches=config.eval_subset_num_batches,
-        max_duration=config.max_duration,
+        max_duration=max_duration,
         optimizers=optimizer,
         schedulers=build_scheduler(config),
         algorithms=build_section(config, "algorithms"),

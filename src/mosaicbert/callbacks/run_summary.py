@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 import torch
-from composer.core import Callback, State
+from composer.core import Callback, Event, State
 from composer.loggers import Logger
 from composer.utils import dist
 
@@ -18,15 +18,19 @@ from mosaicbert.errors import UserError
 
 
 class RunSummary(Callback):
-    """At FIT_END, prints a short summary and writes it to `<run_folder>/summary.json` (rank 0).
+    """When training ends (after its final evaluation), prints a short summary and writes it to
+    `<run_folder>/summary.json` (rank 0).
 
     Throughput is non-padding tokens over training wall time (evaluation excluded), summed
     over all ranks, from FIT_START to FIT_END of this process (a resumed run counts its own part).
+    `train_seconds_total` is Composer's training clock of the whole run, resumed parts included,
+    which a time budget (`time_budget_seconds`) is spent against.
     """
 
-    def __init__(self, run_folder: str, save_folder: str | None):
+    def __init__(self, run_folder: str, save_folder: str | None, time_budget_seconds: float | None):
         self.run_folder = run_folder
         self.save_folder = save_folder
+        self.time_budget_seconds = time_budget_seconds
         self.evaluations: list[dict[str, Any]] = []
         self._fit_start = 0.0
         self._tokens_start = 0
@@ -68,6 +72,8 @@ class RunSummary(Callback):
             "batches": int(state.timestamp.batch),
             "batches_this_run": int(state.timestamp.batch) - self._batch_start,
             "train_seconds": round(train_seconds, 3),
+            "train_seconds_total": round(state.timestamp.total_wct.total_seconds(), 3),
+            "time_budget_seconds": self.time_budget_seconds,
             "eval_seconds": round(self._eval_seconds, 3),
             "non_padding_tokens": tokens,
             "non_padding_tokens_per_second": round(tokens / train_seconds, 1),
@@ -80,6 +86,17 @@ class RunSummary(Callback):
             os.makedirs(self.run_folder, exist_ok=True)
             with open(os.path.join(self.run_folder, f"weights-rank{dist.get_global_rank()}.sha256"), "w", encoding="utf-8") as f:
                 f.write(weights_digest(state.model) + "\n")
+        # When training did not end on an eval_interval (a time budget rarely does), Composer evaluates
+        # once more after FIT_END; the report waits for that evaluation.
+        if not any(evaluator.eval_interval(state, Event.FIT_END) for evaluator in state.evaluators):
+            self._report()
+
+    def eval_after_all(self, state: State, logger: Logger) -> None:
+        if self.summary:  # the evaluation after FIT_END
+            self.summary["first_eval"], self.summary["last_eval"] = self.evaluations[0], self.evaluations[-1]
+            self._report()
+
+    def _report(self) -> None:
         if dist.get_global_rank() == 0:
             os.makedirs(self.run_folder, exist_ok=True)
             with open(os.path.join(self.run_folder, "summary.json"), "w", encoding="utf-8") as f:
@@ -100,6 +117,9 @@ def weights_digest(model) -> str:
 
 def format_summary(summary: dict[str, Any]) -> str:
     lines = [f"== run {summary['run_name']}: {summary['batches']} batches"]
+    if summary["time_budget_seconds"] is not None:
+        lines[0] += (f", bought by a time budget of {summary['time_budget_seconds']:g} s "
+                     f"({summary['train_seconds_total']:.1f} s of training used)")
     first, last = summary["first_eval"], summary["last_eval"]
     for key in sorted(last or {}):
         if key.endswith("MaskedAccuracy"):
