@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 from composer.core import Callback
 
 from mosaicbert.errors import Interrupted
+from conftest import DEMO_YAML, REPO, tiny_overrides
 from test_train import checkpoint_weights, run
 
 
@@ -50,3 +54,22 @@ def test_sigterm_on_a_checkpoint_step_saves_once(clean_env, sample_root, tmp_pat
         run(sample_root, tmp_path / "run", [SignalAtBatch(4)], max_duration="10ba", save_interval="4ba")
     assert stop.value.checkpoint.endswith("ep0-ba4-rank0.pt")
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("ep*.pt")) == ["ep0-ba4-rank0.pt"]
+
+
+@pytest.mark.slow
+def test_sigterm_to_every_process_with_loader_workers(clean_env, sample_root, tmp_path):
+    """Slurm signals every process of a job step, DataLoader workers included: the step still ends with
+    a checkpoint and exit 143, not with a worker killed under the trainer."""
+    run_folder = tmp_path / "run"
+    overrides = tiny_overrides(sample_root, run_folder, max_duration="100000ba", save_interval="1000ba",
+                               **{"train_loader.num_workers": 2})
+    process = subprocess.Popen([sys.executable, "src/main.py", str(DEMO_YAML), *overrides], cwd=REPO,
+                               start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics, deadline = run_folder / "metrics.jsonl", time.monotonic() + 180
+    while not (metrics.is_file() and metrics.read_text().count('"time/train"') >= 3):
+        assert process.poll() is None and time.monotonic() < deadline, "training did not start"
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGTERM)  # the whole process group, as proctrack/pgid or a cgroup does
+    output, _ = process.communicate(timeout=180)
+    assert process.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert "stopped on SIGTERM after batch" in output and "DataLoader worker" not in output

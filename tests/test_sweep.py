@@ -100,7 +100,7 @@ def test_grid_model_key_picks_models_and_values_round_trip(tmp_path, sample_root
         ({"grid": {}}, "grid is empty"),
         ({"grid": {"seed": []}}, "grid.seed must be a non-empty list"),
         ({"grid": {"seed": [17], "optimizer.lrr": [1.0e-3]}}, "sweep cell 0 (model=mosaicbert, seed=17, optimizer.lrr=0.001"),
-        ({"grid": {"max_seq_len": [64, "long"]}}, "sweep cell 1 (model=mosaicbert, max_seq_len=long"),
+        ({"grid": {"max_seq_len": [64, "long"]}}, "sweep cell 2 (model=mosaicbert, max_seq_len=long"),
         ({"grid": {"model": ["bert"]}}, "grid.model names 'bert'"),
         ({"models": {"mosaicbert": {"recipe": "yamls/nope.yaml"}}}, "models.mosaicbert.recipe: yamls/nope.yaml does not exist"),
         ({"grid": {"run_name": ["x"]}}, "grid.run_name: the sweep sets run_name"),
@@ -136,7 +136,9 @@ def test_slurm_scripts_for_a_multi_node_gpu_sweep(tmp_path, sample_root, in_repo
                  "#SBATCH --partition=gpu", "#SBATCH --qos=high", "#SBATCH --requeue"):
         assert line in pretrain, line
     assert f"RUNS=({' '.join(r.run_id for r in plan.runs)})" in pretrain
-    assert any(line.startswith("srun --ntasks-per-node=1") and "launch-node.sh" in line for line in pretrain)
+    assert any(line.startswith("srun --ntasks-per-node=1") and "--cpus-per-task=$SLURM_CPUS_PER_TASK" in line for line in pretrain)
+    assert 'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"' in pretrain
+    assert "export MASTER_PORT=$(( 29500 + SLURM_JOB_ID % 1000 ))" in pretrain
     assert "--world_size $(( SLURM_NNODES * NPROC ))" in node and "NPROC=4" in node
     assert '--node_rank "$SLURM_NODEID" --base_rank $(( SLURM_NODEID * NPROC ))' in node
     assert '--master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT"' in node and "trap '' TERM" in node
@@ -196,7 +198,7 @@ def test_local_sweep_collects_the_table_and_resumes(tmp_path, sample_root):
 
     # A third run has nothing to do, and --report redraws the same table.
     third = sweep_cli(str(path))
-    assert third.returncode == 0 and "4 of 4" not in third.stdout and "2 of 2 run(s) already done; 0 to go" in third.stdout
+    assert third.returncode == 0 and "2 of 2 run(s) already done; 0 to go" in third.stdout
     before = (folder / "results.csv").read_text()
     (folder / "results.csv").unlink()
     report = sweep_cli("--report", str(folder))

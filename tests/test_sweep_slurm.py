@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -18,7 +19,8 @@ from test_sweep import read_rows, sweep_cli, write_sweep
 
 
 def submitted(folder) -> dict[str, str]:
-    return json.loads((folder / "slurm" / "submitted.json").read_text())
+    """The job ids of the sweep's latest submission."""
+    return json.loads((folder / "slurm" / "submitted.json").read_text())[-1]
 
 
 def test_sweep_runs_through_slurm_and_collects_the_table(slurm_cluster, tmp_path, sample_root):
@@ -41,8 +43,12 @@ def test_preempted_run_checkpoints_and_resumes_on_resubmission(slurm_cluster, tm
     changes = {"models": {"mosaicbert": {"recipe": "yamls/demo.yaml"}}, "checkpoint_interval": "40ba"}
     path = write_sweep(tmp_path, sample_root, **changes)
     folder = tmp_path / "sweep"
-    first = sweep_cli(str(path), "--launcher", "slurm", "overrides.max_duration=400ba", env=slurm_cluster.env)
+    # Loader workers too: Slurm signals every process of the step, and a worker must not die of it.
+    settings = ["overrides.max_duration=400ba", "overrides.train_loader.num_workers=2"]
+    first = sweep_cli(str(path), "--launcher", "slurm", *settings, env=slurm_cluster.env)
     assert first.returncode == 0, first.stderr[-3000:]
+    again = sweep_cli(str(path), "--launcher", "slurm", *settings, env=slurm_cluster.env)
+    assert again.returncode == 2 and "still queued or running" in again.stderr  # no second trainer on the same run
     (planned,) = json.loads((folder / "plan.json").read_text())["runs"]
     run = folder / "runs" / planned["run_id"]
     deadline = time.monotonic() + 300
@@ -55,17 +61,18 @@ def test_preempted_run_checkpoints_and_resumes_on_resubmission(slurm_cluster, tm
     states = slurm_cluster.wait_for_jobs(submitted(folder).values(), timeout=180)
     assert states[f"{array}_0"] == "FAILED", states  # stopped early, so its evaluation did not start
     log = next((folder / "slurm" / "logs").glob(f"pretrain-{array}_0.out")).read_text()
-    assert "stopped on SIGTERM after batch" in log, log[-3000:]
-    saved = sorted(int(p.name.split("-ba")[1].split("-")[0]) for p in (run / "checkpoints").glob("ep0-ba*-rank0.pt"))
-    stopped_at = saved[-1]
-    assert 0 < stopped_at < 400 and not (run / "summary.json").exists()
+    stopped_at = int(re.search(r"stopped on SIGTERM after batch (\d+)", log).group(1))
+    assert 0 < stopped_at < 400 and (run / "checkpoints" / f"ep0-ba{stopped_at}-rank0.pt").is_file(), log[-3000:]
+    assert not (run / "summary.json").exists()
+    if stopped_at % 40:  # off the interval: listed, so the sweep's points stay on the interval
+        assert (run / "checkpoints" / "signal-checkpoints.txt").read_text().split() == [f"ep0-ba{stopped_at}-rank0.pt"]
 
-    second = sweep_cli(str(path), "--launcher", "slurm", "--wait", "overrides.max_duration=400ba", env=slurm_cluster.env)
+    second = sweep_cli(str(path), "--launcher", "slurm", "--wait", *settings, env=slurm_cluster.env)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "to resume from" in second.stdout
     summary = json.loads((run / "summary.json").read_text())
     assert summary["batches"] == 400 and summary["batches_this_run"] == 400 - stopped_at
-    assert len(read_rows(folder)) == len(list((run / "checkpoints").glob("ep0-ba*-rank0.pt")))
+    assert sorted(int(r["step"]) for r in read_rows(folder)) == list(range(40, 401, 40))
 
 
 def test_refused_submission_is_shown_verbatim_with_its_command(slurm_cluster, tmp_path, sample_root):

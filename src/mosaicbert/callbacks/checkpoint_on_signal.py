@@ -8,6 +8,7 @@ the signal number; the same command with autoresume=true continues from the chec
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
@@ -17,7 +18,7 @@ from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import dist
 
-from mosaicbert.errors import Interrupted
+from mosaicbert.errors import SIGNAL_CHECKPOINTS, Interrupted
 
 
 class CheckpointOnSignal(Callback):
@@ -43,10 +44,15 @@ class CheckpointOnSignal(Callback):
         saver = next((cb for cb in state.callbacks if isinstance(cb, CheckpointSaver)), None)
         checkpoint = None
         if saver is not None:
-            if saver.last_checkpoint_batch != state.timestamp.batch:
+            extra = saver.last_checkpoint_batch != state.timestamp.batch
+            if extra:
                 # Composer 0.32 has no public "save now" for callbacks; this is what its interval saving calls.
                 saver._save_checkpoint(state, logger)
             checkpoint = saver.saved_checkpoints[-1] if saver.saved_checkpoints else None
+            if extra and checkpoint is not None and dist.get_global_rank() == 0:
+                # Off the save interval: sweeps leave it out of their points, which line up across seeds by interval.
+                with open(os.path.join(os.path.dirname(checkpoint), SIGNAL_CHECKPOINTS), "a", encoding="utf-8") as f:
+                    f.write(os.path.basename(checkpoint) + "\n")
         self.restore()
         raise Interrupted(signum, int(state.timestamp.batch), checkpoint)
 

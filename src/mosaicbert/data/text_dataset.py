@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,14 @@ def count_real_tokens(batch: dict[str, torch.Tensor]) -> int:
     return int(batch["attention_mask"].sum())
 
 
+def ignore_stop_signal(worker_id: int) -> None:
+    """DataLoader workers ignore SIGTERM. Slurm's warning before a time limit (and preemption) goes to
+    every process of the job, workers included; a worker that dies of it makes the training step fail
+    before the trainer can checkpoint (callbacks/checkpoint_on_signal.py). The workers still end with
+    their loader, and with the trainer if it dies."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def build_mlm_dataloader(cfg: LoaderConfig, tokenizer, max_seq_len: int, device_batch_size: int, seed: int) -> DataSpec:
     if cfg.remote is None:
         check_local_split(cfg.local, cfg.split)
@@ -130,6 +139,7 @@ def build_mlm_dataloader(cfg: LoaderConfig, tokenizer, max_seq_len: int, device_
         drop_last=cfg.drop_last,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=cfg.num_workers > 0,
+        worker_init_fn=ignore_stop_signal,
         prefetch_factor=2 if cfg.num_workers > 0 else None,
         # Its own generator: creating an iterator must not consume the global RNG that dropout
         # uses, or a resumed run would diverge from an uninterrupted one.

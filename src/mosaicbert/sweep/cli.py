@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 
 from mosaicbert.errors import UserError
@@ -79,26 +80,22 @@ def _main(args: argparse.Namespace) -> int:
             launch.submit_slurm(plan, dry_run=True)
         else:
             for run in plan.runs:
-                print(f"\n{run.run_id}:\n  composer src/main.py {' '.join([run.recipe, *run.overrides])}\n  {' '.join(launch.evaluate_command(plan, run))}")
+                print(f"\n{run.run_id}:\n  composer src/main.py {shlex.join([run.recipe, *run.overrides])}\n  {shlex.join(launch.evaluate_command(plan, run))}")
         return 0
-    save_plan(plan)
     if args.launcher == "slurm":
-        jobs = launch.submit_slurm(plan)
+        jobs = launch.submit_slurm(plan)  # saves the plan once no earlier submission is still running
         if not args.wait:
             print(f"follow with: squeue --me; the report is written to {plan.folder} when the jobs end "
                   f"(or run python src/sweep.py --report {plan.folder})", flush=True)
             return 0
         launch.wait_for_jobs(jobs)
         unfinished = [run.run_id for run in plan.runs if launch.status(plan, run) != "done"]
-        print(report(plan.folder), flush=True)
-        if unfinished:
-            print(f"error: {len(unfinished)} run(s) did not finish: {', '.join(unfinished)}; logs in {plan.folder}/slurm/logs. "
-                  "Submit the sweep again to resume them.", file=sys.stderr, flush=True)
-            return 1
-        return 0
-    ok = launch.run_local(plan)
+        failure = (f"{len(unfinished)} run(s) did not finish: {', '.join(unfinished)}; logs in {plan.folder}/slurm/logs. "
+                   "Submit the sweep again to resume them.") if unfinished else None
+    else:
+        save_plan(plan)
+        failure = None if launch.run_local(plan) else "some runs failed (see above); run the sweep again to resume them."
+    if failure:
+        print(f"error: {failure}", file=sys.stderr, flush=True)
     print(report(plan.folder), flush=True)
-    if not ok:
-        print("error: some runs failed (see above); run the sweep again to resume them.", file=sys.stderr, flush=True)
-        return 1
-    return 0
+    return 1 if failure else 0

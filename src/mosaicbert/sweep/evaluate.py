@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mosaicbert.errors import UserError
-from mosaicbert.sweep.plan import Plan, Run, dot
+from mosaicbert.errors import SIGNAL_CHECKPOINTS, UserError
+from mosaicbert.sweep.plan import Plan, Run, glue_overrides
 
 CHECKPOINT_NAME = re.compile(r"^ep\d+-ba(\d+)-rank0\.pt$")
 MLM_METRIC = "mlm_accuracy"
@@ -27,11 +27,15 @@ GLUE_METRIC = "glue_score"
 
 
 def checkpoints(run: Run) -> list[Path]:
-    """The run's saved checkpoints in step order (the `latest` link and partial writes excluded)."""
+    """The run's interval checkpoints in step order: not the `latest` link, partial writes, or the extra
+    checkpoint a SIGTERM saved (off the interval, it would break the alignment of points across seeds)."""
     folder = Path(run.checkpoint_folder)
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_NAME.match(p.name)) and not p.is_symlink()]
+    signalled = folder / SIGNAL_CHECKPOINTS
+    skip = set(signalled.read_text().split()) if signalled.is_file() else set()
+    found = [(int(m.group(1)), p) for p in folder.iterdir()
+             if (m := CHECKPOINT_NAME.match(p.name)) and not p.is_symlink() and p.name not in skip]
     return [p for _, p in sorted(found)]
 
 
@@ -43,7 +47,7 @@ def is_trained(run: Run) -> bool:
 def evaluation_hash(plan: Plan, run: Run) -> str:
     settings = dataclasses.asdict(plan.sweep.evaluation)
     if plan.sweep.evaluation.kind == "glue":
-        settings["glue_recipe"] = run.glue_recipe
+        settings["glue_recipe"] = [run.glue_recipe, Path(run.glue_recipe).read_text()]  # an edited recipe scores again
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -52,8 +56,23 @@ def result_path(plan: Plan, run: Run, checkpoint: Path) -> Path:
     return Path(run.folder) / "evaluations" / f"{stem}-{plan.sweep.evaluation.kind}-{evaluation_hash(plan, run)}.json"
 
 
+def identity(checkpoint: Path) -> list[int]:
+    """Size and modification time: a checkpoint written again (a run retrained from an earlier point) is scored again."""
+    stat = checkpoint.stat()
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def read_result(plan: Plan, run: Run, checkpoint: Path) -> dict[str, Any] | None:
+    """The checkpoint's result for these evaluation settings, if it is of this very checkpoint file."""
+    path = result_path(plan, run, checkpoint)
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    return result if result.get("checkpoint_identity") == identity(checkpoint) else None
+
+
 def pending_evaluations(plan: Plan, run: Run) -> list[Path]:
-    return [c for c in checkpoints(run) if not result_path(plan, run, c).is_file()]
+    return [c for c in checkpoints(run) if read_result(plan, run, c) is None]
 
 
 def checkpoint_position(path: Path) -> dict[str, Any]:
@@ -83,7 +102,8 @@ def evaluate_run(plan: Plan, run: Run) -> int:
     score = _mlm_scorer(plan, run) if plan.sweep.evaluation.kind == "mlm" else _glue_scorer(plan, run)
     for index, checkpoint in enumerate(todo, 1):
         metric, quality, details = score(checkpoint)
-        payload = {"run": run.run_id, "checkpoint": checkpoint.name, **checkpoint_position(checkpoint),
+        payload = {"run": run.run_id, "checkpoint": checkpoint.name, "checkpoint_identity": identity(checkpoint),
+                   **checkpoint_position(checkpoint),
                    "metric": metric, "quality": quality, "details": details}
         write_result(result_path(plan, run, checkpoint), payload)
         print(f"{run.run_id}: [{index}/{len(todo)}] {checkpoint.name} step {payload['step']}: {metric} {quality:.4f}", flush=True)
@@ -138,9 +158,8 @@ def _glue_scorer(plan: Plan, run: Run):
 
     def score(checkpoint: Path) -> tuple[str, float, dict[str, Any]]:
         folder = Path(run.folder) / "evaluations" / f"glue-{checkpoint.name.removesuffix('-rank0.pt')}-{evaluation_hash(plan, run)}"
-        command = [sys.executable, "src/glue.py", run.glue_recipe, f"starting_checkpoint={checkpoint}",
-                   f"run_name={run.run_id}-{checkpoint.stem}", f"run_folder={folder}",
-                   *[dot(k, v) for k, v in plan.sweep.evaluation.glue_overrides.items()]]
+        command = [sys.executable, "src/glue.py", run.glue_recipe, *glue_overrides(plan.sweep, str(checkpoint)),
+                   f"run_name={run.run_id}-{checkpoint.stem}", f"run_folder={folder}"]
         print(f"{run.run_id}: GLUE from {checkpoint.name}: {' '.join(command)}", flush=True)
         if subprocess.run(command).returncode != 0:
             raise UserError(f"GLUE from {checkpoint} failed; its jobs' logs are under {folder}/logs.")
@@ -158,12 +177,11 @@ def collect(plan: Plan) -> list[dict[str, Any]]:
     for run in plan.runs:
         gpus = plan.sweep.nodes * plan.sweep.gpus_per_node
         for ordinal, checkpoint in enumerate(checkpoints(run), 1):
-            path = result_path(plan, run, checkpoint)
-            if not path.is_file():
+            result = read_result(plan, run, checkpoint)
+            if result is None:
                 continue
-            result = json.loads(path.read_text())
             rows.append({
-                "run": run.run_id, "model": run.model, "seed": int(run.cell.get("seed", _seed_of(run))),
+                "run": run.run_id, "model": run.model, "seed": int(run.cell["seed"]) if "seed" in run.cell else _seed_of(run),
                 # Repeats across seeds share the cell (seed aside) and the checkpoint's place in the run.
                 "point": f"{run.point_group}, checkpoint {ordinal}", "step": result["step"], "tokens": result["tokens"],
                 "wall_clock_hours": result["wall_clock_hours"], "gpus": gpus, "metric": result["metric"],

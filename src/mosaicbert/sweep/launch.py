@@ -19,7 +19,7 @@ from queue import Queue
 
 from mosaicbert.errors import UserError
 from mosaicbert.sweep.evaluate import checkpoints, is_trained, pending_evaluations
-from mosaicbert.sweep.plan import Plan, Run
+from mosaicbert.sweep.plan import Plan, Run, save_plan
 
 BIN = Path(sys.executable).parent  # the environment's `composer` launcher sits next to its python
 
@@ -182,7 +182,9 @@ exec {shlex.quote(str(BIN / "composer"))} --world_size $(( SLURM_NNODES * NPROC 
                  "# Every node's launcher meets rank 0 on the job's first host, at a port of this job.",
                  'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
                  f"export MASTER_PORT=$(( {slurm.master_port} + SLURM_JOB_ID % 1000 ))",
-                 f'srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash {shlex.quote(scripts_dir)}/launch-node.sh "$RUN"', ""]
+                 "# srun does not inherit --cpus-per-task from sbatch (Slurm 22.05+): pass it on, or all ranks share one CPU.",
+                 'srun --ntasks-per-node=1 --kill-on-bad-exit=1 ${SLURM_CPUS_PER_TASK:+--cpus-per-task=$SLURM_CPUS_PER_TASK} \\',
+                 f'  bash {shlex.quote(scripts_dir)}/launch-node.sh "$RUN"', ""]
     evaluate = _sbatch_header(plan, "evaluate", slurm.evaluation_time, f"{logs}/evaluate-%j.out", sweep.gpus_per_node, 1)
     evaluate += ["", "# Evaluates every checkpoint of run $1 that has no result yet.", "set -euo pipefail",
                  f"cd {shlex.quote(repo)}",
@@ -211,7 +213,10 @@ def sbatch(args: list[str], env: dict[str, str] | None = None) -> str:
 def submit_slurm(plan: Plan, dry_run: bool = False) -> list[str]:
     """Write the batch scripts and submit: the pretraining array, one evaluation per run after its
     array task (`afterok`; cancelled rather than left pending if that task fails), and a report after
-    all evaluations. Returns the job ids (none for a dry run, which prints the scripts instead)."""
+    all evaluations. Returns the job ids (none for a dry run, which prints the scripts instead).
+
+    Refused while an earlier submission of the sweep is still queued or running: it would train the
+    same runs twice into the same folders."""
     repo = os.getcwd()
     to_train = [run for run in plan.runs if not is_trained(run)]
     to_evaluate = [run for run in plan.runs if is_trained(run) and pending_evaluations(plan, run)]
@@ -223,39 +228,60 @@ def submit_slurm(plan: Plan, dry_run: bool = False) -> list[str]:
         print(f"would submit: pretrain.sbatch as an array of {len(to_train)}, {len(to_train) + len(to_evaluate)} "
               "evaluation job(s), 1 report job")
         return []
+    record = scripts_dir / "submitted.json"
+    history = json.loads(record.read_text()) if record.is_file() else []
+    live = sorted(queued({job for submission in history for job in submission.values()}))
+    if live:
+        raise UserError(f"jobs of this sweep are still queued or running ({', '.join(live)}); wait for them "
+                        f"(squeue --me) or cancel them (scancel {' '.join(live)}) before submitting it again.")
+    save_plan(plan)
     (scripts_dir / "logs").mkdir(parents=True, exist_ok=True)
     for name, text in scripts.items():
         (scripts_dir / name).write_text(text, encoding="utf-8")
     jobs: dict[str, str] = {}
+    history.append(jobs)
+    try:
+        _submit_all(plan, scripts_dir, to_train, to_evaluate, jobs)
+    except UserError as err:
+        if jobs:
+            raise UserError(f"{err}\nalready submitted, and still queued: {', '.join(jobs.values())} "
+                            f"(recorded in {record}; scancel them, or let them run and submit again later)") from None
+        raise
+    finally:
+        if jobs:
+            record.write_text(json.dumps(history, indent=2), encoding="utf-8")
+    return list(jobs.values())
+
+
+def _submit_all(plan: Plan, scripts_dir: Path, to_train: list[Run], to_evaluate: list[Run], jobs: dict[str, str]) -> None:
     evaluations = []
     if to_train:
-        array = sbatch([str(scripts_dir / "pretrain.sbatch")])
-        jobs["pretrain"] = array
+        array = jobs["pretrain"] = sbatch([str(scripts_dir / "pretrain.sbatch")])
         print(f"submitted pretraining array {array} ({len(to_train)} run(s))", flush=True)
         for index, run in enumerate(to_train):
-            job = sbatch([f"--dependency=afterok:{array}_{index}", "--kill-on-invalid-dep=yes",
-                          str(scripts_dir / "evaluate.sbatch"), run.run_id])
+            job = jobs[f"evaluate {run.run_id}"] = sbatch([f"--dependency=afterok:{array}_{index}", "--kill-on-invalid-dep=yes",
+                                                            str(scripts_dir / "evaluate.sbatch"), run.run_id])
             evaluations.append(job)
-            jobs[f"evaluate {run.run_id}"] = job
     for run in to_evaluate:
-        job = sbatch([str(scripts_dir / "evaluate.sbatch"), run.run_id])
+        job = jobs[f"evaluate {run.run_id}"] = sbatch([str(scripts_dir / "evaluate.sbatch"), run.run_id])
         evaluations.append(job)
-        jobs[f"evaluate {run.run_id}"] = job
     report_args = [f"--dependency=afterany:{':'.join(evaluations)}"] if evaluations else []
     jobs["report"] = sbatch([*report_args, str(scripts_dir / "report.sbatch")])
     print(f"submitted {len(evaluations)} evaluation job(s) and report job {jobs['report']}; logs in {scripts_dir / 'logs'}", flush=True)
-    (scripts_dir / "submitted.json").write_text(json.dumps(jobs, indent=2), encoding="utf-8")
-    return list(jobs.values())
+
+
+def queued(job_ids: set[str]) -> set[str]:
+    """Those of `job_ids` Slurm still lists as pending or running (an array counts while any task does)."""
+    if not job_ids:
+        return set()
+    # %F is an array task's array id (a plain job's own id), %A the task's own id: either may be ours.
+    listed = subprocess.run(["squeue", "--me", "-h", "-o", "%F %A"], capture_output=True, text=True)
+    if listed.returncode != 0:
+        raise UserError(f"squeue failed:\n  $ squeue --me -h -o '%F %A'\n{listed.stderr.rstrip()}")
+    return job_ids & set(listed.stdout.split())
 
 
 def wait_for_jobs(job_ids: list[str], poll_seconds: float = 2.0) -> None:
     """Block until none of the jobs (array tasks included) is pending or running."""
-    ours = set(job_ids)
-    while ours:
-        # %F is an array task's array id (a plain job's own id), %A the task's own id: either may be ours.
-        listed = subprocess.run(["squeue", "--me", "-h", "-o", "%F %A"], capture_output=True, text=True)
-        if listed.returncode != 0:
-            raise UserError(f"squeue failed while waiting for jobs {', '.join(job_ids)}:\n{listed.stderr.rstrip()}")
-        if not ours & set(listed.stdout.split()):
-            return
+    while queued(set(job_ids)):
         time.sleep(poll_seconds)

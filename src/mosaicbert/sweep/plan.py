@@ -2,8 +2,8 @@
 
     name: pareto-demo
     models:                        # label -> pretraining recipe (+ its GLUE recipe for kind: glue)
-      mosaicbert: {recipe: yamls/pareto/demo-mosaicbert.yaml}
-      hf-bert: {recipe: yamls/pareto/demo-hf-bert.yaml}
+      mosaicbert: {recipe: yamls/demo.yaml}
+      hf-bert: {recipe: yamls/pretrain/hf-bert-demo.yaml}
     grid:                          # the cartesian product; `model` picks labels (default: all)
       seed: [17, 18]
       max_duration: [300ba]
@@ -168,6 +168,12 @@ def check_sweep(sweep: SweepConfig) -> None:
                 raise ConfigError(f"models.{label}: evaluation.kind is glue but glue_recipe is not set (e.g. yamls/glue/mosaicbert-base.yaml).")
             if not Path(entry.glue_recipe).is_file():
                 raise ConfigError(f"models.{label}.glue_recipe: {entry.glue_recipe} does not exist.")
+            from mosaicbert.glue.config import load_glue_config
+
+            try:  # now, not after hours of pretraining; the checkpoint is each evaluation's own
+                load_glue_config(entry.glue_recipe, glue_overrides(sweep, "<checkpoint>"))
+            except ConfigError as err:
+                raise ConfigError(f"models.{label}.glue_recipe {entry.glue_recipe} with evaluation.glue_overrides: {err}") from None
     if not sweep.grid:
         raise ConfigError("grid is empty: give at least one key with a list of values, e.g. grid: {seed: [17, 18]}.")
     for key, values in sweep.grid.items():
@@ -184,11 +190,18 @@ def check_sweep(sweep: SweepConfig) -> None:
         raise ConfigError("nodes must be at least 1 and gpus_per_node at least 0 (0: CPU runs).")
 
 
+def glue_overrides(sweep: SweepConfig, checkpoint: str) -> list[str]:
+    return [f"starting_checkpoint={checkpoint}", *(dot(k, v) for k, v in flatten(sweep.evaluation.glue_overrides).items())]
+
+
 def cells(sweep: SweepConfig) -> list[dict[str, Any]]:
-    """Every combination of the grid's values, with `model` first (all models unless the grid picks some)."""
-    grid = {"model": list(sweep.models), **sweep.grid}
-    keys = list(grid)
-    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+    """Every combination of the grid's values (all models unless the grid picks some), `model` first in
+    each cell but varying fastest: the models' runs alternate, so a busy spell of a shared machine
+    falls on both rather than on one model's seeds."""
+    models = sweep.grid.get("model", list(sweep.models))
+    rest = {k: v for k, v in sweep.grid.items() if k != "model"}
+    return [{"model": model, **dict(zip(rest, values))}
+            for values in itertools.product(*rest.values()) for model in models]
 
 
 def describe(cell: dict[str, Any]) -> str:
@@ -219,7 +232,9 @@ def make_plan(sweep: SweepConfig) -> Plan:
             resolved = read_yaml(entry.recipe, overrides)
         except ConfigError as err:
             raise ConfigError(f"{where}: {err}") from None
+        # The hardware too: the same config on other hardware is another point on the time axis.
         identity = {k: v for k, v in resolved.items() if k not in SWEEP_OWNED_KEYS}
+        identity["hardware"] = {"nodes": sweep.nodes, "gpus_per_node": sweep.gpus_per_node}
         config_hash = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
         name = run_id(cell, config_hash)
         run_folder = os.path.join(folder, "runs", name)
