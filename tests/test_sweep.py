@@ -208,3 +208,23 @@ def test_local_sweep_collects_the_table_and_resumes(tmp_path, sample_root):
 def test_report_of_a_folder_without_a_plan_is_one_message(tmp_path):
     done = sweep_cli("--report", str(tmp_path))
     assert done.returncode == 2 and "holds no plan.json" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_scored_checkpoints_skip_signal_checkpoints_and_can_be_the_last_only(tmp_path, sample_root, in_repo):
+    from mosaicbert.sweep.evaluate import checkpoints, scored_checkpoints
+
+    plan = make_plan(read_sweep(write_sweep(tmp_path, sample_root, models={"mosaicbert": {"recipe": "yamls/demo.yaml"}})))
+    (run,) = plan.runs
+    folder = Path(run.checkpoint_folder)
+    folder.mkdir(parents=True)
+    for step in (3, 5, 6, 9, 12):
+        (folder / f"ep0-ba{step}-rank0.pt").write_bytes(b"")
+    (folder / ".partial-1-ep0-ba15-rank0.pt").write_bytes(b"")
+    (folder / "latest-rank0.pt").symlink_to("ep0-ba12-rank0.pt")
+    (folder / "signal-checkpoints.txt").write_text("ep0-ba5-rank0.pt\n")  # what a SIGTERM at step 5 leaves
+    assert [p.name for p in checkpoints(run)] == [f"ep0-ba{s}-rank0.pt" for s in (3, 6, 9, 12)]
+    assert scored_checkpoints(plan, run) == checkpoints(run)
+    plan.sweep.evaluation.checkpoints = "last"
+    assert scored_checkpoints(plan, run) == []  # not finished: its last checkpoint is not its final one
+    (Path(run.folder) / "summary.json").write_text("{}")
+    assert [p.name for p in scored_checkpoints(plan, run)] == ["ep0-ba12-rank0.pt"]

@@ -71,8 +71,17 @@ def read_result(plan: Plan, run: Run, checkpoint: Path) -> dict[str, Any] | None
     return result if result.get("checkpoint_identity") == identity(checkpoint) else None
 
 
+def scored_checkpoints(plan: Plan, run: Run) -> list[Path]:
+    """The checkpoints that become points: all of them, or (`evaluation.checkpoints: last`, for sweeps
+    whose points are separately trained runs, e.g. over time budgets) the finished run's last."""
+    found = checkpoints(run)
+    if plan.sweep.evaluation.checkpoints == "last":
+        return found[-1:] if is_trained(run) else []
+    return found
+
+
 def pending_evaluations(plan: Plan, run: Run) -> list[Path]:
-    return [c for c in checkpoints(run) if read_result(plan, run, c) is None]
+    return [c for c in scored_checkpoints(plan, run) if read_result(plan, run, c) is None]
 
 
 def checkpoint_position(path: Path) -> dict[str, Any]:
@@ -97,7 +106,7 @@ def evaluate_run(plan: Plan, run: Run) -> int:
     """Evaluate the run's checkpoints that have no result yet; returns how many were evaluated."""
     todo = pending_evaluations(plan, run)
     if not todo:
-        print(f"{run.run_id}: all {len(checkpoints(run))} checkpoint(s) already evaluated", flush=True)
+        print(f"{run.run_id}: all {len(scored_checkpoints(plan, run))} checkpoint(s) already evaluated", flush=True)
         return 0
     score = _mlm_scorer(plan, run) if plan.sweep.evaluation.kind == "mlm" else _glue_scorer(plan, run)
     for index, checkpoint in enumerate(todo, 1):
@@ -176,7 +185,7 @@ def collect(plan: Plan) -> list[dict[str, Any]]:
     rows = []
     for run in plan.runs:
         gpus = plan.sweep.nodes * plan.sweep.gpus_per_node
-        for ordinal, checkpoint in enumerate(checkpoints(run), 1):
+        for ordinal, checkpoint in enumerate(scored_checkpoints(plan, run), 1):
             result = read_result(plan, run, checkpoint)
             if result is None:
                 continue

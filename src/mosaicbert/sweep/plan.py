@@ -52,6 +52,7 @@ class Evaluation:
     """How each checkpoint is scored: held-out MLM accuracy (quick) or the GLUE harness (the paper)."""
 
     kind: str = "mlm"
+    checkpoints: str = "all"  # all: every checkpoint is a point; last: a finished run's last one (budget sweeps)
     split: str = "val"  # mlm: the held-out split of the run's data_local
     mlm_probability: float = 0.15
     batches: int = -1  # mlm: evaluation batches per checkpoint; -1 for the whole split
@@ -184,6 +185,8 @@ def check_sweep(sweep: SweepConfig) -> None:
     unknown = [m for m in sweep.grid.get("model", []) if m not in sweep.models]
     if unknown:
         raise ConfigError(f"grid.model names '{unknown[0]}', which is not under models ({', '.join(sweep.models)}).")
+    if sweep.evaluation.checkpoints not in ("all", "last"):
+        raise ConfigError(f"evaluation.checkpoints must be all or last, got '{sweep.evaluation.checkpoints}'.")
     if sweep.evaluation.kind not in EVALUATION_KINDS:
         raise ConfigError(f"evaluation.kind must be one of {', '.join(EVALUATION_KINDS)}, got '{sweep.evaluation.kind}'.")
     if sweep.nodes < 1 or sweep.gpus_per_node < 0:
