@@ -69,6 +69,10 @@ def test_grid_expands_to_one_validated_run_per_cell(tmp_path, sample_root, in_re
     assert [r.run_id for r in make_plan(read_sweep(path)).runs] == [r.run_id for r in plan.runs]
     other = make_plan(read_sweep(path, ["overrides.max_duration=8ba"]))
     assert not {r.run_id for r in other.runs} & {r.run_id for r in plan.runs}
+    # The grid from the command line: OmegaConf nests the dotted key, the sweep reads it as the YAML's.
+    narrowed = make_plan(read_sweep(path, ["grid.optimizer.lr=[1.0e-3]", "grid.model=[hf-bert]"]))
+    assert [(r.model, r.cell["optimizer.lr"]) for r in narrowed.runs] == [("hf-bert", 1.0e-3)] * 2
+    assert {r.run_id for r in narrowed.runs} <= {r.run_id for r in plan.runs}
 
 
 @pytest.mark.parametrize("name", ["demo", "pareto-base", "pareto-large"])

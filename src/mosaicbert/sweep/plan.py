@@ -153,6 +153,8 @@ def read_sweep(path: str | os.PathLike, overrides: list[str] | None = None) -> S
     if not isinstance(values, dict):
         raise ConfigError(f"{path} must hold a mapping (name, models, grid, ...).")
     sweep = build_dataclass(SweepConfig, values)
+    # `grid.optimizer.lr=[...]` on the command line nests; in the YAML it is one dotted key. Same thing.
+    sweep.grid = flatten(sweep.grid)
     sweep.models = {label: build_dataclass(ModelEntry, entry or {}, f"models.{label}") for label, entry in sweep.models.items()}
     check_sweep(sweep)
     return sweep
