@@ -112,10 +112,19 @@ class SlowEvaluation(Callback):
             time.sleep(self.seconds)
 
 
+class BatchCap(Callback):
+    """A budget that fails to end training must fail the test, not train toward the 10**12-batch placeholder."""
+
+    def batch_end(self, state, logger):
+        if int(state.timestamp.batch) > 2000:
+            raise RuntimeError("the time budget did not end training within 2000 batches")
+
+
 def budgeted_run(sample_root, run_folder, budget: float, callbacks=None, **extra):
     values = {"max_duration": f"{budget:g}s", "scheduler.t_warmup": f"{WARMUP}dur", "eval_interval": "1000sec",
               "save_interval": "1000sec", **extra}
-    return train(load_config(DEMO_YAML, tiny_overrides(sample_root, run_folder, **values)), extra_callbacks=callbacks)
+    config = load_config(DEMO_YAML, tiny_overrides(sample_root, run_folder, **values))
+    return train(config, extra_callbacks=[*(callbacks or []), BatchCap()])
 
 
 def logged(run_folder) -> dict[int, dict]:
@@ -218,3 +227,27 @@ def test_a_resumed_budgeted_run_goes_on_from_its_saved_training_time(clean_env, 
     assert summary["last_eval"]["batch"] == BATCHES  # Composer's evaluation at the end, off any eval_interval
     assert after[9]["lr-DecoupledAdamW/group0"] == before[9]["lr-DecoupledAdamW/group0"]
     follows_the_schedule(after, BUDGET, 9, BATCHES)
+
+
+def test_the_budget_leaves_a_stop_made_by_another_part_of_the_run():
+    """Algorithms run before callbacks at BATCH_END: EarlyBERT's two-phase draw stops training with
+    `stop_training()` and the budget must not plan past it."""
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from composer.core import Time, TimeUnit
+
+    from mosaicbert.callbacks.time_budget import PLACEHOLDER_MAX_DURATION, TimeBudget
+
+    budget = TimeBudget(10.0)
+    logger = SimpleNamespace(log_metrics=lambda metrics: None, destinations=[])
+    state = SimpleNamespace(timestamp=SimpleNamespace(batch=Time(5, TimeUnit.BATCH), total_wct=timedelta(seconds=5)),
+                            max_duration=PLACEHOLDER_MAX_DURATION)
+    budget.batch_end(state, logger)
+    assert state.max_duration == Time(10, TimeUnit.BATCH)  # half the budget after 5 batches: 10 in all
+    state.timestamp.batch, state.timestamp.total_wct = Time(6, TimeUnit.BATCH), timedelta(seconds=6)
+    state.max_duration = Time(6, TimeUnit.BATCH)  # what state.stop_training() sets
+    budget.batch_end(state, logger)
+    assert state.max_duration == Time(6, TimeUnit.BATCH)
+    state.timestamp.total_wct = timedelta(0)  # no pace yet (a zeroed clock): one more batch, no division by zero
+    assert TimeBudget(10.0).batch_end(state, logger) is None and state.max_duration == Time(7, TimeUnit.BATCH)

@@ -61,8 +61,7 @@ class CheckpointOnSignal(Callback):
             signal.signal(signum, previous)
         self._previous.clear()
 
-    def fit_end(self, state: State, logger: Logger) -> None:
-        self.restore()
-
     def close(self, state: State, logger: Logger) -> None:
+        # Not at FIT_END: Composer's final evaluation follows it, and a SIGTERM there must not kill the
+        # run between its last checkpoint and its summary (a sweep would take it for unfinished).
         self.restore()

@@ -36,6 +36,7 @@ class TimeBudget(Callback):
         if budget_seconds <= 0:
             raise ValueError(f"a time budget must be positive, got {budget_seconds} s")
         self.budget_seconds = budget_seconds
+        self._planned: Time | None = None
 
     def fit_start(self, state: State, logger: Logger) -> None:
         if int(state.timestamp.batch) > 0:  # resumed: the checkpoint's pace and training time
@@ -51,12 +52,17 @@ class TimeBudget(Callback):
     def _plan(self, state: State, logger: Logger) -> None:
         # total_wct is rank 0's clock, broadcast every batch, so every rank plans the same last batch.
         batches = int(state.timestamp.batch)
+        current = state.max_duration
+        if self._planned is not None and current != self._planned and current.unit == TimeUnit.BATCH and int(current) <= batches:
+            return  # something else stopped training here (EarlyBERT's two-phase draw, stop_training): that stands
         seconds = state.timestamp.total_wct.total_seconds()
         if seconds >= self.budget_seconds:
             total = batches
+        elif seconds <= 0:  # no pace yet
+            total = batches + 1
         else:
             total = max(batches + 1, math.ceil(batches * self.budget_seconds / seconds))
-        state.max_duration = Time(total, TimeUnit.BATCH)
+        self._planned = state.max_duration = Time(total, TimeUnit.BATCH)
         logger.log_metrics({"time/budget_batches": total})
         _set_progress_bar_total(logger, total)
 
