@@ -15,7 +15,8 @@ from mosaicbert.glue import metrics, runner
 from mosaicbert.glue.config import hyperparameters, load_glue_config
 from mosaicbert.glue.data import load_examples, read_tsv
 from mosaicbert.glue.demo_data import write_demo_tasks
-from mosaicbert.glue.job import job_to_json, write_json_atomically
+from mosaicbert.files import write_json_atomically
+from mosaicbert.glue.job import job_to_json
 from mosaicbert.glue.report import seed_score
 from mosaicbert.glue.tasks import TASKS
 from mosaicbert.model import MosaicBertConfig, MosaicBertForMaskedLM, MosaicBertForSequenceClassification

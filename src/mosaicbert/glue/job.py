@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mosaicbert.files import write_json_atomically
+
 
 @dataclass
 class Job:
@@ -52,14 +54,6 @@ class Job:
     def earlybert_folder(self) -> str:
         """Where the job's search writes its ticket, mask heatmap and weights."""
         return os.path.splitext(self.result_path)[0] + "-earlybert"
-
-
-def write_json_atomically(path: str, payload: dict[str, Any]) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    partial = f"{path}.partial-{os.getpid()}"
-    with open(partial, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(partial, path)
 
 
 def resolve_precision(requested: str | None, regression: bool) -> str:

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from mosaicbert.glue.job import Job, write_json_atomically
+from mosaicbert.files import write_json_atomically
+from mosaicbert.glue.job import Job
 from mosaicbert.glue.tasks import TASKS
 
 

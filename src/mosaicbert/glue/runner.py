@@ -19,7 +19,8 @@ from typing import Any
 
 from mosaicbert.errors import UserError
 from mosaicbert.glue.config import GlueConfig, hyperparameters
-from mosaicbert.glue.job import Job, resolve_precision, write_json_atomically
+from mosaicbert.files import write_json_atomically
+from mosaicbert.glue.job import Job, resolve_precision
 from mosaicbert.glue.report import build_report, write_report
 from mosaicbert.glue.tasks import ROUND_1, ROUND_2, TASKS
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mosaicbert.errors import SIGNAL_CHECKPOINTS, UserError
+from mosaicbert.files import write_json_atomically
 from mosaicbert.sweep.plan import Plan, Run, glue_overrides
 
 CHECKPOINT_NAME = re.compile(r"^ep\d+-ba(\d+)-rank0\.pt$")
@@ -95,13 +96,6 @@ def checkpoint_position(path: Path) -> dict[str, Any]:
             "wall_clock_hours": timestamp["total_wct"].total_seconds() / 3600}
 
 
-def write_result(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".partial-{path.name}")
-    partial.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-    os.replace(partial, path)
-
-
 def evaluate_run(plan: Plan, run: Run) -> int:
     """Evaluate the run's checkpoints that have no result yet; returns how many were evaluated."""
     todo = pending_evaluations(plan, run)
@@ -114,7 +108,7 @@ def evaluate_run(plan: Plan, run: Run) -> int:
         payload = {"run": run.run_id, "checkpoint": checkpoint.name, "checkpoint_identity": identity(checkpoint),
                    **checkpoint_position(checkpoint),
                    "metric": metric, "quality": quality, "details": details}
-        write_result(result_path(plan, run, checkpoint), payload)
+        write_json_atomically(result_path(plan, run, checkpoint), payload)
         print(f"{run.run_id}: [{index}/{len(todo)}] {checkpoint.name} step {payload['step']}: {metric} {quality:.4f}", flush=True)
     return len(todo)
 

@@ -32,6 +32,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mosaicbert.config import build_dataclass, load_config, read_yaml
 from mosaicbert.errors import ConfigError, UserError
+from mosaicbert.files import write_json_atomically
 
 PLAN_FILE = "plan.json"
 # Set by the sweep for every run, so they never enter the run's identity.
@@ -267,10 +268,7 @@ def save_plan(plan: Plan) -> str:
     os.makedirs(plan.folder, exist_ok=True)
     path = os.path.join(plan.folder, PLAN_FILE)
     payload = {"sweep": dataclasses.asdict(plan.sweep), "folder": plan.folder, "runs": [dataclasses.asdict(r) for r in plan.runs]}
-    partial = f"{path}.partial"
-    with open(partial, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(partial, path)
+    write_json_atomically(path, payload)
     return path
 
 

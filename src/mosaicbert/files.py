@@ -1,0 +1,16 @@
+"""Result files that are never half-written: a reader sees the old file or the whole new one."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+
+def write_json_atomically(path: str | os.PathLike, payload: Any) -> None:
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    partial = f"{path}.partial-{os.getpid()}"
+    with open(partial, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=2)
+    os.replace(partial, path)
