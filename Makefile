@@ -28,8 +28,10 @@ EARLYBERT_SEEDS := $(shell seq 17 $$((16 + $(EARLYBERT_REPEATS))))
 PARETO_FOLDER ?= runs/sweeps/pareto-demo
 # Extra `key=value` changes to yamls/sweeps/demo.yaml, e.g. PARETO_ARGS="grid.seed=[17]".
 PARETO_ARGS ?=
+# Options of benchmarks/throughput.py, e.g. BENCH_ARGS="--preset base --batch-size 8".
+BENCH_ARGS ?=
 
-.PHONY: install demo glue-demo earlybert-demo pareto-demo test sample-shards c4-shards lock clean
+.PHONY: install demo glue-demo earlybert-demo pareto-demo bench test sample-shards c4-shards lock clean
 
 install: $(STAMP)
 
@@ -82,6 +84,12 @@ earlybert-demo: $(STAMP) sample-shards
 # model's Pareto frontier (results.csv, results.json, pareto.png in PARETO_FOLDER).
 pareto-demo: $(STAMP) sample-shards
 	$(PY) src/sweep.py yamls/sweeps/demo.yaml --launcher local folder=$(PARETO_FOLDER) $(PARETO_ARGS)
+
+# Training-step throughput of MosaicBERT, BertForMaskedLM (SDPA) and ModernBertForMaskedLM side by side
+# on this machine (its GPU when there is one) at the offline corpus's real padding and at none: a table,
+# results.json, a bar chart and per-op profiles in runs/bench/<time>/ (docs/benchmarks.md).
+bench: $(STAMP) sample-shards
+	$(PY) benchmarks/throughput.py $(BENCH_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

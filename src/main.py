@@ -2,7 +2,10 @@
 
 import sys
 
-from mosaicbert.train import main
+from mosaicbert.allocator import reexec_with_malloc_tuning
 
 if __name__ == "__main__":
+    reexec_with_malloc_tuning()  # before torch loads: see mosaicbert/allocator.py
+    from mosaicbert.train import main
+
     sys.exit(main())

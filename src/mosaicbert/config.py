@@ -47,6 +47,9 @@ class LoaderConfig:
     shuffle_seed: int = 9176
     num_canonical_nodes: int | None = None
     predownload: int | None = None
+    # Pack each batch's documents into full rows (best fit): a microbatch of N rows then holds about
+    # N x max_seq_len real tokens. MosaicBERT only (docs/benchmarks.md, "Sequence packing").
+    packing: bool = False
 
 
 @dataclass
@@ -76,6 +79,9 @@ class TrainConfig:
 
     device: str | None = None  # None: gpu when CUDA is available, else cpu
     precision: str | None = None  # None: amp_bf16 on GPU, fp32 on CPU
+    # torch.compile's keyword arguments, which Composer applies to the model ({} for the defaults,
+    # e.g. {dynamic: true}); null trains eagerly. See docs/benchmarks.md for where it helps.
+    compile_config: dict[str, Any] | None = None
 
     # `name: {kwargs}` mappings; null (e.g. algorithms=null on the command line) means none.
     algorithms: dict[str, Any] | None = field(default_factory=dict)
@@ -338,7 +344,12 @@ def finalize(config: TrainConfig, world_size: int | None = None) -> TrainConfig:
             loader.remote = config.data_remote
         if loader.local is None and loader.remote is None:
             raise ConfigError(f"{name}: set data_local (or {name}.local / {name}.remote) to the MDS dataset root.")
+        if loader.packing and config.model.get("name") != "mosaic_bert":
+            raise ConfigError(f"{name}.packing=true needs model.name=mosaic_bert: packed rows hold several documents, "
+                              f"which only MosaicBERT keeps apart; {config.model.get('name')} would attend across "
+                              f"them. Set {name}.packing=false.")
 
+    check_compile_config(config.compile_config)
     if config.autoresume and config.save_folder is None:
         raise ConfigError("autoresume=true needs save_folder (where to look for the latest checkpoint).")
     config.time_budget_seconds = time_budget_seconds(config.max_duration)
@@ -387,6 +398,21 @@ def time_budget_seconds(max_duration: str | int) -> float | None:
             f"nor a wall-clock budget of training time ({WALL_CLOCK_FORMS})."
         )
     return None
+
+
+def check_compile_config(compile_config: dict[str, Any] | None) -> None:
+    """Keys are torch.compile's keyword arguments; a misspelt one is named before the run starts."""
+    if compile_config is None:
+        return
+    import inspect
+
+    import torch
+
+    valid = set(inspect.signature(torch.compile).parameters) - {"model"}
+    for key in compile_config:
+        if key not in valid:
+            raise ConfigError(f"compile_config: torch.compile has no argument '{key}'.{nearest(key, valid)} "
+                              f"Valid: {', '.join(sorted(valid))}.")
 
 
 def check_intervals(config: TrainConfig) -> None:

@@ -129,6 +129,7 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
         loggers=loggers,
         device=config.device,
         precision=config.precision,
+        compile_config=config.compile_config,
         device_train_microbatch_size=config.device_train_microbatch_size,
         save_folder=config.save_folder,
         save_interval=config.save_interval,

@@ -71,6 +71,7 @@ class RunSummary(Callback):
             "run_name": state.run_name,
             "batches": int(state.timestamp.batch),
             "batches_this_run": int(state.timestamp.batch) - self._batch_start,
+            "samples": int(state.timestamp.sample),  # documents, also when rows are packed
             "train_seconds": round(train_seconds, 3),
             "train_seconds_total": round(state.timestamp.total_wct.total_seconds(), 3),
             "time_budget_seconds": self.time_budget_seconds,

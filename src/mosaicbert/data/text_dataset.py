@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from mosaicbert.config import LoaderConfig
 from mosaicbert.data.mlm import MLMCollator
+from mosaicbert.data.packing import PackingCollator, count_documents
 from mosaicbert.errors import DataNotFoundError, UserError
 
 PREP_INFO = "mosaicbert_prep.json"  # written by data_prep next to index.json
@@ -94,8 +95,8 @@ class StreamingTextDataset(StreamingDataset):
 
 
 def count_real_tokens(batch: dict[str, torch.Tensor]) -> int:
-    """Throughput counts tokens the model reads, not padding."""
-    return int(batch["attention_mask"].sum())
+    """Throughput counts tokens the model reads, not padding (packed masks number documents: count non-zeros)."""
+    return int(batch["attention_mask"].count_nonzero())
 
 
 def ignore_stop_signal(worker_id: int) -> None:
@@ -131,10 +132,11 @@ def build_mlm_dataloader(cfg: LoaderConfig, tokenizer, max_seq_len: int, device_
         predownload=cfg.predownload,
         batch_size=device_batch_size,
     )
+    collate = MLMCollator.for_tokenizer(tokenizer, cfg.mlm_probability)
     loader = DataLoader(
         dataset,
         batch_size=device_batch_size,
-        collate_fn=MLMCollator.for_tokenizer(tokenizer, cfg.mlm_probability),
+        collate_fn=PackingCollator(collate) if cfg.packing else collate,
         num_workers=cfg.num_workers,
         drop_last=cfg.drop_last,
         pin_memory=torch.cuda.is_available(),
@@ -145,4 +147,6 @@ def build_mlm_dataloader(cfg: LoaderConfig, tokenizer, max_seq_len: int, device_
         # uses, or a resumed run would diverge from an uninterrupted one.
         generator=torch.Generator().manual_seed(seed),
     )
-    return DataSpec(loader, get_num_tokens_in_batch=count_real_tokens)
+    # Packed or not, a sample is a document: Composer's sample counts (and Streaming's resumption) stay in documents.
+    return DataSpec(loader, get_num_tokens_in_batch=count_real_tokens,
+                    get_num_samples_in_batch=count_documents if cfg.packing else None)

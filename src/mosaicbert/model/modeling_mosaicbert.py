@@ -89,16 +89,20 @@ def _flex_attention(on_cuda: bool):
 class Unpadded:
     """Where the real tokens of a padded `[batch, seq]` batch are, and what the layers of one forward share.
 
+    A row holds one sequence, or several when packed: `attention_mask` then numbers each row's
+    documents 1, 2, 3, ... (0 for padding), and each document is a sequence of its own (no attention
+    between documents, ALiBi distances within each).
+
     indices: flat positions of real tokens in the `[batch * seq]` input, row-major.
-    cu_seqlens: int32 `[batch + 1]`, 0 then cumulative sequence lengths (FlashAttention's layout).
-    packed_indices: positions of the same tokens in a `[batch * max_seqlen]` layout, for SDPA.
+    cu_seqlens: int32 `[num_sequences + 1]`, 0 then cumulative sequence lengths (FlashAttention's layout).
+    packed_indices: positions of the same tokens in a `[num_sequences * max_seqlen]` layout, for SDPA.
     """
 
     indices: torch.Tensor
     cu_seqlens: torch.Tensor
     seqlens: torch.Tensor
     max_seqlen: int
-    batch_size: int
+    batch_size: int  # the number of sequences
     packed_indices: torch.Tensor
     sequence_ids: torch.Tensor  # which sequence each real token belongs to
     positions: torch.Tensor  # each real token's position within its sequence
@@ -108,20 +112,31 @@ class Unpadded:
     block_mask: Any = None
 
 
+def sequence_lengths(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(indices of real tokens, each one's sequence number, int32 length of every sequence).
+
+    A sequence is a run of real tokens of one row with one mask value: a 0/1 mask gives one per
+    non-empty row; a packed row (documents numbered 1, 2, ...) gives one per document. Padding
+    between a row's tokens closes up (the run goes on while the value stays the same)."""
+    flat = attention_mask.flatten()
+    indices = torch.nonzero(flat, as_tuple=False).flatten()
+    values, rows = flat.index_select(0, indices), torch.div(indices, attention_mask.shape[-1], rounding_mode="floor")
+    starts = torch.ones_like(indices, dtype=torch.bool)
+    starts[1:] = (rows[1:] != rows[:-1]) | (values[1:] != values[:-1])
+    sequence_ids = torch.cumsum(starts, dim=0) - 1
+    return indices, sequence_ids, torch.bincount(sequence_ids).to(torch.int32)
+
+
 def unpad(attention_mask: torch.Tensor) -> Unpadded:
-    """The one host sync of a forward (`nonzero`, `max_seqlen`), before any layer is launched."""
-    mask = attention_mask.bool()
-    batch_size = mask.shape[0]
-    seqlens = mask.sum(dim=1, dtype=torch.int32)
-    indices = torch.nonzero(mask.flatten(), as_tuple=False).flatten()
+    """The host syncs of a forward (`nonzero`, the sequence count, `max_seqlen`), before any layer is launched."""
+    indices, sequence_ids, seqlens = sequence_lengths(attention_mask)
+    num_sequences = len(seqlens)
     cu_seqlens = F.pad(torch.cumsum(seqlens, dim=0, dtype=torch.int32), (1, 0))
-    max_seqlen = int(seqlens.max()) if batch_size else 0
-    # A sequence's real tokens, packed to the left of its row (holes in the mask close up).
-    rows = torch.repeat_interleave(torch.arange(batch_size, device=mask.device), seqlens.long(),
-                                   output_size=len(indices))
-    offsets = torch.arange(len(indices), device=mask.device) - cu_seqlens[rows].long()
-    packed_indices = rows * max_seqlen + offsets
-    return Unpadded(indices, cu_seqlens, seqlens, max_seqlen, batch_size, packed_indices, rows, offsets)
+    max_seqlen = int(seqlens.max()) if num_sequences else 0
+    # A sequence's real tokens, packed to the left of its row of the [num_sequences, max_seqlen] layout.
+    offsets = torch.arange(len(indices), device=indices.device) - cu_seqlens[sequence_ids].long()
+    packed_indices = sequence_ids * max_seqlen + offsets
+    return Unpadded(indices, cu_seqlens, seqlens, max_seqlen, num_sequences, packed_indices, sequence_ids, offsets)
 
 
 def document_block_mask(sequence_ids: torch.Tensor, cu_seqlens: torch.Tensor, mask_mod: Callable,
@@ -167,6 +182,19 @@ def pad(rows: torch.Tensor, indices: torch.Tensor, num_slots: int) -> torch.Tens
 # --------------------------------------------------------------------------- modules
 
 
+class Dropout(nn.Dropout):
+    """`nn.Dropout` whose CPU mask comes from `rand_like`: torch's CPU Bernoulli kernel took 7.6% of a
+    BERT-Base training step on the 2-core benchmark machine, about 3x the time of this (docs/benchmarks.md).
+    The same distribution: each element kept with probability 1 - p and scaled by 1 / (1 - p). On GPUs,
+    torch's fused kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p in (0.0, 1.0) or x.device.type != "cpu":
+            return super().forward(x)
+        return x * torch.rand_like(x).ge_(self.p).mul_(1 / (1 - self.p))
+
+
+
 class MosaicBertEmbeddings(nn.Module):
     """Word and token-type embeddings, LayerNorm, dropout. No position embeddings: ALiBi encodes position."""
 
@@ -175,7 +203,7 @@ class MosaicBertEmbeddings(nn.Module):
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
         embeddings = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
@@ -197,7 +225,7 @@ class MosaicBertAttention(nn.Module):
         inner = self.num_heads * self.head_dim
         self.Wqkv = nn.Linear(config.hidden_size, 3 * inner)
         self.dense = nn.Linear(inner, config.hidden_size)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.attention_dropout = config.attention_probs_dropout_prob
         self.backend = config.attention_backend
@@ -315,7 +343,7 @@ class MosaicBertGLU(nn.Module):
         self.intermediate_size = config.layer_intermediate_size(layer_idx)
         self.gated_layers = nn.Linear(config.hidden_size, 2 * self.intermediate_size, bias=False)
         self.act = ACT2FN[config.hidden_act]
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
         self.wo = nn.Linear(self.intermediate_size, config.hidden_size)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.register_parameter("unit_coef", None)  # EarlyBERT search: one scale per unit (model/pruning.py)
@@ -587,7 +615,7 @@ class MosaicBertForSequenceClassification(MosaicBertPreTrainedModel):
         self.num_labels = config.num_labels
         self.bert = MosaicBertModel(config, add_pooling_layer=True)
         dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 

@@ -12,7 +12,12 @@ from composer.models import ComposerModel
 from mosaicbert.data.tokenizer import padded_vocab_size
 from mosaicbert.errors import ConfigError, nearest
 from mosaicbert.model.configuration_mosaicbert import MosaicBertConfig
-from mosaicbert.model.modeling_mosaicbert import IGNORE_INDEX, MosaicBertForMaskedLM, MosaicBertMaskedLMOutput
+from mosaicbert.model.modeling_mosaicbert import (
+    IGNORE_INDEX,
+    MosaicBertForMaskedLM,
+    MosaicBertMaskedLMOutput,
+    sequence_lengths,
+)
 
 
 class ComposerMosaicBert(ComposerModel):
@@ -73,11 +78,10 @@ def mlm_training_flops(model: MosaicBertForMaskedLM, attention_mask: torch.Tenso
     """Forward + backward FLOPs (3x forward) of one MLM batch, counting what the model computes:
     real tokens only, every layer's widths as they are (pruned or not), the last layer after
     attention, the head and the vocabulary on masked tokens only."""
-    seqlens = attention_mask.sum(dim=1).long()
+    seqlens = sequence_lengths(attention_mask)[2].long()  # per document when rows are packed
     tokens = int(seqlens.sum())
     squares = int((seqlens**2).sum())
-    is_masked = (labels != IGNORE_INDEX) & attention_mask.bool()
-    masked = int(is_masked.sum())
+    masked = int(((labels != IGNORE_INDEX) & attention_mask.bool()).sum())
     hidden = model.config.hidden_size
     layers = model.bert.encoder.layer
     forward = 0

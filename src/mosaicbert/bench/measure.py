@@ -1,0 +1,173 @@
+"""Timing, FLOPs, memory and profiles of full training steps, several models side by side in one process.
+
+Every model trains on the same batches (forward, backward, AdamW step). Models take turns within each
+round, in an order that rotates from round to round, so a busy spell of a shared machine hits all of
+them; a round is one pass over the batches, and the figures are the median round and its spread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from mosaicbert.bench.lengths import CLS, MASK, PAD, SEP
+
+PRESETS = {
+    "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
+    "small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+}
+MODELS = ("mosaicbert", "bert", "modernbert")
+BASELINE = "bert"
+
+
+def build_model(name: str, dims: dict, vocab_size: int, seq_len: int, device: torch.device) -> tuple[torch.nn.Module, str]:
+    """The model and a line saying how it was built. Each runs as its own recipe trains it."""
+    if name == "mosaicbert":
+        from mosaicbert.model import MosaicBertConfig, MosaicBertForMaskedLM
+
+        config = MosaicBertConfig(vocab_size=vocab_size, attention_probs_dropout_prob=0.0, **dims)
+        note = "padding removed, sparse MLM head, GeGLU, ALiBi; attention_backend=auto"
+        return MosaicBertForMaskedLM(config).to(device), note
+    if name == "bert":
+        from transformers import BertConfig, BertForMaskedLM
+
+        config = BertConfig(vocab_size=vocab_size, max_position_embeddings=max(512, seq_len), **dims)
+        model = BertForMaskedLM._from_config(config, attn_implementation="sdpa")
+        return model.to(device), f"transformers BertForMaskedLM, attn_implementation={model.config._attn_implementation}"
+    if name == "modernbert":
+        from transformers import ModernBertConfig, ModernBertForMaskedLM
+
+        flash = device.type == "cuda" and _flash_attn_installed()
+        # Its own design (GeGLU of the same width, RoPE, alternating local/global attention, no biases),
+        # with its sparse MLM head; unpadding needs FlashAttention-2, so on CPU it runs padded SDPA.
+        config = ModernBertConfig(vocab_size=vocab_size, pad_token_id=PAD, cls_token_id=CLS, sep_token_id=SEP,
+                                  bos_token_id=CLS, eos_token_id=SEP, max_position_embeddings=max(512, seq_len),
+                                  sparse_prediction=True, reference_compile=False, **dims)
+        implementation = "flash_attention_2" if flash else "sdpa"
+        model = ModernBertForMaskedLM._from_config(config, attn_implementation=implementation)
+        path = "unpadded FlashAttention-2" if flash else "padded SDPA (its unpadded path needs FlashAttention-2)"
+        return model.to(device), f"transformers ModernBertForMaskedLM, sparse_prediction, {path}"
+    raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+
+
+def _flash_attn_installed() -> bool:
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@dataclass
+class Contender:
+    """One model in the comparison, with its optimizer and its timings."""
+
+    key: str
+    model: torch.nn.Module
+    note: str
+    autocast_dtype: torch.dtype | None
+    optimizer: torch.optim.Optimizer = field(init=False)
+    round_seconds: list[float] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.model.train()
+        # The fused kernel (CPU and CUDA) for every model: the optimizer is not what is compared.
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5, fused=True)
+
+    def step(self, batch: dict[str, torch.Tensor]) -> None:
+        device_type = next(iter(batch.values())).device.type
+        autocast = (torch.autocast(device_type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
+                    else nullcontext())
+        with autocast:
+            loss = self.model(**batch).loss
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    @property
+    def parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_rounds(contenders: list[Contender], batches: list[dict], rounds: int, device: torch.device,
+                progress: Callable[[str], None] = print) -> None:
+    for r in range(rounds):
+        shift = r % len(contenders)
+        for contender in contenders[shift:] + contenders[:shift]:
+            synchronize(device)
+            start = time.perf_counter()
+            for batch in batches:
+                contender.step(batch)
+            synchronize(device)
+            contender.round_seconds.append(time.perf_counter() - start)
+        progress(f"  round {r + 1}/{rounds}: " + ", ".join(f"{c.key} {c.round_seconds[-1]:.2f}s" for c in contenders))
+
+
+def count_flops(contender: Contender, batches: list[dict]) -> int:
+    """Matmul and attention FLOPs the model executes (padding included) in forward and backward over the batches."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        for batch in batches:
+            contender.step(batch)
+    return counter.get_total_flops()
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 10) -> float:
+    """The machine's dense matmul rate in FLOP/s (the best of `repeats`), measured in this process."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    a @ b  # warm-up
+    seconds = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    return 2 * size**3 / min(seconds)
+
+
+def profile_step(contender: Contender, batch: dict, device: torch.device, rows: int = 30) -> tuple[str, int]:
+    """A per-op table of one training step (self time, descending) and the step's peak memory in bytes
+    above what was allocated before it (activations, gradients, temporaries)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    with profile(activities=activities, profile_memory=True) as prof:
+        contender.step(batch)
+        synchronize(device)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=rows)
+    if device.type == "cuda":
+        return table, torch.cuda.max_memory_allocated(device) - before
+    # CPU: the running sum of the allocator's events (the raw ones: the table attributes allocations to ops).
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    live = peak = 0
+    for event in events:
+        live += event.nbytes()
+        peak = max(peak, live)
+    return table, peak
+
+
+def resident_bytes(contender: Contender) -> int:
+    """Parameters and optimizer state, held across steps."""
+    tensors = list(contender.model.parameters())
+    tensors += [t for state in contender.optimizer.state.values() for t in state.values() if torch.is_tensor(t)]
+    return sum(t.numel() * t.element_size() for t in tensors)

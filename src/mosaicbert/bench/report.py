@@ -1,0 +1,126 @@
+"""The benchmark's results as a markdown table, lines relative to the baseline, a bar chart, and the
+generated part of docs/benchmarks.md (rebuilt from the stored JSON files, never edited by hand)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mosaicbert.bench.measure import BASELINE
+
+LABELS = {"mosaicbert": "MosaicBERT", "bert": "BertForMaskedLM (SDPA)", "modernbert": "ModernBertForMaskedLM"}
+BEGIN = "<!-- BEGIN GENERATED: throughput (python benchmarks/throughput.py --render-docs) -->"
+END = "<!-- END GENERATED: throughput -->"
+
+
+def label(key: str) -> str:
+    name, _, suffix = key.partition("+")
+    return LABELS.get(name, name) + (f" + {suffix}" if suffix else "")
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.0f}"
+
+
+def case_title(result: dict, case: dict) -> str:
+    setup = result["setup"]
+    return (f"{setup['preset']} ({setup['dims']['num_hidden_layers']} layers, hidden {setup['dims']['hidden_size']}), "
+            f"batch {setup['batch_size']} x {setup['seq_len']}, lengths `{case['lengths']}`: "
+            f"{case['padding_fraction']:.1%} padding")
+
+
+def case_table(case: dict) -> str:
+    lines = ["| model | non-padding tokens/s | vs BERT | step s (median) | step s (p25-p75) | peak memory MiB "
+             "| GFLOP per round | MFU |",
+             "|---|---|---|---|---|---|---|---|"]
+    for key, m in case["models"].items():
+        step = m["step_seconds"]
+        flops = f"{m['flops_per_round'] / 1e9:,.0f}" if m.get("flops_per_round") else "-"
+        mfu = f"{m['mfu']:.1%}" if m.get("mfu") is not None else "-"
+        vs = f"{m['vs_baseline']:.2f}x" if "vs_baseline" in m else "-"
+        lines.append(f"| {label(key)} | {m['tokens_per_second']:,.0f} | {vs} | {step['median']:.3f} "
+                     f"| {step['p25']:.3f}-{step['p75']:.3f} | {_mib(m['peak_memory_bytes'])} | {flops} | {mfu} |")
+    return "\n".join(lines)
+
+
+def relative_lines(case: dict) -> list[str]:
+    if BASELINE not in case["models"]:
+        return []
+    lines = []
+    for key, m in case["models"].items():
+        if key == BASELINE:
+            continue
+        lo, hi = (r / case["models"][BASELINE]["tokens_per_second"] for r in m["tokens_per_second_range"])
+        lines.append(f"{label(key)}: {m['vs_baseline']:.2f}x the non-padding tokens/s of {label(BASELINE)} "
+                     f"(single rounds against the baseline's median: {lo:.2f}x-{hi:.2f}x)")
+    return lines
+
+
+def environment_line(result: dict) -> str:
+    env = result["environment"]
+    return (f"{env['date']}, {env['device']}, torch {env['torch']}, transformers {env['transformers']}, "
+            f"{env['precision']}, glibc malloc tuning {'on' if env.get('malloc_tuning') else 'off'}; "
+            f"matmul peak measured in the run: {result['peak_flops'] / 1e9:,.1f} GFLOP/s")
+
+
+def render_result(result: dict, heading: str = "###") -> str:
+    parts = [environment_line(result), ""]
+    for case in result["cases"]:
+        parts += [f"{heading} {case_title(result, case)}", "", case_table(case), ""]
+        parts += [f"- {line}" for line in relative_lines(case)]
+        parts += [f"- lengths from: {case['lengths_source']}; {case['masked_fraction_of_real']:.1%} of real tokens "
+                  f"masked; {case['rounds']} rounds of {case['batches_per_round']} batches", ""]
+    return "\n".join(parts)
+
+
+def write_bar_chart(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = result["cases"]
+    keys = list(cases[0]["models"])
+    fig, ax = plt.subplots(figsize=(2.2 + 1.6 * len(cases) * len(keys) / 3, 3.6))
+    width = 0.8 / len(keys)
+    for i, key in enumerate(keys):
+        xs = [c + (i - (len(keys) - 1) / 2) * width for c in range(len(cases))]
+        medians = [case["models"][key]["tokens_per_second"] for case in cases]
+        ranges = [case["models"][key]["tokens_per_second_range"] for case in cases]
+        errors = [[m - r[0] for m, r in zip(medians, ranges)], [r[1] - m for m, r in zip(medians, ranges)]]
+        ax.bar(xs, medians, width, yerr=errors, capsize=3, label=label(key))
+    ax.set_xticks(range(len(cases)), [f"{c['lengths']}\n{c['padding_fraction']:.0%} padding" for c in cases])
+    ax.set_ylabel("non-padding tokens / s (training step)")
+    setup = result["setup"]
+    ax.set_title(f"{setup['preset']}, batch {setup['batch_size']} x {setup['seq_len']}, "
+                 f"{result['environment']['device']}", fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def render_docs_section(json_paths: list[Path], docs_dir: Path) -> str:
+    """The generated block of docs/benchmarks.md: each stored result with its chart (charts live beside the doc)."""
+    parts = [BEGIN, ""]
+    for path in sorted(json_paths):
+        result = json.loads(path.read_text())
+        parts += [f"### `{path.name}`", "", f"`{result['command']}`", "", render_result(result, heading="####")]
+        chart = docs_dir / (path.stem + ".png")
+        if chart.is_file():
+            parts += [f"![{path.stem}]({chart.name})", ""]
+    parts.append(END)
+    return "\n".join(parts)
+
+
+def update_docs(doc: Path, json_paths: list[Path]) -> bool:
+    """Replace the generated block of `doc`; return whether the file changed."""
+    text = doc.read_text()
+    if BEGIN not in text or END not in text:
+        raise ValueError(f"{doc} has no generated block ({BEGIN} ... {END})")
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    new = head + render_docs_section(json_paths, doc.parent) + tail
+    if new != text:
+        doc.write_text(new)
+    return new != text

@@ -1,0 +1,123 @@
+"""One benchmark case (a model size and a length distribution): every model on the same batches."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+
+from mosaicbert.bench.lengths import LengthProfile, make_batches
+from mosaicbert.bench.measure import (
+    BASELINE,
+    Contender,
+    build_model,
+    count_flops,
+    matmul_peak,
+    profile_step,
+    resident_bytes,
+    time_rounds,
+)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU {cpu}, {torch.get_num_threads()} threads"
+
+
+def environment(device: torch.device, precision: str) -> dict:
+    return {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "precision": precision,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def run_case(models: list[str], dims: dict, profile: LengthProfile, *, batch_size: int, seq_len: int,
+             vocab_size: int, num_batches: int, rounds: int, warmup: int, device: torch.device,
+             autocast_dtype: torch.dtype | None, peak_flops: float, compile_models: bool = False,
+             ops_folder: Path | None = None, seed: int = 0, progress: Callable[[str], None] = print) -> dict:
+    batches = make_batches(profile, num_batches, batch_size, seq_len, vocab_size, mlm_probability=0.3, seed=seed)
+    real_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    masked_tokens = sum(int((b["labels"] != -100).sum()) for b in batches)
+    batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
+
+    contenders = []
+    for name in models:
+        for compiled in ([False, True] if compile_models else [False]):
+            torch.manual_seed(seed)
+            model, note = build_model(name, dims, vocab_size, seq_len, device)
+            key = name
+            if compiled:
+                model, key, note = torch.compile(model, dynamic=True), f"{name}+compile", note + "; torch.compile(dynamic=True)"
+            contenders.append(Contender(key, model, note, autocast_dtype))
+
+    progress(f"case {profile.name}: {len(batches)} batches of {batch_size} x {seq_len}, "
+             f"{1 - real_tokens / (len(batches) * batch_size * seq_len):.1%} padding")
+    results = {}
+    for contender in contenders:
+        for _ in range(warmup):  # allocations, kernel choice, compilation
+            for batch in batches:
+                contender.step(batch)
+        flops = count_flops(contender, batches) if not contender.key.endswith("+compile") else None
+        ops, transient = profile_step(contender, batches[0], device)
+        if ops_folder is not None:
+            ops_folder.mkdir(parents=True, exist_ok=True)
+            (ops_folder / f"ops-{profile.name}-{contender.key}.txt").write_text(ops)
+        results[contender.key] = {"note": contender.note, "parameters": contender.parameters, "flops_per_round": flops,
+                                  "peak_memory_bytes": resident_bytes(contender) + transient}
+    time_rounds(contenders, batches, rounds, device, progress)
+
+    for contender in contenders:
+        entry = results[contender.key]
+        seconds = contender.round_seconds
+        median = statistics.median(seconds)
+        flops = entry["flops_per_round"] or results.get(contender.key.removesuffix("+compile"), {}).get("flops_per_round")
+        entry.update({
+            "step_seconds": {"median": median / len(batches), "p25": percentile(seconds, 25) / len(batches),
+                             "p75": percentile(seconds, 75) / len(batches), "min": min(seconds) / len(batches),
+                             "max": max(seconds) / len(batches)},
+            "tokens_per_second": real_tokens / median,
+            "tokens_per_second_range": [real_tokens / max(seconds), real_tokens / min(seconds)],
+            "flops_per_real_token": flops / real_tokens if flops else None,
+            "mfu": flops / median / peak_flops if flops else None,
+        })
+    if BASELINE in results:
+        for entry in results.values():
+            entry["vs_baseline"] = entry["tokens_per_second"] / results[BASELINE]["tokens_per_second"]
+    return {
+        "lengths": profile.name,
+        "lengths_source": profile.source,
+        "padding_fraction": 1 - real_tokens / (len(batches) * batch_size * seq_len),
+        "distribution_padding_fraction": profile.padding_fraction(seq_len),
+        "masked_fraction_of_real": masked_tokens / real_tokens,
+        "real_tokens_per_round": real_tokens,
+        "batches_per_round": len(batches),
+        "rounds": rounds,
+        "models": results,
+    }
+
+
+def measure_peak(device: torch.device, dtype: torch.dtype) -> float:
+    return matmul_peak(device, dtype, size=8192 if device.type == "cuda" else 2048)

@@ -1,0 +1,191 @@
+"""The throughput benchmark (mosaicbert/bench, benchmarks/throughput.py): batches, profiles, measurements, reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO
+from mosaicbert.bench import lengths, measure, report
+from mosaicbert.bench.throughput import run_case
+
+TINY = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+
+
+def test_batches_follow_the_profile_cut_at_the_sequence_length():
+    profile = lengths.LengthProfile("t", "test", np.array([5, 20, 300, 64]))
+    batches = lengths.make_batches(profile, num_batches=3, batch_size=16, seq_len=64, vocab_size=30528,
+                                   mlm_probability=0.3, seed=1)
+    for batch in batches:
+        mask = batch["attention_mask"]
+        seqlens = mask.sum(1)
+        assert set(seqlens.tolist()) <= {5, 20, 64}  # 300 is cut to 64
+        assert bool((mask[:, :-1] >= mask[:, 1:]).all())  # real tokens first, then padding
+        ids, labels = batch["input_ids"], batch["labels"]
+        rows = torch.arange(16)
+        assert bool((ids[:, 0] == lengths.CLS).all()) and bool((ids[rows, seqlens - 1] == lengths.SEP).all())
+        assert bool((ids[mask == 0] == lengths.PAD).all())
+        labelled = labels != -100
+        assert not bool(labelled[mask == 0].any()) and not bool(labelled[:, 0].any())
+        assert not bool(labelled[rows, seqlens - 1].any())
+    masked = sum(int((b["labels"] != -100).sum()) for b in batches)
+    candidates = sum(int(b["attention_mask"].sum()) - 2 * 16 for b in batches)
+    assert 0.2 < masked / candidates < 0.4
+    again = lengths.make_batches(profile, 3, 16, 64, 30528, 0.3, seed=1)
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(batches, again) for k in a)
+
+
+def test_padding_fraction_is_the_mean_gap_of_the_cut_lengths():
+    profile = lengths.LengthProfile("t", "test", np.array([10, 128, 500, 64]))
+    expected = 1 - (10 + 128 + 128 + 64) / (4 * 128)
+    assert profile.padding_fraction(128) == pytest.approx(expected)
+    assert lengths.full_profile(128).padding_fraction(128) == 0
+
+
+def test_histogram_round_trip_keeps_lengths_and_source(tmp_path):
+    profile = lengths.LengthProfile("x", "C4 en validation, bert-base-uncased", np.array([3, 3, 7, 129, 7, 3]))
+    path = tmp_path / "c4_en.csv"
+    lengths.write_histogram(profile, path)
+    back = lengths.read_histogram(path)
+    assert sorted(back.lengths.tolist()) == sorted(profile.lengths.tolist())
+    assert back.source == profile.source and back.name == "c4_en"
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_tokenized_profile_counts_tokens_plus_cls_and_sep(sample_root):
+    from streaming import StreamingDataset
+    from transformers import AutoTokenizer
+
+    profile = lengths.tokenized_profile(sample_root, "val_small", max_documents=50)
+    tokenizer = AutoTokenizer.from_pretrained(str(sample_root / "tokenizer"))
+    dataset = StreamingDataset(local=str(sample_root / "val_small"), shuffle=False, batch_size=1)
+    expected = [len(tokenizer(dataset[i]["text"])["input_ids"]) for i in range(min(50, len(dataset)))]
+    assert profile.lengths.tolist() == expected  # the tokenizer's own [CLS] ... [SEP] encoding
+
+
+def test_missing_corpus_names_the_make_target(tmp_path):
+    with pytest.raises(lengths.UserError, match="make sample-shards"):
+        lengths.tokenized_profile(tmp_path, "train")
+    with pytest.raises(lengths.UserError, match="length_profile.py"):
+        lengths.read_histogram(tmp_path / "c4_en.csv")
+
+
+def test_flop_count_matches_the_formula_for_a_linear_layer():
+    model = torch.nn.Linear(48, 80)
+
+    class Loss(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, x, **_):
+            return type("Out", (), {"loss": self.inner(x).square().mean()})()
+
+    contender = measure.Contender("linear", Loss(), "", None)
+    flops = measure.count_flops(contender, [{"x": torch.randn(16, 48, requires_grad=False)}])
+    # forward 2*n*in*out; backward: the weight gradient only (the input needs none), 2*n*in*out
+    assert flops == 2 * (2 * 16 * 48 * 80)
+
+
+def test_step_memory_sees_a_large_temporary():
+    class Big(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x, **_):
+            temporary = torch.ones(16 * 2**20 // 4) * self.w  # 16 MiB, freed inside the step
+            return type("Out", (), {"loss": temporary.sum() * 0 + (x * self.w).sum()})()
+
+    contender = measure.Contender("big", Big(), "", None)
+    _, peak = measure.profile_step(contender, {"x": torch.ones(4)}, torch.device("cpu"))
+    assert 16 * 2**20 <= peak < 64 * 2**20
+
+
+@pytest.fixture(scope="module")
+def tiny_case():
+    profile = lengths.LengthProfile("mix", "test", np.array([8, 20, 32, 32]))
+    return run_case(list(measure.MODELS), TINY, profile, batch_size=4, seq_len=32, vocab_size=128, num_batches=2,
+                    rounds=2, warmup=1, device=torch.device("cpu"), autocast_dtype=None, peak_flops=1e10)
+
+
+def test_every_model_is_timed_on_the_same_batches(tiny_case):
+    assert set(tiny_case["models"]) == set(measure.MODELS)
+    assert tiny_case["models"]["bert"]["vs_baseline"] == 1.0
+    for entry in tiny_case["models"].values():
+        step = entry["step_seconds"]
+        assert step["min"] <= step["p25"] <= step["median"] <= step["p75"] <= step["max"]
+        tokens = tiny_case["real_tokens_per_round"]
+        assert entry["tokens_per_second"] == pytest.approx(tokens / (step["median"] * 2))
+        assert entry["mfu"] == pytest.approx(entry["flops_per_round"] / (step["median"] * 2) / 1e10)
+        assert entry["peak_memory_bytes"] > 0
+    # Removing padding and the dense head's unmasked rows: MosaicBERT counts fewer FLOPs than BERT here.
+    assert tiny_case["models"]["mosaicbert"]["flops_per_round"] < tiny_case["models"]["bert"]["flops_per_round"]
+    json.dumps(tiny_case)
+
+
+def test_report_renders_every_model_and_the_relative_lines(tiny_case, tmp_path):
+    result = {"command": "python benchmarks/throughput.py --preset tiny",
+              "environment": {"date": "d", "device": "cpu", "torch": "t", "transformers": "x", "precision": "fp32"},
+              "peak_flops": 1e10, "setup": {"preset": "tiny", "dims": TINY, "batch_size": 4, "seq_len": 32},
+              "cases": [tiny_case]}
+    text = report.render_result(result)
+    for key in measure.MODELS:
+        assert f"| {report.label(key)} |" in text
+    assert "MosaicBERT: " in text and "the non-padding tokens/s of BertForMaskedLM (SDPA)" in text
+    report.write_bar_chart(result, tmp_path / "chart.png")
+    assert (tmp_path / "chart.png").stat().st_size > 1000
+
+    stored = tmp_path / "results"
+    stored.mkdir()
+    (stored / "cpu-tiny.json").write_text(json.dumps(result))
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(f"# Benchmarks\n\nhand-written\n\n{report.BEGIN}\nold\n{report.END}\n\nmore prose\n")
+    assert report.update_docs(doc, [stored / "cpu-tiny.json"])
+    new = doc.read_text()
+    assert "hand-written" in new and "more prose" in new and "old" not in new and "cpu-tiny.json" in new
+    assert not report.update_docs(doc, [stored / "cpu-tiny.json"])
+
+
+def test_docs_hold_exactly_what_the_stored_results_render():
+    """docs/benchmarks.md's generated block is rebuilt from benchmarks/results/*.json, never edited by hand."""
+    doc = REPO / "docs" / "benchmarks.md"
+    text = doc.read_text()
+    block = text[text.index(report.BEGIN): text.index(report.END) + len(report.END)]
+    stored = sorted((REPO / "benchmarks" / "results").glob("*.json"))
+    assert stored, "no stored benchmark results"
+    assert block == report.render_docs_section(stored, doc.parent), \
+        "docs/benchmarks.md differs from the stored results: run `python benchmarks/throughput.py --render-docs`"
+
+
+def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "benchmarks" / "throughput.py"), *args], capture_output=True,
+                          text=True, env={**os.environ, **env}, cwd=REPO)
+
+
+def test_cli_smoke_writes_table_json_chart_and_profiles(sample_root, tmp_path):
+    out = tmp_path / "bench"
+    done = run_cli("--preset", "tiny", "--hidden-size", "64", "--lengths", "corpus", "full", "--data-root",
+                   str(sample_root), "--batches", "1", "--rounds", "1", "--warmup", "0", "--batch-size", "4",
+                   "--seq-len", "32", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((out / "results.json").read_text())
+    assert [c["lengths"] for c in result["cases"]] == ["corpus", "full"]
+    assert result["setup"]["dims"]["hidden_size"] == 64
+    assert result["environment"]["malloc_tuning"] is True  # the script re-executed itself with the tunables
+    assert (out / "throughput.png").is_file() and (out / "results.md").is_file()
+    assert len(list(out.glob("ops-*.txt"))) == 6
+    assert "x the non-padding tokens/s of BertForMaskedLM (SDPA)" in done.stdout
+
+
+def test_cli_bad_input_is_one_message(tmp_path):
+    done = run_cli("--lengths", "corpus", "--data-root", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert done.returncode == 1 and "make sample-shards" in done.stderr and "Traceback" not in done.stderr
+    done = run_cli("--preset", "huge")
+    assert done.returncode == 2 and "invalid choice: 'huge'" in done.stderr
