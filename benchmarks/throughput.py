@@ -59,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1, help="untimed passes over the batches per model")
     parser.add_argument("--compile", action="store_true", help="also time each model under torch.compile")
+    parser.add_argument("--packing", action="store_true",
+                        help="also time MosaicBERT on the same documents packed into rows, with packing statistics")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                         help="auto: bf16 autocast on GPU, fp32 on CPU")
     parser.add_argument("--seed", type=int, default=0)
@@ -119,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
             args.models, dims, profile, batch_size=args.batch_size, seq_len=args.seq_len, vocab_size=args.vocab_size,
             num_batches=args.batches, rounds=args.rounds, warmup=args.warmup, device=device,
             autocast_dtype=torch.bfloat16 if bf16 else None, peak_flops=peak, compile_models=args.compile,
+            packing=args.packing,
             ops_folder=out, seed=args.seed))
 
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")

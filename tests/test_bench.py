@@ -112,11 +112,12 @@ def test_step_memory_sees_a_large_temporary():
 def tiny_case():
     profile = lengths.LengthProfile("mix", "test", np.array([8, 20, 32, 32]))
     return run_case(list(measure.MODELS), TINY, profile, batch_size=4, seq_len=32, vocab_size=128, num_batches=2,
-                    rounds=2, warmup=1, device=torch.device("cpu"), autocast_dtype=None, peak_flops=1e10)
+                    rounds=2, warmup=1, device=torch.device("cpu"), autocast_dtype=None, peak_flops=1e10,
+                    packing=True)
 
 
 def test_every_model_is_timed_on_the_same_batches(tiny_case):
-    assert set(tiny_case["models"]) == set(measure.MODELS)
+    assert set(tiny_case["models"]) == set(measure.MODELS) | {"mosaicbert+packing"}
     assert tiny_case["models"]["bert"]["vs_baseline"] == 1.0
     for entry in tiny_case["models"].values():
         step = entry["step_seconds"]
@@ -130,6 +131,17 @@ def test_every_model_is_timed_on_the_same_batches(tiny_case):
     json.dumps(tiny_case)
 
 
+def test_packing_variant_runs_the_same_documents_in_fewer_rows(tiny_case):
+    plain, packed = tiny_case["models"]["mosaicbert"], tiny_case["models"]["mosaicbert+packing"]
+    assert packed["rows_per_round"] < plain["rows_per_round"] == 2 * 4
+    assert packed["flops_per_round"] <= plain["flops_per_round"]  # attention pads per document, not per row
+    stats = tiny_case["packing_statistics"]
+    assert stats["packed"]["rows_per_batch"] < stats["plain"]["rows_per_batch"] == 4
+    assert stats["packed"]["padding_fraction"] < stats["plain"]["padding_fraction"]
+    # Masks are drawn per document before packing: the same masked share of real tokens.
+    assert stats["packed"]["masked_fraction_of_real"] == pytest.approx(stats["plain"]["masked_fraction_of_real"])
+
+
 def test_report_renders_every_model_and_the_relative_lines(tiny_case, tmp_path):
     result = {"command": "python benchmarks/throughput.py --preset tiny",
               "environment": {"date": "d", "device": "cpu", "torch": "t", "transformers": "x", "precision": "fp32"},
@@ -139,6 +151,7 @@ def test_report_renders_every_model_and_the_relative_lines(tiny_case, tmp_path):
     for key in measure.MODELS:
         assert f"| {report.label(key)} |" in text
     assert "MosaicBERT: " in text and "the non-padding tokens/s of BertForMaskedLM (SDPA)" in text
+    assert "| packed |" in text and "| MosaicBERT + packing |" in text
     report.write_bar_chart(result, tmp_path / "chart.png")
     assert (tmp_path / "chart.png").stat().st_size > 1000
 

@@ -73,6 +73,7 @@ class Contender:
     model: torch.nn.Module
     note: str
     autocast_dtype: torch.dtype | None
+    batches: list[dict[str, torch.Tensor]] = field(default_factory=list)  # the case's, or a packed copy
     optimizer: torch.optim.Optimizer = field(init=False)
     round_seconds: list[float] = field(default_factory=list)
 
@@ -101,25 +102,25 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_rounds(contenders: list[Contender], batches: list[dict], rounds: int, device: torch.device,
+def time_rounds(contenders: list[Contender], rounds: int, device: torch.device,
                 progress: Callable[[str], None] = print) -> None:
     for r in range(rounds):
         shift = r % len(contenders)
         for contender in contenders[shift:] + contenders[:shift]:
             synchronize(device)
             start = time.perf_counter()
-            for batch in batches:
+            for batch in contender.batches:
                 contender.step(batch)
             synchronize(device)
             contender.round_seconds.append(time.perf_counter() - start)
         progress(f"  round {r + 1}/{rounds}: " + ", ".join(f"{c.key} {c.round_seconds[-1]:.2f}s" for c in contenders))
 
 
-def count_flops(contender: Contender, batches: list[dict]) -> int:
-    """Matmul and attention FLOPs the model executes (padding included) in forward and backward over the batches."""
+def count_flops(contender: Contender) -> int:
+    """Matmul and attention FLOPs the model executes (padding included) in forward and backward over its batches."""
     counter = FlopCounterMode(display=False)
     with counter:
-        for batch in batches:
+        for batch in contender.batches:
             contender.step(batch)
     return counter.get_total_flops()
 

@@ -56,6 +56,17 @@ def relative_lines(case: dict) -> list[str]:
     return lines
 
 
+def packing_table(stats: dict) -> str:
+    lines = ["| batch layout | rows per batch | padding | real tokens per row (CV) | masked per row (CV) | masked / real |",
+             "|---|---|---|---|---|---|"]
+    for name, st in stats.items():
+        lines.append(f"| {name} | {st['rows_per_batch']:.1f} | {st['padding_fraction']:.1%} "
+                     f"| {st['real_tokens_per_row']:.1f} ({st['real_tokens_per_row_cv']:.2f}) "
+                     f"| {st['masked_tokens_per_row']:.1f} ({st['masked_tokens_per_row_cv']:.2f}) "
+                     f"| {st['masked_fraction_of_real']:.2%} |")
+    return "\n".join(lines)
+
+
 def environment_line(result: dict) -> str:
     env = result["environment"]
     return (f"{env['date']}, {env['device']}, torch {env['torch']}, transformers {env['transformers']}, "
@@ -70,6 +81,9 @@ def render_result(result: dict, heading: str = "###") -> str:
         parts += [f"- {line}" for line in relative_lines(case)]
         parts += [f"- lengths from: {case['lengths_source']}; {case['masked_fraction_of_real']:.1%} of real tokens "
                   f"masked; {case['rounds']} rounds of {case['batches_per_round']} batches", ""]
+        if "packing_statistics" in case:
+            parts += ["Packing, over 200 batches of the same distribution:", "",
+                      packing_table(case["packing_statistics"]), ""]
     return "\n".join(parts)
 
 
@@ -100,9 +114,29 @@ def write_bar_chart(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def summary_table(named_results: list[tuple[str, dict]]) -> str:
+    """One row per stored run and case: what it measured and how MosaicBERT compared."""
+    lines = ["| run | what it measures | preset, batch | lengths (padding) | model | tokens/s | vs BERT | MFU |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, result in named_results:
+        setup = result["setup"]
+        for case in result["cases"]:
+            for key, m in case["models"].items():
+                if key == BASELINE:
+                    continue
+                mfu = f"{m['mfu']:.1%}" if m.get("mfu") is not None else "-"
+                vs = f"{m['vs_baseline']:.2f}x" if "vs_baseline" in m else "-"
+                lines.append(f"| `{name}` | {result.get('label') or '-'} | {setup['preset']}, {setup['batch_size']} x "
+                             f"{setup['seq_len']} | {case['lengths']} ({case['padding_fraction']:.0%}) | {label(key)} "
+                             f"| {m['tokens_per_second']:,.0f} | {vs} | {mfu} |")
+    return "\n".join(lines)
+
+
 def render_docs_section(json_paths: list[Path], docs_dir: Path) -> str:
-    """The generated block of docs/benchmarks.md: each stored result with its chart (charts live beside the doc)."""
-    parts = [BEGIN, ""]
+    """The generated block of docs/benchmarks.md: a summary of every stored run, then each in full with its
+    chart (charts live beside the doc, named as the JSON file)."""
+    named = [(path.stem, json.loads(path.read_text())) for path in sorted(json_paths)]
+    parts = [BEGIN, "", summary_table(named), ""]
     for path in sorted(json_paths):
         result = json.loads(path.read_text())
         parts += [f"### `{path.name}`", "", f"`{result['command']}`", "", render_result(result, heading="####")]

@@ -13,6 +13,7 @@ import torch
 import transformers
 
 from mosaicbert.bench.lengths import LengthProfile, make_batches
+from mosaicbert.data.packing import pack_batch
 from mosaicbert.bench.measure import (
     BASELINE,
     Contender,
@@ -57,37 +58,48 @@ def percentile(values: list[float], q: float) -> float:
 def run_case(models: list[str], dims: dict, profile: LengthProfile, *, batch_size: int, seq_len: int,
              vocab_size: int, num_batches: int, rounds: int, warmup: int, device: torch.device,
              autocast_dtype: torch.dtype | None, peak_flops: float, compile_models: bool = False,
-             ops_folder: Path | None = None, seed: int = 0, progress: Callable[[str], None] = print) -> dict:
+             packing: bool = False, ops_folder: Path | None = None, seed: int = 0,
+             progress: Callable[[str], None] = print) -> dict:
+    """Time every model (and, with `compile_models`, each compiled; with `packing`, MosaicBERT on the same
+    documents packed into rows) on the same batches drawn from `profile`."""
     batches = make_batches(profile, num_batches, batch_size, seq_len, vocab_size, mlm_probability=0.3, seed=seed)
     real_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     masked_tokens = sum(int((b["labels"] != -100).sum()) for b in batches)
-    batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
+    on_device = [{k: v.to(device) for k, v in b.items()} for b in batches]
 
+    variants = [(name, compiled, False) for name in models for compiled in ([False, True] if compile_models else [False])]
+    if packing and "mosaicbert" in models:
+        variants.append(("mosaicbert", False, True))
     contenders = []
-    for name in models:
-        for compiled in ([False, True] if compile_models else [False]):
-            torch.manual_seed(seed)
-            model, note = build_model(name, dims, vocab_size, seq_len, device)
-            key = name
-            if compiled:
-                model, key, note = torch.compile(model, dynamic=True), f"{name}+compile", note + "; torch.compile(dynamic=True)"
-            contenders.append(Contender(key, model, note, autocast_dtype))
+    for name, compiled, packed in variants:
+        torch.manual_seed(seed)
+        model, note = build_model(name, dims, vocab_size, seq_len, device)
+        key = name
+        if compiled:
+            model, key, note = torch.compile(model, dynamic=True), f"{name}+compile", note + "; torch.compile(dynamic=True)"
+        case_batches = on_device
+        if packed:
+            case_batches = [{k: v.to(device) for k, v in pack_batch(b).items()} for b in batches]
+            key, note = f"{name}+packing", note + "; each batch's documents packed into rows (best fit)"
+        contenders.append(Contender(key, model, note, autocast_dtype, case_batches))
 
     progress(f"case {profile.name}: {len(batches)} batches of {batch_size} x {seq_len}, "
              f"{1 - real_tokens / (len(batches) * batch_size * seq_len):.1%} padding")
     results = {}
     for contender in contenders:
         for _ in range(warmup):  # allocations, kernel choice, compilation
-            for batch in batches:
+            for batch in contender.batches:
                 contender.step(batch)
-        flops = count_flops(contender, batches) if not contender.key.endswith("+compile") else None
-        ops, transient = profile_step(contender, batches[0], device)
+        # FlopCounterMode does not see inside compiled graphs; a compiled model's FLOPs are its eager twin's.
+        flops = None if contender.key.endswith("+compile") else count_flops(contender)
+        ops, transient = profile_step(contender, contender.batches[0], device)
         if ops_folder is not None:
             ops_folder.mkdir(parents=True, exist_ok=True)
             (ops_folder / f"ops-{profile.name}-{contender.key}.txt").write_text(ops)
         results[contender.key] = {"note": contender.note, "parameters": contender.parameters, "flops_per_round": flops,
+                                  "rows_per_round": sum(b["input_ids"].shape[0] for b in contender.batches),
                                   "peak_memory_bytes": resident_bytes(contender) + transient}
-    time_rounds(contenders, batches, rounds, device, progress)
+    time_rounds(contenders, rounds, device, progress)
 
     for contender in contenders:
         entry = results[contender.key]
@@ -106,7 +118,7 @@ def run_case(models: list[str], dims: dict, profile: LengthProfile, *, batch_siz
     if BASELINE in results:
         for entry in results.values():
             entry["vs_baseline"] = entry["tokens_per_second"] / results[BASELINE]["tokens_per_second"]
-    return {
+    case = {
         "lengths": profile.name,
         "lengths_source": profile.source,
         "padding_fraction": 1 - real_tokens / (len(batches) * batch_size * seq_len),
@@ -117,6 +129,31 @@ def run_case(models: list[str], dims: dict, profile: LengthProfile, *, batch_siz
         "rounds": rounds,
         "models": results,
     }
+    if packing:
+        case["packing_statistics"] = packing_statistics(profile, batch_size, seq_len, vocab_size, seed)
+    return case
+
+
+def packing_statistics(profile: LengthProfile, batch_size: int, seq_len: int, vocab_size: int, seed: int,
+                       num_batches: int = 200) -> dict:
+    """What packing does to a batch of `batch_size` documents, over many batches from the profile: rows,
+    padding of the `[rows, seq]` tensor, real and masked tokens per row (mean and coefficient of variation)."""
+    stats = {}
+    batches = make_batches(profile, num_batches, batch_size, seq_len, vocab_size, mlm_probability=0.3, seed=seed + 1)
+    for name, layout in (("plain", batches), ("packed", [pack_batch(b) for b in batches])):
+        mask = torch.cat([b["attention_mask"] for b in layout]) != 0
+        masked = torch.cat([b["labels"] for b in layout]) != -100
+        real_per_row, masked_per_row = mask.sum(1).double(), masked.sum(1).double()
+        stats[name] = {
+            "rows_per_batch": mask.shape[0] / num_batches,
+            "padding_fraction": 1 - float(mask.double().mean()),
+            "real_tokens_per_row": float(real_per_row.mean()),
+            "real_tokens_per_row_cv": float(real_per_row.std() / real_per_row.mean()),
+            "masked_tokens_per_row": float(masked_per_row.mean()),
+            "masked_tokens_per_row_cv": float(masked_per_row.std() / masked_per_row.mean()),
+            "masked_fraction_of_real": float(masked.sum() / mask.sum()),
+        }
+    return stats
 
 
 def measure_peak(device: torch.device, dtype: torch.dtype) -> float:
