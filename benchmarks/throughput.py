@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import sys
 from datetime import datetime
@@ -85,6 +86,19 @@ def load_profile(name: str, args: argparse.Namespace) -> length_profiles.LengthP
     return profile
 
 
+def recorded_command(argv: list[str]) -> str:
+    """The command that reproduces the measurement: where its output went (--out, --record) is left out."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--out", "--record"):
+            skip = True
+        elif not arg.startswith(("--out=", "--record=")):
+            kept.append(arg)
+    return shlex.join(["python", "benchmarks/throughput.py", *kept])
+
+
 def render_docs() -> None:
     changed = update_docs(DOCS, sorted(RESULTS.glob("*.json")))
     print(f"{'rebuilt' if changed else 'unchanged'}: {DOCS.relative_to(REPO)}")
@@ -107,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     precision = "bf16 autocast" if bf16 else "fp32"
     peak = measure_peak(device, torch.bfloat16 if bf16 else torch.float32)
     result = {
-        "command": "python benchmarks/throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": recorded_command(argv if argv is not None else sys.argv[1:]),
         "label": args.label,
         "environment": {**environment(device, precision), "malloc_tuning": malloc_tuning_active()},
         "peak_flops": peak,

@@ -61,3 +61,21 @@ def test_the_tunables_cut_the_page_faults_of_repeated_large_allocations():
         faults[name] = int(out.split()[-1])
     pages = 40 * 32 * 2**20 // 4096
     assert faults["default"] > pages / 2 and faults["tuned"] < faults["default"] / 4, faults
+
+
+def test_a_large_block_comes_from_the_heap_not_mmap():
+    """glibc caps some malloc settings silently; mallinfo2 shows the 4 GiB mmap threshold took effect here."""
+    probe = ("import ctypes\n"
+             "libc = ctypes.CDLL('libc.so.6')\n"
+             "class Info(ctypes.Structure):\n"
+             "    _fields_ = [(n, ctypes.c_size_t) for n in ('arena', 'ordblks', 'smblks', 'hblks', 'hblkhd',\n"
+             "                'usmblks', 'fsmblks', 'uordblks', 'fordblks', 'keepcost')]\n"
+             "libc.mallinfo2.restype = Info\n"
+             "libc.malloc.restype = ctypes.c_void_p\n"
+             "libc.malloc(64 * 2**20)\n"
+             "print(libc.mallinfo2().hblkhd)")
+    clean = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    mapped = {name: int(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                                       env={**clean, **extra}).stdout)
+              for name, extra in {"default": {}, "tuned": {"GLIBC_TUNABLES": TUNABLES}}.items()}
+    assert mapped["default"] >= 64 * 2**20 and mapped["tuned"] == 0, mapped

@@ -88,9 +88,44 @@ def test_flop_count_matches_the_formula_for_a_linear_layer():
             return type("Out", (), {"loss": self.inner(x).square().mean()})()
 
     contender = measure.Contender("linear", Loss(), "", None)
-    flops = measure.count_flops(contender, [{"x": torch.randn(16, 48, requires_grad=False)}])
+    contender.batches = [{"x": torch.randn(16, 48, requires_grad=False)}]
+    flops = measure.count_flops(contender)
     # forward 2*n*in*out; backward: the weight gradient only (the input needs none), 2*n*in*out
     assert flops == 2 * (2 * 16 * 48 * 80)
+
+
+def test_attention_flops_are_counted_for_the_cpu_kernel_and_flash_varlen():
+    """torch's counter has no formula for SDPA's CPU flash kernel; without ours attention would count 0."""
+    b, h, s, d = 2, 3, 16, 8
+    q, k, v = (torch.randn(b, h, s, d, requires_grad=True) for _ in range(3))
+    counter = measure.FlopCounterMode(display=False, custom_mapping=measure.flop_formulas())
+    with counter:
+        torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=torch.zeros(b, h, s, s)).sum().backward()
+    forward = 2 * (2 * b * h * s * s * d)  # QK^T and PV
+    assert counter.get_total_flops() == forward + 5 * forward // 2  # backward: five products
+    cu_seqlens = torch.tensor([0, 5, 16, 40], dtype=torch.int32)
+    per_sequence = sum(4 * n * n * h * d for n in (5, 11, 24))
+    assert measure.flash_varlen_flops((40, h, d), cu_seqlens, backward=False) == per_sequence
+    assert measure.flash_varlen_flops((40, h, d), cu_seqlens, backward=True) == 5 * per_sequence // 2
+
+
+def test_sparse_modernbert_gives_transformers_sparse_loss():
+    from transformers import ModernBertForMaskedLM
+
+    torch.manual_seed(0)
+    wrapped, _ = measure.build_model("modernbert", TINY, 128, 32, torch.device("cpu"))
+    wrapped.eval()
+    profile = lengths.LengthProfile("t", "test", np.array([7, 20, 32]))
+    batch = lengths.make_batches(profile, 1, 4, 32, 128, 0.3, seed=2)[0]
+    reference = ModernBertForMaskedLM(wrapped.mlm.config)
+    reference.load_state_dict(wrapped.mlm.state_dict())
+    reference.config.sparse_prediction = reference.sparse_prediction = True
+    reference.eval()
+    with torch.no_grad():
+        ours = wrapped(**batch).loss
+        theirs = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           labels=batch["labels"]).loss
+    torch.testing.assert_close(ours, theirs)
 
 
 def test_step_memory_sees_a_large_temporary():

@@ -543,3 +543,24 @@ def test_recipe_model_config_keys_are_checked_by_name():
         build_mosaic_bert(tokenizer, {"hiden_size": 64})
     # An original-release config with the key still loads.
     assert MosaicBertConfig(alibi_starting_size=512, num_hidden_layers=1).num_hidden_layers == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_dropout_keeps_one_minus_p_and_scales_like_torch(dtype):
+    from scipy.stats import binomtest
+
+    from mosaicbert.model.modeling_mosaicbert import Dropout
+
+    torch.manual_seed(0)
+    dropout = Dropout(0.1).train()
+    x = torch.ones(400, 500, dtype=dtype, requires_grad=True)
+    y = dropout(x)
+    kept = y != 0
+    assert binomtest(int(kept.sum()), kept.numel(), 0.9).pvalue > 1e-4
+    scale = torch.tensor(1 / 0.9, dtype=dtype)  # what nn.Dropout gives in this dtype
+    assert bool((y[kept] == scale).all()) and y.dtype == dtype
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.to(dtype) * scale)
+    assert torch.equal(dropout.eval()(x), x)
+    assert torch.equal(Dropout(0.0).train()(x), x)
+    assert not bool(Dropout(1.0).train()(x).any())

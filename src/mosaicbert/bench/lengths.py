@@ -92,8 +92,8 @@ def tokenized_profile(data_root: Path, split: str, tokenizer_name: str | None = 
     texts = [dataset[i]["text"] for i in range(min(len(dataset), max_documents))]
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_name)
     counts = [len(ids) + 2 for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]  # + [CLS], [SEP]
-    shown = folder.resolve().relative_to(Path.cwd()) if folder.resolve().is_relative_to(Path.cwd()) else folder
-    tokenizer_shown = Path(tokenizer_name).name if Path(tokenizer_name).is_dir() else tokenizer_name
+    shown = Path(*folder.resolve().parts[-3:])  # e.g. data/sample/train: no machine's absolute path in results
+    tokenizer_shown = Path(*Path(tokenizer_name).resolve().parts[-3:]) if Path(tokenizer_name).is_dir() else tokenizer_name
     source = (f"the first {len(texts)} documents of {shown} ({info.get('source', 'MDS text')}), "
               f"tokenizer {tokenizer_shown}, plus [CLS] and [SEP]")
     return LengthProfile(split, source, np.array(counts))

@@ -13,7 +13,9 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop, sdpa_flop
+from transformers.modeling_outputs import MaskedLMOutput
 
 from mosaicbert.bench.lengths import CLS, MASK, PAD, SEP
 
@@ -28,33 +30,56 @@ BASELINE = "bert"
 
 
 def build_model(name: str, dims: dict, vocab_size: int, seq_len: int, device: torch.device) -> tuple[torch.nn.Module, str]:
-    """The model and a line saying how it was built. Each runs as its own recipe trains it."""
+    """The model and a line saying how it was built: each with its own design, at its fastest settings
+    that keep that design (no attention dropout for any of them: it forces SDPA off its fused kernels)."""
     if name == "mosaicbert":
         from mosaicbert.model import MosaicBertConfig, MosaicBertForMaskedLM
 
         config = MosaicBertConfig(vocab_size=vocab_size, attention_probs_dropout_prob=0.0, **dims)
-        note = "padding removed, sparse MLM head, GeGLU, ALiBi; attention_backend=auto"
+        note = "padding removed, sparse MLM head, GeGLU, ALiBi; attention_backend=auto; dropout 0.1, attention 0"
         return MosaicBertForMaskedLM(config).to(device), note
     if name == "bert":
         from transformers import BertConfig, BertForMaskedLM
 
-        config = BertConfig(vocab_size=vocab_size, max_position_embeddings=max(512, seq_len), **dims)
+        config = BertConfig(vocab_size=vocab_size, max_position_embeddings=max(512, seq_len),
+                            attention_probs_dropout_prob=0.0, **dims)
         model = BertForMaskedLM._from_config(config, attn_implementation="sdpa")
-        return model.to(device), f"transformers BertForMaskedLM, attn_implementation={model.config._attn_implementation}"
+        return model.to(device), (f"transformers BertForMaskedLM, attn_implementation="
+                                  f"{model.config._attn_implementation}; dropout 0.1, attention 0")
     if name == "modernbert":
         from transformers import ModernBertConfig, ModernBertForMaskedLM
 
         flash = device.type == "cuda" and _flash_attn_installed()
-        # Its own design (GeGLU of the same width, RoPE, alternating local/global attention, no biases),
-        # with its sparse MLM head; unpadding needs FlashAttention-2, so on CPU it runs padded SDPA.
+        # Its own design (GeGLU of the same width, RoPE, alternating local/global attention, no biases,
+        # no dropout) and its sparse MLM head; unpadding needs FlashAttention-2, so on CPU it runs padded
+        # SDPA. reference_compile stays at its default (compiled MLP and head on GPU; transformers turns it
+        # off on CPU).
         config = ModernBertConfig(vocab_size=vocab_size, pad_token_id=PAD, cls_token_id=CLS, sep_token_id=SEP,
-                                  bos_token_id=CLS, eos_token_id=SEP, max_position_embeddings=max(512, seq_len),
-                                  sparse_prediction=True, reference_compile=False, **dims)
+                                  bos_token_id=CLS, eos_token_id=SEP, max_position_embeddings=max(512, seq_len), **dims)
         implementation = "flash_attention_2" if flash else "sdpa"
         model = ModernBertForMaskedLM._from_config(config, attn_implementation=implementation)
         path = "unpadded FlashAttention-2" if flash else "padded SDPA (its unpadded path needs FlashAttention-2)"
-        return model.to(device), f"transformers ModernBertForMaskedLM, sparse_prediction, {path}"
+        return SparseModernBert(model).to(device), f"transformers ModernBertForMaskedLM, sparse MLM head, {path}"
     raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+
+
+class SparseModernBert(torch.nn.Module):
+    """ModernBertForMaskedLM's encoder and head, the head on masked tokens only (its `sparse_prediction`).
+
+    transformers 4.53's own sparse path re-pads the masked tokens' logits as if they were every token's
+    when it runs FlashAttention-2, which fails; this runs the same modules and loss on both paths."""
+
+    def __init__(self, mlm: torch.nn.Module):
+        super().__init__()
+        self.mlm = mlm
+
+    def forward(self, input_ids, attention_mask, labels, **_) -> MaskedLMOutput:
+        hidden = self.mlm.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        is_masked = labels != -100
+        rows = hidden[is_masked]
+        mlm = self.mlm
+        logits = mlm.compiled_head(rows) if mlm.config.reference_compile else mlm.decoder(mlm.head(rows))
+        return MaskedLMOutput(loss=F.cross_entropy(logits.float(), labels[is_masked]), logits=logits)
 
 
 def _flash_attn_installed() -> bool:
@@ -116,9 +141,46 @@ def time_rounds(contenders: list[Contender], rounds: int, device: torch.device,
         progress(f"  round {r + 1}/{rounds}: " + ", ".join(f"{c.key} {c.round_seconds[-1]:.2f}s" for c in contenders))
 
 
+def flash_varlen_flops(q_shape, cu_seqlens: torch.Tensor, backward: bool) -> int:
+    """FLOPs of FlashAttention's varlen kernel: per sequence of s tokens, QK^T and PV are 2 * 2 * s^2 * heads
+    * head_dim; the backward's five products (the scores recomputed) 2.5 times that, torch's count for SDPA."""
+    heads, head_dim = q_shape[-2], q_shape[-1]
+    squares = int((cu_seqlens.diff().long() ** 2).sum())
+    forward = 4 * squares * heads * head_dim
+    return 5 * forward // 2 if backward else forward
+
+
+def _raw(formula: Callable) -> Callable:
+    """torch's own formulas come wrapped already (tensors to shapes); marked raw, they are not wrapped twice."""
+    def counted(*args, **kwargs):
+        return formula(*args, **kwargs)
+
+    counted._get_raw = True
+    return counted
+
+
+def flop_formulas() -> dict:
+    """Formulas torch's FlopCounterMode lacks for the attention kernels these models run: SDPA's CPU flash
+    kernel (forward and backward, the same counts as its CUDA kernels) and flash-attn's varlen ops."""
+    aten = torch.ops.aten
+    formulas = {aten._scaled_dot_product_flash_attention_for_cpu: _raw(sdpa_flop),
+                aten._scaled_dot_product_flash_attention_for_cpu_backward: _raw(sdpa_backward_flop)}
+    if hasattr(torch.ops, "flash_attn") and hasattr(torch.ops.flash_attn, "_flash_attn_varlen_forward"):
+        def forward(q, k, v, cu_seqlens_q, *args, out_shape=None, **kwargs):
+            return flash_varlen_flops(q.shape, cu_seqlens_q, backward=False)
+
+        def backward(dout, q, k, v, out, softmax_lse, dq, dk, dv, cu_seqlens_q, *args, out_shape=None, **kwargs):
+            return flash_varlen_flops(q.shape, cu_seqlens_q, backward=True)
+
+        forward._get_raw = backward._get_raw = True  # FlopCounterMode passes tensors, not shapes
+        formulas[torch.ops.flash_attn._flash_attn_varlen_forward] = forward
+        formulas[torch.ops.flash_attn._flash_attn_varlen_backward] = backward
+    return formulas
+
+
 def count_flops(contender: Contender) -> int:
     """Matmul and attention FLOPs the model executes (padding included) in forward and backward over its batches."""
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=flop_formulas())
     with counter:
         for batch in contender.batches:
             contender.step(batch)

@@ -50,9 +50,9 @@ def relative_lines(case: dict) -> list[str]:
     for key, m in case["models"].items():
         if key == BASELINE:
             continue
-        lo, hi = (r / case["models"][BASELINE]["tokens_per_second"] for r in m["tokens_per_second_range"])
+        paired = m["vs_baseline_per_round"]
         lines.append(f"{label(key)}: {m['vs_baseline']:.2f}x the non-padding tokens/s of {label(BASELINE)} "
-                     f"(single rounds against the baseline's median: {lo:.2f}x-{hi:.2f}x)")
+                     f"(round by round: {min(paired):.2f}x-{max(paired):.2f}x over {len(paired)} rounds)")
     return lines
 
 

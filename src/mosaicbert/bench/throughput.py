@@ -92,7 +92,9 @@ def run_case(models: list[str], dims: dict, profile: LengthProfile, *, batch_siz
                 contender.step(batch)
         # FlopCounterMode does not see inside compiled graphs; a compiled model's FLOPs are its eager twin's.
         flops = None if contender.key.endswith("+compile") else count_flops(contender)
-        ops, transient = profile_step(contender, contender.batches[0], device)
+        # Memory follows the real tokens for MosaicBERT: profile the batch with the most.
+        largest = max(contender.batches, key=lambda b: int(b["attention_mask"].count_nonzero()))
+        ops, transient = profile_step(contender, largest, device)
         if ops_folder is not None:
             ops_folder.mkdir(parents=True, exist_ok=True)
             (ops_folder / f"ops-{profile.name}-{contender.key}.txt").write_text(ops)
@@ -115,9 +117,13 @@ def run_case(models: list[str], dims: dict, profile: LengthProfile, *, batch_siz
             "flops_per_real_token": flops / real_tokens if flops else None,
             "mfu": flops / median / peak_flops if flops else None,
         })
-    if BASELINE in results:
-        for entry in results.values():
+    baseline = next((c for c in contenders if c.key == BASELINE), None)
+    if baseline is not None:
+        for contender in contenders:
+            entry = results[contender.key]
             entry["vs_baseline"] = entry["tokens_per_second"] / results[BASELINE]["tokens_per_second"]
+            # Rounds interleave the models, so each round gives a paired ratio under the same machine load.
+            entry["vs_baseline_per_round"] = [b / c for b, c in zip(baseline.round_seconds, contender.round_seconds)]
     case = {
         "lengths": profile.name,
         "lengths_source": profile.source,

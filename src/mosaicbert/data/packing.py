@@ -43,7 +43,13 @@ def pack_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     within the row (1, 2, ...; 0 for padding)."""
     mask = batch["attention_mask"]
     seq_len = mask.shape[1]
+    if any(value.shape != mask.shape for value in batch.values()):
+        raise ValueError(f"packing needs every tensor shaped like attention_mask {tuple(mask.shape)}")
+    if bool((mask[:, 1:] > mask[:, :-1]).any()):
+        raise ValueError("packing needs right padding (each row's real tokens first)")
     lengths = mask.sum(dim=1).tolist()
+    if not any(lengths):
+        raise ValueError("a batch without real tokens cannot be packed")
     rows = [[d for d in group if lengths[d] > 0] for group in best_fit_decreasing(lengths, seq_len)]
     rows = [row for row in rows if row]
     padding = mask == 0

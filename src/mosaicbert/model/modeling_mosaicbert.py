@@ -183,16 +183,15 @@ def pad(rows: torch.Tensor, indices: torch.Tensor, num_slots: int) -> torch.Tens
 
 
 class Dropout(nn.Dropout):
-    """`nn.Dropout` whose CPU mask comes from `rand_like`: torch's CPU Bernoulli kernel took 7.6% of a
-    BERT-Base training step on the 2-core benchmark machine, about 3x the time of this (docs/benchmarks.md).
-    The same distribution: each element kept with probability 1 - p and scaled by 1 / (1 - p). On GPUs,
-    torch's fused kernel."""
+    """`nn.Dropout` whose CPU mask comes from `rand_like`: torch's CPU Bernoulli kernel is the slower way to
+    draw it (docs/benchmarks.md, runs cpu-base-malloc and cpu-base). The same distribution: each element
+    kept with probability 1 - p (drawn in fp32 whatever the input's dtype), scaled by 1 / (1 - p); backward
+    keeps a bool mask, as torch's does. On GPUs, torch's fused kernel."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p in (0.0, 1.0) or x.device.type != "cpu":
             return super().forward(x)
-        return x * torch.rand_like(x).ge_(self.p).mul_(1 / (1 - self.p))
-
+        return x * (torch.rand_like(x, dtype=torch.float32) >= self.p) * (1.0 / (1.0 - self.p))
 
 
 class MosaicBertEmbeddings(nn.Module):
