@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="output folder (default runs/bench/<time>)")
     parser.add_argument("--record", metavar="NAME", help="also store the run as benchmarks/results/NAME.json "
-                        "(chart: docs/NAME.png) and rebuild docs/benchmarks.md")
+                        "(per-op profiles: NAME-ops/, chart: docs/NAME.png) and rebuild docs/benchmarks.md")
     parser.add_argument("--label", default="", help="what this run measures (a change tried), kept in results.json")
     parser.add_argument("--render-docs", action="store_true", help="only rebuild docs/benchmarks.md from stored runs")
     args = parser.parse_args(argv)
@@ -151,6 +151,9 @@ def main(argv: list[str] | None = None) -> None:
         RESULTS.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out / "results.json", RESULTS / f"{args.record}.json")
         shutil.copyfile(out / "throughput.png", DOCS.parent / f"{args.record}.png")
+        ops = RESULTS / f"{args.record}-ops"
+        shutil.rmtree(ops, ignore_errors=True)
+        shutil.copytree(out, ops, ignore=lambda folder, names: [n for n in names if not n.startswith("ops-")])
         render_docs()
 
 

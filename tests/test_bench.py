@@ -194,10 +194,10 @@ def test_report_renders_every_model_and_the_relative_lines(tiny_case, tmp_path):
     stored.mkdir()
     (stored / "cpu-tiny.json").write_text(json.dumps(result))
     doc = tmp_path / "benchmarks.md"
-    doc.write_text(f"# Benchmarks\n\nhand-written\n\n{report.BEGIN}\nold\n{report.END}\n\nmore prose\n")
+    doc.write_text(f"# Benchmarks\n\nhand-written\n\n{report.BEGIN}\nSTALE-BLOCK\n{report.END}\n\nmore prose\n")
     assert report.update_docs(doc, [stored / "cpu-tiny.json"])
     new = doc.read_text()
-    assert "hand-written" in new and "more prose" in new and "old" not in new and "cpu-tiny.json" in new
+    assert "hand-written" in new and "more prose" in new and "STALE-BLOCK" not in new and "### `cpu-tiny`" in new
     assert not report.update_docs(doc, [stored / "cpu-tiny.json"])
 
 

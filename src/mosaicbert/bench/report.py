@@ -115,15 +115,13 @@ def write_bar_chart(result: dict, path: Path) -> None:
 
 
 def summary_table(named_results: list[tuple[str, dict]]) -> str:
-    """One row per stored run and case: what it measured and how MosaicBERT compared."""
+    """One row per stored run, case and model: what it measured and how each model compared with BERT."""
     lines = ["| run | what it measures | preset, batch | lengths (padding) | model | tokens/s | vs BERT | MFU |",
              "|---|---|---|---|---|---|---|---|"]
     for name, result in named_results:
         setup = result["setup"]
         for case in result["cases"]:
             for key, m in case["models"].items():
-                if key == BASELINE:
-                    continue
                 mfu = f"{m['mfu']:.1%}" if m.get("mfu") is not None else "-"
                 vs = f"{m['vs_baseline']:.2f}x" if "vs_baseline" in m else "-"
                 lines.append(f"| `{name}` | {result.get('label') or '-'} | {setup['preset']}, {setup['batch_size']} x "
@@ -135,14 +133,13 @@ def summary_table(named_results: list[tuple[str, dict]]) -> str:
 def render_docs_section(json_paths: list[Path], docs_dir: Path) -> str:
     """The generated block of docs/benchmarks.md: a summary of every stored run, then each in full with its
     chart (charts live beside the doc, named as the JSON file)."""
-    named = [(path.stem, json.loads(path.read_text())) for path in sorted(json_paths)]
+    named = sorted(((path.stem, json.loads(path.read_text())) for path in json_paths),
+                   key=lambda item: (item[1]["environment"]["date"], item[0]))  # in the order they ran
     parts = [BEGIN, "", summary_table(named), ""]
-    for path in sorted(json_paths):
-        result = json.loads(path.read_text())
-        parts += [f"### `{path.name}`", "", f"`{result['command']}`", "", render_result(result, heading="####")]
-        chart = docs_dir / (path.stem + ".png")
-        if chart.is_file():
-            parts += [f"![{path.stem}]({chart.name})", ""]
+    for name, result in named:
+        parts += [f"### `{name}`", "", f"`{result['command']}`", "", render_result(result, heading="####")]
+        if (docs_dir / f"{name}.png").is_file():
+            parts += [f"![{name}]({name}.png)", ""]
     parts.append(END)
     return "\n".join(parts)
 
