@@ -2,10 +2,10 @@
 
 By default glibc serves every allocation above 32 MiB (and, adaptively, many smaller ones) with a fresh
 `mmap` and returns it with `munmap` when freed. A training step allocates and frees the same large
-activations every step, so each one comes back as new pages that the kernel must fault in and zero:
-on the 2-core CPU a 1024 x 30528 matmul output spent 77 ms per call in the kernel this way, 6 ms with
-the settings below (docs/benchmarks.md). Raising the mmap and trim thresholds keeps freed memory in the
-heap for reuse. The cost: the process keeps its high-water mark of memory instead of returning it.
+activations every step, so each one comes back as new pages that the kernel must fault in and zero
+(tests/test_allocator.py counts the faults; docs/benchmarks.md, runs cpu-base-before and cpu-base-malloc,
+the effect on a training step). Raising the mmap and trim thresholds keeps freed memory in the heap for
+reuse. The cost: the process keeps its high-water mark of memory instead of returning it.
 
 glibc reads these tunables only at start-up, hence the re-exec. It is skipped where they are set
 already (so it happens once), off glibc, or with MOSAICBERT_MALLOC_TUNING=0.

@@ -52,10 +52,11 @@ def build_model(name: str, dims: dict, vocab_size: int, seq_len: int, device: to
         flash = device.type == "cuda" and _flash_attn_installed()
         # Its own design (GeGLU of the same width, RoPE, alternating local/global attention, no biases,
         # no dropout) and its sparse MLM head; unpadding needs FlashAttention-2, so on CPU it runs padded
-        # SDPA. reference_compile stays at its default (compiled MLP and head on GPU; transformers turns it
-        # off on CPU).
+        # SDPA. Eager like the others (reference_compile would compile its MLP and head on GPU, where the
+        # FLOP counter cannot see them); --compile times every model compiled.
         config = ModernBertConfig(vocab_size=vocab_size, pad_token_id=PAD, cls_token_id=CLS, sep_token_id=SEP,
-                                  bos_token_id=CLS, eos_token_id=SEP, max_position_embeddings=max(512, seq_len), **dims)
+                                  bos_token_id=CLS, eos_token_id=SEP, max_position_embeddings=max(512, seq_len),
+                                  reference_compile=False, **dims)
         implementation = "flash_attention_2" if flash else "sdpa"
         model = ModernBertForMaskedLM._from_config(config, attn_implementation=implementation)
         path = "unpadded FlashAttention-2" if flash else "padded SDPA (its unpadded path needs FlashAttention-2)"
@@ -165,16 +166,18 @@ def flop_formulas() -> dict:
     aten = torch.ops.aten
     formulas = {aten._scaled_dot_product_flash_attention_for_cpu: _raw(sdpa_flop),
                 aten._scaled_dot_product_flash_attention_for_cpu_backward: _raw(sdpa_backward_flop)}
-    if hasattr(torch.ops, "flash_attn") and hasattr(torch.ops.flash_attn, "_flash_attn_varlen_forward"):
-        def forward(q, k, v, cu_seqlens_q, *args, out_shape=None, **kwargs):
-            return flash_varlen_flops(q.shape, cu_seqlens_q, backward=False)
+    def forward(q, k, v, cu_seqlens_q, *args, out_shape=None, **kwargs):
+        return flash_varlen_flops(q.shape, cu_seqlens_q, backward=False)
 
-        def backward(dout, q, k, v, out, softmax_lse, dq, dk, dv, cu_seqlens_q, *args, out_shape=None, **kwargs):
-            return flash_varlen_flops(q.shape, cu_seqlens_q, backward=True)
+    def backward(dout, q, k, v, out, softmax_lse, dq, dk, dv, cu_seqlens_q, *args, out_shape=None, **kwargs):
+        return flash_varlen_flops(q.shape, cu_seqlens_q, backward=True)
 
-        forward._get_raw = backward._get_raw = True  # FlopCounterMode passes tensors, not shapes
-        formulas[torch.ops.flash_attn._flash_attn_varlen_forward] = forward
-        formulas[torch.ops.flash_attn._flash_attn_varlen_backward] = backward
+    forward._get_raw = backward._get_raw = True  # FlopCounterMode passes tensors, not shapes
+    for namespace in ("flash_attn", "flashattn"):  # flash-attn's custom ops, older and newer releases
+        ops = getattr(torch.ops, namespace, None)
+        if ops is not None and hasattr(ops, "_flash_attn_varlen_forward"):
+            formulas[ops._flash_attn_varlen_forward] = forward
+            formulas[ops._flash_attn_varlen_backward] = backward
     return formulas
 
 
