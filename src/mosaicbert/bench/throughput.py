@@ -14,6 +14,7 @@ import transformers
 
 from mosaicbert.bench.lengths import LengthProfile, make_batches
 from mosaicbert.data.packing import pack_batch
+from mosaicbert.data.text_dataset import count_real_tokens
 from mosaicbert.bench.measure import (
     BASELINE,
     Contender,
@@ -63,7 +64,8 @@ def run_case(models: list[str], dims: dict, profile: LengthProfile, *, batch_siz
     """Time every model (and, with `compile_models`, each compiled; with `packing`, MosaicBERT on the same
     documents packed into rows) on the same batches drawn from `profile`."""
     batches = make_batches(profile, num_batches, batch_size, seq_len, vocab_size, mlm_probability=0.3, seed=seed)
-    real_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    real_tokens = sum(count_real_tokens(b) for b in batches)
+    padding = 1 - real_tokens / (len(batches) * batch_size * seq_len)
     masked_tokens = sum(int((b["labels"] != -100).sum()) for b in batches)
     on_device = [{k: v.to(device) for k, v in b.items()} for b in batches]
 
@@ -84,7 +86,7 @@ def run_case(models: list[str], dims: dict, profile: LengthProfile, *, batch_siz
         contenders.append(Contender(key, model, note, autocast_dtype, case_batches))
 
     progress(f"case {profile.name}: {len(batches)} batches of {batch_size} x {seq_len}, "
-             f"{1 - real_tokens / (len(batches) * batch_size * seq_len):.1%} padding")
+             f"{padding:.1%} padding")
     results = {}
     for contender in contenders:
         for _ in range(warmup):  # allocations, kernel choice, compilation
@@ -93,7 +95,7 @@ def run_case(models: list[str], dims: dict, profile: LengthProfile, *, batch_siz
         # FlopCounterMode does not see inside compiled graphs; a compiled model's FLOPs are its eager twin's.
         flops = None if contender.key.endswith("+compile") else count_flops(contender)
         # Memory follows the real tokens for MosaicBERT: profile the batch with the most.
-        largest = max(contender.batches, key=lambda b: int(b["attention_mask"].count_nonzero()))
+        largest = max(contender.batches, key=count_real_tokens)
         ops, transient = profile_step(contender, largest, device)
         if ops_folder is not None:
             ops_folder.mkdir(parents=True, exist_ok=True)
@@ -127,7 +129,7 @@ def run_case(models: list[str], dims: dict, profile: LengthProfile, *, batch_siz
     case = {
         "lengths": profile.name,
         "lengths_source": profile.source,
-        "padding_fraction": 1 - real_tokens / (len(batches) * batch_size * seq_len),
+        "padding_fraction": padding,
         "distribution_padding_fraction": profile.padding_fraction(seq_len),
         "masked_fraction_of_real": masked_tokens / real_tokens,
         "real_tokens_per_round": real_tokens,

@@ -43,7 +43,9 @@ class TimeBudget(Callback):
             self._plan(state, logger)
 
     def batch_start(self, state: State, logger: Logger) -> None:
-        if int(state.timestamp.batch) == 0:  # Composer's progress bar took the placeholder as its total
+        if int(state.timestamp.batch) == 0:
+            # The bar read PLACEHOLDER_MAX_DURATION (10**12 batches) as its total: show no total until
+            # the first batch has set a pace and `_plan` gives the real one.
             _set_progress_bar_total(logger, None)
 
     def batch_end(self, state: State, logger: Logger) -> None:
