@@ -78,6 +78,14 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
     tokenizer = build_tokenizer(config.tokenizer_name, config.max_seq_len)
     name, kwargs = split_named(config.model, "model")
     model = registry.models.build(name, kwargs, "model", tokenizer=tokenizer)
+    load_path = config.load_path
+    if load_path is not None and os.path.isdir(load_path):
+        # A Hugging Face folder: its weights go in now (same widths as the YAML's model); optimizer, schedule
+        # and data start fresh. Composer's load_path takes its own checkpoints only.
+        from mosaicbert.model.loading import load_weights_into
+
+        load_weights_into(model.model, load_path, name)
+        load_path = None
 
     optimizer = build_optimizer(config, model.parameters())
     if hasattr(model, "reshape_hooks"):
@@ -136,7 +144,7 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
         save_num_checkpoints_to_keep=config.save_num_checkpoints_to_keep,
         save_overwrite=config.save_overwrite,
         autoresume=config.autoresume,
-        load_path=config.load_path,
+        load_path=load_path,
         load_weights_only=config.load_weights_only,
         progress_bar=config.progress_bar,
         log_to_console=config.log_to_console,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -48,6 +49,11 @@ def build_hf_bert(
     overrides = dict(model_config or {})
     vocab_size = padded_vocab_size(len(tokenizer), vocab_multiple)
     if use_pretrained:
+        from mosaicbert.model.loading import check_model_name, folder_model_name
+
+        if Path(pretrained_model_name).is_dir():  # else a hub id, which transformers checks itself
+            found = folder_model_name(Path(pretrained_model_name))
+            check_model_name(pretrained_model_name, found, "hf_bert", "the YAML says model.name")
         model = BertForMaskedLM.from_pretrained(pretrained_model_name, **overrides)
         if model.config.vocab_size < len(tokenizer):
             raise ConfigError(f"model.pretrained_model_name={pretrained_model_name} has a smaller vocabulary "

@@ -1,76 +1,133 @@
-"""Starting points for fine-tuning: a Composer pretraining checkpoint or a Hugging Face model folder.
+"""Starting points for training and fine-tuning: a Composer pretraining checkpoint or a Hugging Face model folder.
 
 A Composer checkpoint (`*.pt`) carries weights only; the architecture comes from the
 `model_config.json` that pretraining writes next to its checkpoints (or from a config
 mapping given explicitly). A Hugging Face folder carries both (`config.json` plus
 `model.safetensors` or `pytorch_model.bin`), in any of the usual layouts: saved from the bare
-encoder (`BertModel`, parameter names without `bert.`), from an MLM model or from a classifier.
+encoder (`BertModel`, parameter names without `bert.`), from an MLM model or from a classifier;
+this package's MosaicBERT, transformers' BERT, or the original MosaicBERT release
+(`mosaicml/mosaic-bert-base`, read through `original_layout.py`).
 Weights go in through transformers' `from_pretrained`, which maps those layouts. The classifier
 is always freshly initialised; the pooler too when the start is an MLM checkpoint, which has none.
+
+Safety: folders are read with safetensors, or with `torch.load(weights_only=True)` for
+`pytorch_model.bin`, which refuses anything but tensors. Only Composer checkpoints are unpickled in
+full (Composer stores its training state that way): open only checkpoints you or someone you trust wrote.
+No remote code runs: a folder's `modeling_*.py` is never imported here.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
 
 from mosaicbert.errors import UserError
+from mosaicbert.model import original_layout
 from mosaicbert.model.configuration_mosaicbert import MosaicBertConfig
 from mosaicbert.model.modeling_mosaicbert import MosaicBertForMaskedLM, MosaicBertForSequenceClassification
 
+log = logging.getLogger(__name__)
 MODEL_TYPES = {"mosaic_bert": "mosaic_bert", "hf_bert": "bert"}  # our registry name -> transformers model_type
 CLASSIFIERS = {"mosaic_bert": (MosaicBertConfig, MosaicBertForSequenceClassification),
                "hf_bert": (BertConfig, BertForSequenceClassification)}
+MASKED_LMS = {"mosaic_bert": (MosaicBertConfig, MosaicBertForMaskedLM), "hf_bert": (BertConfig, BertForMaskedLM)}
 # A weight only one of the two architectures has, to tell them apart from the state dict alone.
 SIGNATURE_KEYS = {"mosaic_bert": "bert.encoder.layer.0.attention.Wqkv.weight",
                   "hf_bert": "bert.encoder.layer.0.attention.self.query.weight"}
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 def folder_config(folder: Path) -> dict[str, Any]:
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise UserError(f"{folder} has no config.json; a Hugging Face model folder (save_pretrained) is expected.")
-    return json.loads(config_file.read_text())
-
-
-def read_start(path: str, model_config: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(config dict, state dict without wrapper prefixes) of a starting point."""
-    start = Path(path)
-    if start.is_dir():
-        config = folder_config(start)
-        if (start / "model.safetensors").is_file():
-            from safetensors.torch import load_file
-
-            state = load_file(str(start / "model.safetensors"))
-        elif (start / "pytorch_model.bin").is_file():
-            state = torch.load(start / "pytorch_model.bin", map_location="cpu", weights_only=True)
-        else:
-            raise UserError(f"{start} has no model.safetensors or pytorch_model.bin.")
-        return config, state
-    if not start.is_file():
-        raise UserError(f"starting checkpoint {start} does not exist; point starting_checkpoint at a pretraining "
-                        "checkpoint (runs/<run>/checkpoints/latest-rank0.pt) or a Hugging Face model folder.")
-    checkpoint = torch.load(start, map_location="cpu", weights_only=False)  # Composer pickles its state: trusted files only
     try:
-        weights = checkpoint["state"]["model"]
-    except (KeyError, TypeError):
-        raise UserError(f"{start} is not a Composer checkpoint (no state/model entry).") from None
+        return json.loads(config_file.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{config_file} is not valid JSON ({err}); re-export or re-download the folder.") from None
+
+
+def folder_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The folder's tensors, read without unpickling anything but tensors."""
+    if (folder / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(folder / "model.safetensors"))
+    if (folder / "pytorch_model.bin").is_file():
+        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    if (folder / "model.safetensors.index.json").is_file():
+        raise UserError(f"{folder} holds sharded weights (model.safetensors.index.json); BERT-size encoders are "
+                        "saved in one file: save it again with save_pretrained(..., max_shard_size='10GB').")
+    raise UserError(f"{folder} has no {' or '.join(WEIGHT_FILES)}; the folder is incomplete (copy or export it again).")
+
+
+def read_folder(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(config dict, state dict) of a MosaicBERT or BERT folder, the original MosaicBERT layout converted."""
+    config, state = folder_config(folder), folder_weights(folder)
+    if original_layout.is_original_config(config) or original_layout.is_original_state(state):
+        state = original_layout.convert_state(state)
+        config = original_layout.convert_config(config, state)
+    return config, state
+
+
+def local_start(name_or_path: str) -> str:
+    """A local checkpoint or folder as is; a hub id (`org/name`) downloaded to the hub cache: config.json
+    and the weights only, never the repository's code."""
+    if Path(name_or_path).exists():
+        return name_or_path
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or name_or_path.endswith(".pt"):
+        raise UserError(f"{name_or_path} does not exist; point at a Hugging Face model folder, a Composer "
+                        "checkpoint, or a hub id such as mosaicml/mosaic-bert-base.")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(name_or_path, allow_patterns=["config.json", *WEIGHT_FILES])
+    except Exception as err:  # huggingface_hub's errors for unknown repos, no network, gated access
+        raise UserError(f"could not download {name_or_path} from the Hugging Face hub ({err.__class__.__name__}); "
+                        "check the id, or download the folder once with network access and point at it.") from None
+
+
+def read_composer_checkpoint(path: Path) -> dict[str, Any]:
+    """A Composer checkpoint, whole. Composer pickles its state: trusted files only (see the module docstring)."""
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; point at a pretraining checkpoint "
+                        "(runs/<run>/checkpoints/latest-rank0.pt) or a Hugging Face model folder.")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state"), dict) or "model" not in checkpoint["state"]:
+        raise UserError(f"{path} is not a Composer checkpoint (no state/model entry).")
+    return checkpoint
+
+
+def composer_start(checkpoint: dict[str, Any], path: Path,
+                   model_config: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(config dict, state dict without wrapper prefixes) of a Composer checkpoint read from `path`."""
+    weights = checkpoint["state"]["model"]
     state = {key.removeprefix("module.").removeprefix("model."): value for key, value in weights.items()}
     shape = state.pop("_extra_state", None)  # widths of a structurally pruned model (ComposerMosaicBert)
     if model_config is None:
-        config_file = start.parent / "model_config.json"
+        config_file = path.parent / "model_config.json"
         if not config_file.is_file():
-            raise UserError(f"no model_config.json next to {start}; pretraining writes one beside its checkpoints, "
+            raise UserError(f"no model_config.json next to {path}; pretraining writes one beside its checkpoints, "
                             "or give the architecture as model_config in the GLUE YAML.")
         model_config = json.loads(config_file.read_text())
     model_config = dict(model_config)
     if isinstance(shape, dict):
         model_config.update(shape)
     return model_config, state
+
+
+def read_start(path: str, model_config: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(config dict, state dict without wrapper prefixes) of a starting point."""
+    start = Path(path)
+    if start.is_dir():
+        return read_folder(start)
+    return composer_start(read_composer_checkpoint(start), start, model_config)
 
 
 def fold_search_coefficients(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -88,54 +145,90 @@ def fold_search_coefficients(state: dict[str, torch.Tensor]) -> dict[str, torch.
 
 
 def folder_model_name(folder: Path) -> str:
-    """Which of `CLASSIFIERS` a Hugging Face model folder holds, by the `model_type` of its config.json."""
-    model_type = folder_config(folder).get("model_type")
+    """Which of `CLASSIFIERS` a Hugging Face model folder holds, by its config.json (`model_type`; the
+    original MosaicBERT release says "bert" too, and is told apart by its markers)."""
+    config = folder_config(folder)
+    model_type = config.get("model_type")
+    if original_layout.is_original_config(config):
+        return "mosaic_bert"
     found = next((name for name, known in MODEL_TYPES.items() if known == model_type), None)
     if found is None:
-        raise UserError(f"{folder} holds a model of type {model_type!r} (config.json model_type); GLUE fine-tunes "
-                        "BERT (model_type bert, model_name=hf_bert) or MosaicBERT (mosaic_bert) encoders.")
+        raise UserError(f"{folder} holds a model of type {model_type!r} (config.json model_type); this package "
+                        "trains BERT (model_type bert, model name hf_bert) and MosaicBERT (model_type mosaic_bert, "
+                        "or the original mosaicml/mosaic-bert-base layout) encoders.")
     return found
 
 
-def check_model_name(path: str, found: str, model_name: str) -> None:
+def check_model_name(path: str, found: str, model_name: str, setting: str = "the GLUE config says model_name") -> None:
     if found != model_name:
-        raise UserError(f"{path} holds a {found} model, but the GLUE config says model_name={model_name}; "
-                        f"set model_name={found} or use a {model_name} checkpoint.")
+        raise UserError(f"{path} holds a {found} model, but {setting}={model_name}; "
+                        f"set it to {found} or use a {model_name} checkpoint.")
+
+
+def start_model_name(path: str, state: dict[str, torch.Tensor] | None) -> str:
+    """`mosaic_bert` or `hf_bert`: a folder by its config.json, a Composer checkpoint by its weights."""
+    if Path(path).is_dir():
+        return folder_model_name(Path(path))
+    found = next((name for name, key in SIGNATURE_KEYS.items() if key in (state or {})), None)
+    if found is None:
+        raise UserError(f"{path} holds neither a MosaicBERT nor a Hugging Face BERT encoder.")
+    return found
+
+
+def model_from_start(path: str, model_name: str, heads: dict[str, tuple[type, type]], setting: str,
+                     model_config: dict[str, Any] | None = None, config: Any = None, **config_updates: Any):
+    """(model, loading info): `heads[model_name]`'s model with the weights of `path` (a Composer checkpoint or
+    a Hugging Face folder). Its architecture is `config` when given, else the start's with `config_updates`.
+    Weights the start lacks, or has in other shapes, are freshly initialised and listed in the info; the
+    caller decides which may be."""
+    if model_name not in heads:
+        raise UserError(f"unknown model '{model_name}' ({setting}); use one of {', '.join(heads)}.")
+    folder = Path(path).is_dir()
+    if folder:
+        check_model_name(path, folder_model_name(Path(path)), model_name, setting)
+    config_cls, model_cls = heads[model_name]
+    if folder and model_name == "hf_bert":
+        source, state = path, None  # transformers reads its own BERT folders
+        config = config or config_cls.from_pretrained(path)
+    else:
+        # Composer checkpoints and MosaicBERT folders are read here, to fold EarlyBERT search coefficients in first.
+        config_dict, state = read_start(path, model_config)
+        if not folder:  # a folder's config.json has said what it holds
+            check_model_name(path, start_model_name(path, state), model_name, setting)
+        source, config = None, config or config_cls.from_dict(config_dict)
+    for key, value in config_updates.items():
+        setattr(config, key, value)  # after construction: num_labels then also resets a start's id2label
+    try:
+        if state is not None:
+            return model_from_state(heads[model_name], {}, state, config)
+        return model_cls.from_pretrained(source, config=config, ignore_mismatched_sizes=True, output_loading_info=True)
+    except OSError as err:  # e.g. a folder without weights
+        raise UserError(f"could not load {path}: {err}") from None
+
+
+def model_from_state(head: tuple[type, type], config_dict: dict[str, Any], state: dict[str, torch.Tensor],
+                     config: Any = None):
+    """(model, loading info) of `head` = (config class, model class) with `state`, EarlyBERT search coefficients
+    folded in first; its architecture `config`, else `config_dict`'s."""
+    config_cls, model_cls = head
+    config = config or config_cls.from_dict(config_dict)
+    return model_cls.from_pretrained(None, config=config, state_dict=fold_search_coefficients(state),
+                                     ignore_mismatched_sizes=True, output_loading_info=True)
+
+
+def _keys(entries: list) -> list[str]:
+    return [key if isinstance(key, str) else key[0] for key in entries]  # mismatched: (key, shapes) before 4.46
 
 
 def load_classifier(path: str, model_name: str, num_labels: int, model_config: dict[str, Any] | None = None) -> torch.nn.Module:
     """A sequence classifier of type `model_name` with the encoder weights of `path` and a fresh classifier."""
-    if model_name not in CLASSIFIERS:
-        raise UserError(f"model_name must be one of {', '.join(CLASSIFIERS)}, got '{model_name}'.")
-    config_cls, model_cls = CLASSIFIERS[model_name]
-    folder = Path(path).is_dir()
-    if folder:
-        check_model_name(path, folder_model_name(Path(path)), model_name)
-    if folder and model_name == "hf_bert":
-        source, state = path, None  # transformers reads the folder itself
-        config = config_cls.from_pretrained(path)
-    else:
-        # Composer checkpoints and MosaicBERT folders are read here, to fold EarlyBERT search coefficients in first.
-        config_dict, state = read_start(path, model_config)
-        state = fold_search_coefficients(state)
-        if not folder:  # a folder's config.json has said what it holds
-            found = next((name for name, key in SIGNATURE_KEYS.items() if key in state), None)
-            if found is None:
-                raise UserError(f"{path} holds neither a MosaicBERT nor a Hugging Face BERT encoder.")
-            check_model_name(path, found, model_name)
-        source, config = None, config_cls.from_dict(config_dict)
-    config.num_labels = num_labels  # also resets id2label to this width
-    # Chosen again from num_labels at the first loss; a start fine-tuned on MNLI says single_label_classification.
-    config.problem_type = None
-    try:
-        # ignore_mismatched_sizes: a start fine-tuned on MNLI has a 3-way classifier; its width is checked below.
-        model, info = model_cls.from_pretrained(source, config=config, state_dict=state, ignore_mismatched_sizes=True,
-                                                output_loading_info=True)
-    except OSError as err:  # e.g. a folder without weights
-        raise UserError(f"could not load {path}: {err}") from None
-    mismatched = [key if isinstance(key, str) else key[0] for key in info["mismatched_keys"]]  # (key, shapes) before 4.46
+    # num_labels also resets id2label to this width. problem_type is chosen again from num_labels at the
+    # first loss (a start fine-tuned on MNLI says single_label_classification). ignore_mismatched_sizes
+    # (model_from_start): a start fine-tuned on MNLI has a 3-way classifier; its width is checked below.
+    model, info = model_from_start(path, model_name, CLASSIFIERS, "the GLUE config says model_name", model_config,
+                                   num_labels=num_labels, problem_type=None)
     fresh = [k for k in info["missing_keys"] if not k.startswith(("classifier.", "bert.pooler."))]
-    fresh += [k for k in mismatched if not k.startswith("classifier.")]
+    fresh += [k for k in _keys(info["mismatched_keys"]) if not k.startswith("classifier.")]
     if fresh:
         raise UserError(f"{path} lacks encoder weights the classifier needs (e.g. {fresh[0]}); is it the right architecture?")
     # Every task starts with a new classifier, round 2 from the MNLI model too, even where the widths match.
@@ -143,15 +236,30 @@ def load_classifier(path: str, model_name: str, num_labels: int, model_config: d
     return model
 
 
-def export_pretrained(checkpoint: str, out_dir: str) -> torch.nn.Module:
-    """Write a Composer MosaicBERT pretraining checkpoint (pruned or not) as a Hugging Face model folder."""
-    config_dict, state = read_start(checkpoint)
-    if SIGNATURE_KEYS["mosaic_bert"] not in state:
-        raise UserError(f"{checkpoint} does not hold a MosaicBERT model (hf_bert runs can use Composer's "
-                        "write_huggingface_pretrained_from_composer_checkpoint).")
-    model = MosaicBertForMaskedLM(MosaicBertConfig.from_dict(config_dict))
-    missing, unexpected = model.load_state_dict(fold_search_coefficients(state), strict=False)
-    if missing or unexpected:
-        raise UserError(f"{checkpoint} does not match its architecture: missing {missing[:3]}, unexpected {unexpected[:3]}.")
-    model.save_pretrained(out_dir)
+def load_masked_lm(path: str, model_name: str, **config_updates: Any) -> torch.nn.Module:
+    """An MLM model with the architecture and weights of the Hugging Face folder `path` (`model.pretrained_model_name`):
+    this package's export, a transformers BERT or the original MosaicBERT release. A start without an MLM head
+    (a fine-tuned classifier) gets a fresh one, said in the log."""
+    model, info = model_from_start(path, model_name, MASKED_LMS, "the YAML says model.name", **config_updates)
+    fresh = [k for k in info["missing_keys"] + _keys(info["mismatched_keys"]) if not k.startswith("cls.")]
+    if fresh:
+        raise UserError(f"{path} lacks encoder weights (e.g. {fresh[0]}) or has other widths than the model "
+                        f"config asks for; remove the model_config overrides that change the architecture.")
+    if info["missing_keys"]:
+        log.warning("%s has no MLM head (%s): the head starts freshly initialised.", path, info["missing_keys"][0])
     return model
+
+
+def load_weights_into(model: torch.nn.Module, path: str, model_name: str) -> None:
+    """`load_path` of a pretraining run naming a Hugging Face folder: its weights into `model`, whose architecture
+    the YAML gave. Shapes must match; the optimizer, schedule and data order start fresh."""
+    # A copy: from_pretrained settles attention implementation details on the config it is given.
+    loaded, info = model_from_start(path, model_name, MASKED_LMS, "the YAML says model.name", config=copy.deepcopy(model.config))
+    different = _keys(info["mismatched_keys"])
+    if different:
+        raise UserError(f"load_path {path} has other widths than the YAML's model (e.g. {different[0]}); set "
+                        f"model.pretrained_model_name={path} instead to take the folder's architecture.")
+    fresh = [k for k in info["missing_keys"] if not k.startswith("cls.")]
+    if fresh:
+        raise UserError(f"load_path {path} lacks encoder weights (e.g. {fresh[0]}); is it the right architecture?")
+    model.load_state_dict(loaded.state_dict())

@@ -21,18 +21,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForMaskedLM,
-    AutoModelForSequenceClassification,
-    PreTrainedModel,
-)
+from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import MaskedLMOutput, SequenceClassifierOutput
 from transformers.utils import ModelOutput
 
-from mosaicbert.model.configuration_mosaicbert import MosaicBertConfig
+# Relative, and the only import from this package: `save_pretrained` copies this file and the
+# configuration beside the weights, so the folder loads with `trust_remote_code=True` where the
+# package is not installed (src/mosaicbert/export/).
+from .configuration_mosaicbert import MosaicBertConfig
 
 try:  # optional `gpu` extra
     from flash_attn import flash_attn_varlen_qkvpacked_func
@@ -448,6 +445,20 @@ class MosaicBertPreTrainedModel(PreTrainedModel):
     # this says no; the losses here are means over each batch's own labelled items.
     accepts_loss_kwargs = False
 
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        if self._auto_class is not None:
+            # Registered for remote code: config.json names every Auto class, whichever head is saved,
+            # so a pretrained MLM folder also opens with AutoModelForSequenceClassification for
+            # fine-tuning (the original MosaicBERT release's auto_map lacked it).
+            modeling, configuration = __name__.rsplit(".", 1)[-1], MosaicBertConfig.__module__.rsplit(".", 1)[-1]
+            self.config.auto_map = {
+                "AutoConfig": f"{configuration}.MosaicBertConfig",
+                "AutoModel": f"{modeling}.MosaicBertModel",
+                "AutoModelForMaskedLM": f"{modeling}.MosaicBertForMaskedLM",
+                "AutoModelForSequenceClassification": f"{modeling}.MosaicBertForSequenceClassification",
+            }
+        super().save_pretrained(save_directory, *args, **kwargs)
+
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
@@ -655,10 +666,3 @@ class MosaicBertForSequenceClassification(MosaicBertPreTrainedModel):
         if self.config.problem_type == "single_label_classification":
             return F.cross_entropy(logits.float().view(-1, self.num_labels), labels.view(-1))
         return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
-
-
-# `AutoModelForMaskedLM.from_pretrained(folder)` and friends find these classes by `model_type`.
-AutoConfig.register(MosaicBertConfig.model_type, MosaicBertConfig, exist_ok=True)
-AutoModel.register(MosaicBertConfig, MosaicBertModel, exist_ok=True)
-AutoModelForMaskedLM.register(MosaicBertConfig, MosaicBertForMaskedLM, exist_ok=True)
-AutoModelForSequenceClassification.register(MosaicBertConfig, MosaicBertForSequenceClassification, exist_ok=True)

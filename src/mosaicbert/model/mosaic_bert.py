@@ -103,8 +103,9 @@ def build_mosaic_bert(
     pretrained_model_name: str | None = None,
 ) -> ComposerMosaicBert:
     """MosaicBertForMaskedLM, MosaicBERT-Base unless `model_config` says otherwise, its vocabulary the
-    tokenizer's rounded up to `vocab_multiple` (30522 -> 30528). `pretrained_model_name` loads weights
-    saved with `save_pretrained` (a folder) instead of initialising fresh ones."""
+    tokenizer's rounded up to `vocab_multiple` (30522 -> 30528). `pretrained_model_name` takes architecture
+    and weights from a Hugging Face folder or hub id (this package's export or the original
+    mosaicml/mosaic-bert-base layout) or a Composer checkpoint, instead of initialising fresh ones."""
     overrides = dict(model_config or {})
     valid = set(MosaicBertConfig().to_dict())
     for key in overrides:
@@ -115,7 +116,9 @@ def build_mosaic_bert(
             raise ConfigError(f"model.model_config: MosaicBertConfig has no field '{key}'.{nearest(key, valid)}")
     vocab_size = padded_vocab_size(len(tokenizer), vocab_multiple)
     if pretrained_model_name is not None:
-        model = MosaicBertForMaskedLM.from_pretrained(pretrained_model_name, **overrides)
+        from mosaicbert.model.loading import load_masked_lm, local_start
+
+        model = load_masked_lm(local_start(pretrained_model_name), "mosaic_bert", **overrides)
         if model.config.vocab_size < len(tokenizer):
             raise ConfigError(f"model.pretrained_model_name={pretrained_model_name} has a smaller vocabulary "
                               f"({model.config.vocab_size}) than the tokenizer ({len(tokenizer)}).")

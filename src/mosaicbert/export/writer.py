@@ -1,0 +1,189 @@
+"""Write a trained model as a Hugging Face model folder anyone can load with plain transformers.
+
+Sources: a Composer pretraining checkpoint (`runs/<run>/checkpoints/*.pt`, MosaicBERT pruned or not, or the
+`hf_bert` baseline) or a model folder this package saved (a GLUE job's fine-tuned classifier). The folder gets
+`config.json`, `model.safetensors`, the tokenizer, a model card, and for MosaicBERT the package's own
+`configuration_mosaicbert.py` and `modeling_mosaicbert.py` named in `auto_map` (copied by `save_pretrained`,
+so they are the code this package runs). Everything is written to a staging folder beside the output and
+checked there in a separate process (parity.py) before it takes the output's name: an interrupted or failed
+export leaves no folder that looks complete, and an existing one is replaced only when asked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from mosaicbert.data.tokenizer import build_tokenizer
+from mosaicbert.errors import UserError
+from mosaicbert.export.model_card import CardFacts, read_json, render_model_card
+from mosaicbert.export.parity import ParityReport, check_parity
+from mosaicbert.model.loading import (
+    CLASSIFIERS,
+    MASKED_LMS,
+    composer_start,
+    folder_config,
+    folder_model_name,
+    model_from_start,
+    model_from_state,
+    read_composer_checkpoint,
+    start_model_name,
+)
+
+
+@dataclass
+class Source:
+    """The model to export and what is known about how it was made."""
+
+    model: torch.nn.Module
+    model_name: str
+    auto_class: str
+    tokenizer_name: str | None
+    max_seq_len: int
+    card: dict[str, Any]  # CardFacts fields found on the way
+
+
+def _loaded(model, info, source: str) -> torch.nn.Module:
+    problems = [*info["missing_keys"], *info["unexpected_keys"],
+                *[key if isinstance(key, str) else key[0] for key in info["mismatched_keys"]]]
+    # The tied decoder weight is the word embeddings', saved once.
+    problems = [key for key in problems if key not in ("cls.decoder.weight", "cls.predictions.decoder.weight")]
+    if problems:
+        raise UserError(f"{source} does not match its own architecture (e.g. weight {problems[0]}); "
+                        "was the checkpoint or its model_config.json edited?")
+    return model
+
+
+def _run_folder(checkpoint: Path) -> Path | None:
+    return next((folder for folder in (checkpoint.parent, checkpoint.parent.parent)
+                 if (folder / "config.yaml").is_file()), None)
+
+
+def _mlm_eval(run_folder: Path, batch: int, masking: float | None) -> dict[str, Any] | None:
+    """The evaluation logged at the checkpoint's step, else the last one before it."""
+    found = None
+    metrics = run_folder / "metrics.jsonl"
+    for line in metrics.read_text().splitlines() if metrics.is_file() else []:
+        entry = json.loads(line)
+        if "metrics/eval/MaskedAccuracy" in entry and entry["step"] <= batch:
+            found = {"step": entry["step"], "accuracy": entry["metrics/eval/MaskedAccuracy"],
+                     "cross_entropy": entry["metrics/eval/LanguageCrossEntropy"], "masking": masking}
+    return found
+
+
+def _glue_results_from(checkpoint: Path, run_folder: Path | None) -> list[dict[str, Any]]:
+    """glue_results.json of GLUE runs beside the pretraining run that started from this very checkpoint."""
+    if run_folder is None:
+        return []
+    found = []
+    for path in sorted(run_folder.parent.glob("*/glue_results.json")):
+        result = read_json(path)
+        start = (result or {}).get("starting_checkpoint")
+        if start and Path(start).exists() and Path(start).resolve() == checkpoint.resolve():
+            found.append(result)
+    return found
+
+
+def read_checkpoint_source(path: Path) -> Source:
+    checkpoint = read_composer_checkpoint(path)
+    config, state = composer_start(checkpoint, path)
+    model_name = start_model_name(str(path), state)
+    model = _loaded(*model_from_state(MASKED_LMS[model_name], config, state), str(path))
+    run_folder = _run_folder(path)
+    run_config = OmegaConf.to_container(OmegaConf.load(run_folder / "config.yaml")) if run_folder else None
+    stamp = checkpoint["state"].get("timestamp", {}).get("Timestamp")
+    timestamp = None if stamp is None else {"batch": stamp["batch"], "sample": stamp["sample"], "token": stamp["token"],
+                                            "seconds": stamp["total_wct"].total_seconds()}
+    masking = ((run_config or {}).get("eval_loader") or {}).get("mlm_probability")
+    card = {"run_config": run_config, "timestamp": timestamp, "metadata": checkpoint["state"].get("metadata"),
+            "mlm_eval": _mlm_eval(run_folder, timestamp["batch"], masking) if run_folder and timestamp else None,
+            "glue": _glue_results_from(path, run_folder)}
+    return Source(model, model_name, "AutoModelForMaskedLM", (run_config or {}).get("tokenizer_name"),
+                  (run_config or {}).get("max_seq_len", 128), card)
+
+
+def read_folder_source(folder: Path) -> Source:
+    """A folder this package saved: a GLUE job's classifier (its job record says task, tokenizer and scores) or an MLM."""
+    model_name = folder_model_name(folder)
+    architectures = folder_config(folder).get("architectures") or []
+    classifier = any(name.endswith("ForSequenceClassification") for name in architectures)
+    heads = CLASSIFIERS if classifier else MASKED_LMS
+    model = _loaded(*model_from_start(str(folder), model_name, heads, "the folder's config.json says model_type"), str(folder))
+    job = None
+    for path in sorted((folder.parent.parent / "results").glob("*.json")):
+        result = read_json(path) or {}
+        saved = (result.get("job") or {}).get("save_model_dir")
+        if saved and Path(saved).exists() and Path(saved).resolve() == folder.resolve():
+            job = result
+    tokenizer_name = job["job"]["tokenizer_name"] if job else None
+    max_seq_len = job["job"]["max_seq_len"] if job else 128
+    auto_class = "AutoModelForSequenceClassification" if classifier else "AutoModelForMaskedLM"
+    return Source(model, model_name, auto_class, tokenizer_name, max_seq_len, {"classifier_result": job})
+
+
+def _tokenizer(source: Source, tokenizer_name: str | None, where: str):
+    name = tokenizer_name or source.tokenizer_name
+    if name is None:
+        raise UserError(f"no run record beside {where} says which tokenizer it was trained with; "
+                        "name it with --tokenizer (make export TOKENIZER=...).")
+    tokenizer = build_tokenizer(name, source.max_seq_len)
+    if len(tokenizer) > source.model.config.vocab_size:
+        raise UserError(f"tokenizer {name} has {len(tokenizer)} tokens, more than the model's "
+                        f"{source.model.config.vocab_size} embedding rows: it is not the model's tokenizer.")
+    return name, tokenizer
+
+
+def export_model(source: str, out_dir: str, tokenizer_name: str | None = None, glue: Sequence[str] = (),
+                 overwrite: bool = False, check: bool = True,
+                 progress: Callable[[str], None] = print) -> ParityReport | None:
+    """Export `source` to `out_dir`; returns the parity check's report (None with `check=False`)."""
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise UserError(f"{out} already exists; choose another output folder or pass --overwrite "
+                        "(make export ... OVERWRITE=1) to replace it.")
+    path = Path(source)
+    if not path.exists():
+        raise UserError(f"{source} does not exist; export a pretraining checkpoint (runs/<run>/checkpoints/"
+                        "latest-rank0.pt) or a fine-tuned model folder (runs/<glue run>/models/<job>).")
+    progress(f"reading {source}")
+    found = read_folder_source(path) if path.is_dir() else read_checkpoint_source(path)
+    card = dict(found.card)
+    for folder in glue:
+        result = read_json(Path(folder) / "glue_results.json")
+        if result is None:
+            raise UserError(f"--glue {folder} has no readable glue_results.json; point it at a GLUE run folder.")
+        card["glue"] = [*card.get("glue", []), result]
+    name, tokenizer = _tokenizer(found, tokenizer_name, source)
+    model = found.model
+    model.config.tokenizer_class = type(tokenizer).__name__  # pipeline() loads the tokenizer for remote-code models by it
+    if found.model_name == "mosaic_bert":
+        model.config.attention_backend = "auto"  # FlashAttention where it can run, SDPA everywhere else
+    staging = out.parent / f".{out.name}.export-{os.getpid()}"
+    folder = staging / out.name  # the final name: transformers names the folder's code module after it
+    try:
+        progress(f"writing {folder}")
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        facts = CardFacts(name=out.name, model_name=found.model_name, auto_class=found.auto_class,
+                          config=model.config.to_dict(), parameters=sum(p.numel() for p in model.parameters()),
+                          tokenizer=name, tokenizer_size=len(tokenizer), source=source, **card)
+        (folder / "README.md").write_text(render_model_card(facts))
+        report = None
+        if check:
+            progress("checking the folder with plain transformers in a separate process")
+            report = check_parity(model, tokenizer, folder, found.auto_class)
+            progress(f"parity: {report.describe()}")
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        os.replace(folder, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return report

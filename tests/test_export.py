@@ -1,0 +1,213 @@
+"""Hugging Face export: parity with plain transformers in a process without this package, round trips, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoTokenizer
+
+import mosaicbert.model.configuration_mosaicbert as configuration_module
+import mosaicbert.model.modeling_mosaicbert as modeling_module
+from mosaicbert.config import load_config
+from mosaicbert.errors import UserError
+from mosaicbert.export import check_parity, export_model
+from mosaicbert.model import MosaicBertConfig, MosaicBertForMaskedLM, MosaicBertForSequenceClassification
+from mosaicbert.model.loading import load_classifier, load_weights_into
+from mosaicbert.model.mosaic_bert import ComposerMosaicBert, build_mosaic_bert
+from mosaicbert.model.pruning import prune
+from mosaicbert.train import build_trainer, train
+
+from conftest import DEMO_YAML, REPO, tiny_overrides
+
+HF_BERT_YAML = REPO / "yamls" / "pretrain" / "hf-bert-demo.yaml"
+quiet = {"progress": lambda message: None}
+
+
+def pretrain(yaml: Path, sample_root: Path, run_folder: Path) -> Path:
+    config = load_config(yaml, tiny_overrides(sample_root, run_folder, max_duration="4ba", save_interval="4ba",
+                                              eval_interval="4ba"))
+    return Path(train(config)["checkpoint"])
+
+
+@pytest.fixture(scope="module")
+def mosaic_checkpoint(sample_root, tmp_path_factory) -> Path:
+    return pretrain(DEMO_YAML, sample_root, tmp_path_factory.mktemp("runs") / "mosaic")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(sample_root):
+    return AutoTokenizer.from_pretrained(str(sample_root / "tokenizer"))
+
+
+def composer_model_from(checkpoint: Path, tokenizer) -> ComposerMosaicBert:
+    """The Composer model as training builds it, its weights loaded strictly from the checkpoint: independent
+    of the export's own reading of the checkpoint."""
+    config = json.loads((checkpoint.parent / "model_config.json").read_text())
+    architecture = {k: config[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                                          "vocab_size")}
+    model = build_mosaic_bert(tokenizer, model_config=architecture)
+    model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["state"]["model"])
+    return model.eval()
+
+
+def test_export_loads_with_plain_transformers_and_matches_the_composer_model(mosaic_checkpoint, tokenizer, tmp_path):
+    out = tmp_path / "exported"
+    report = export_model(str(mosaic_checkpoint), str(out), **quiet)
+    assert report.loaded_module.startswith("transformers_modules.")  # the folder's code, not the package's
+    assert report.max_abs_diff <= 1e-5 and report.fill_mask_top == report.expected_top
+
+    files = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "modeling_mosaicbert.py", "configuration_mosaicbert.py", "README.md",
+            "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"} <= files
+    assert not [name for name in files if name.endswith((".bin", ".pt", ".pkl"))]  # no pickles
+    # One model file: the exported code is the package's, byte for byte.
+    assert (out / "modeling_mosaicbert.py").read_bytes() == Path(modeling_module.__file__).read_bytes()
+    assert (out / "configuration_mosaicbert.py").read_bytes() == Path(configuration_module.__file__).read_bytes()
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "mosaic_bert" and config["attention_backend"] == "auto"
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForMaskedLM",
+                                       "AutoModelForSequenceClassification"}
+
+    # Independently of the export's reading: the Composer model as training builds it, against the folder.
+    composer = composer_model_from(mosaic_checkpoint, tokenizer)
+    again = check_parity(composer.model, tokenizer, out, "AutoModelForMaskedLM")
+    assert again.max_abs_diff <= 1e-5 and again.fill_mask_top == again.expected_top
+    # Fine-tuning starts from the MLM folder (the original release's auto_map lacked the classifier); the
+    # fine-tuned model saves as a folder that loads without the package too.
+    classifier = MosaicBertForSequenceClassification.from_pretrained(out, num_labels=3)
+    classifier.save_pretrained(tmp_path / "fine-tuned")
+    report = check_parity(classifier, tokenizer, tmp_path / "fine-tuned", "AutoModelForSequenceClassification")
+    assert report.loaded_class == "MosaicBertForSequenceClassification" and report.max_abs_diff <= 1e-5
+
+    card = (out / "README.md").read_text()
+    assert "4 steps" in card and "masked-LM on the held-out split at step 4" in card
+    assert "trust_remote_code=True" in card and "30% of tokens masked" in card
+
+
+def test_round_trip_composer_to_hf_to_composer_keeps_every_weight(mosaic_checkpoint, tokenizer, sample_root, tmp_path):
+    out = tmp_path / "exported"
+    export_model(str(mosaic_checkpoint), str(out), check=False, **quiet)
+    original = composer_model_from(mosaic_checkpoint, tokenizer).state_dict()
+    assert load_file(out / "model.safetensors").keys() <= {k.removeprefix("model.") for k in original}
+
+    def same(state):
+        assert state.keys() == original.keys()
+        for key, value in original.items():
+            assert torch.equal(state[key], value) if isinstance(value, torch.Tensor) else state[key] == value, key
+
+    same(build_mosaic_bert(tokenizer, pretrained_model_name=str(out)).state_dict())  # model.pretrained_model_name
+    # load_path naming the folder: weights in before the first step, the YAML's architecture kept.
+    config = load_config(DEMO_YAML, tiny_overrides(sample_root, tmp_path / "resumed", load_path=str(out),
+                                                   save_folder="null"))
+    trainer, _ = build_trainer(config)
+    same(trainer.state.model.state_dict())
+    trainer.close()
+
+
+def test_load_path_with_other_widths_says_to_use_pretrained_model_name(mosaic_checkpoint, tokenizer, tmp_path):
+    out = tmp_path / "exported"
+    export_model(str(mosaic_checkpoint), str(out), check=False, **quiet)
+    wider = build_mosaic_bert(tokenizer, model_config={"hidden_size": 96, "num_hidden_layers": 2,
+                                                       "num_attention_heads": 2, "intermediate_size": 128})
+    with pytest.raises(UserError, match="other widths.*pretrained_model_name"):
+        load_weights_into(wider.model, str(out), "mosaic_bert")
+
+
+def pruned_checkpoint(folder: Path, tokenizer) -> tuple[Path, MosaicBertForMaskedLM]:
+    """A Composer-format checkpoint of a structurally pruned model, as ComposerMosaicBert saves its state."""
+    model = MosaicBertForMaskedLM(MosaicBertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2,
+                                                   num_attention_heads=4, intermediate_size=96))
+    prune(model, keep_heads=[[0, 2, 3], [1]], keep_units=[list(range(0, 96, 2)), list(range(70))])
+    folder.mkdir()
+    (folder / "model_config.json").write_text(json.dumps({k: v for k, v in model.config.to_dict().items()
+                                                          if not k.endswith("_per_layer")}))
+    checkpoint = folder / "ep0-ba1-rank0.pt"
+    torch.save({"state": {"model": ComposerMosaicBert(model).state_dict()}}, checkpoint)
+    return checkpoint, model.eval()
+
+
+def test_pruned_model_exports_with_its_widths_and_matches(tokenizer, sample_root, tmp_path):
+    checkpoint, model = pruned_checkpoint(tmp_path / "run", tokenizer)
+    with pytest.raises(UserError, match="--tokenizer"):  # no run record beside it names the tokenizer
+        export_model(str(checkpoint), str(tmp_path / "out"), **quiet)
+    assert not (tmp_path / "out").exists()
+    report = export_model(str(checkpoint), str(tmp_path / "out"), tokenizer_name=str(sample_root / "tokenizer"), **quiet)
+    assert report.max_abs_diff <= 1e-5 and report.fill_mask_top == report.expected_top
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["head_indices_per_layer"] == [[0, 2, 3], [1]] and config["intermediate_size_per_layer"] == [48, 70]
+    assert check_parity(model, tokenizer, tmp_path / "out", "AutoModelForMaskedLM").max_abs_diff <= 1e-5
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| 1 | 1 of 4 (1; 16 wide) | 70 of 96 |" in card
+
+
+def test_fine_tuned_classifier_exports_and_matches(tokenizer, sample_root, tmp_path):
+    torch.manual_seed(0)
+    classifier = MosaicBertForSequenceClassification(MosaicBertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        num_labels=3)).eval()
+    classifier.save_pretrained(tmp_path / "job")  # as a GLUE job saves its model
+    report = export_model(str(tmp_path / "job"), str(tmp_path / "out"), tokenizer_name=str(sample_root / "tokenizer"),
+                          **quiet)
+    assert report.auto_class == "AutoModelForSequenceClassification" and report.positions == 4
+    assert check_parity(classifier, tokenizer, tmp_path / "out", "AutoModelForSequenceClassification").max_abs_diff <= 1e-5
+
+
+@pytest.mark.slow
+def test_hf_bert_exports_as_plain_bert_and_fine_tunes(sample_root, tmp_path, tokenizer):
+    checkpoint = pretrain(HF_BERT_YAML, sample_root, tmp_path / "hf")
+    out = tmp_path / "bert"
+    report = export_model(str(checkpoint), str(out), **quiet)
+    assert report.loaded_class == "BertForMaskedLM" and report.loaded_module.startswith("transformers.models.bert")
+    assert report.max_abs_diff <= 1e-5 and report.fill_mask_top == report.expected_top
+    assert json.loads((out / "config.json").read_text())["model_type"] == "bert"
+    assert not list(out.glob("*.py"))
+    classifier = load_classifier(str(out), "hf_bert", num_labels=2)  # GLUE from a stock BERT folder
+    assert classifier.bert.encoder.layer[0].attention.self.query.weight.shape[0] == 64
+
+
+def test_existing_output_is_kept_unless_overwrite(mosaic_checkpoint, tmp_path):
+    out = tmp_path / "exported"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    with pytest.raises(UserError, match="already exists.*--overwrite"):
+        export_model(str(mosaic_checkpoint), str(out), check=False, **quiet)
+    assert (out / "mine.txt").read_text() == "keep me"
+    export_model(str(mosaic_checkpoint), str(out), check=False, overwrite=True, **quiet)
+    assert (out / "config.json").is_file() and not (out / "mine.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["exported"]  # no staging folder left behind
+
+
+def test_folder_missing_its_code_fails_the_isolated_load(mosaic_checkpoint, tokenizer, tmp_path):
+    out = tmp_path / "exported"
+    export_model(str(mosaic_checkpoint), str(out), check=False, **quiet)
+    (out / "modeling_mosaicbert.py").unlink()
+    with pytest.raises(UserError, match="does not load with plain transformers"):
+        check_parity(composer_model_from(mosaic_checkpoint, tokenizer).model, tokenizer, out, "AutoModelForMaskedLM")
+
+
+def test_cli_errors_are_one_line_without_traceback(mosaic_checkpoint, tmp_path):
+    def export(*args):
+        return subprocess.run([sys.executable, str(REPO / "src" / "export.py"), *map(str, args)], capture_output=True,
+                              text=True)
+
+    missing = export(tmp_path / "nope.pt", tmp_path / "out")
+    assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+
+    gpt2 = tmp_path / "gpt2"
+    gpt2.mkdir()
+    (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    other = export(gpt2, tmp_path / "out")
+    assert other.returncode == 2 and "type 'gpt2'" in other.stderr and "Traceback" not in other.stderr
+
+    weightless = tmp_path / "weightless"
+    export_model(str(mosaic_checkpoint), str(weightless), check=False, **quiet)
+    (weightless / "model.safetensors").unlink()
+    incomplete = export(weightless, tmp_path / "out")
+    assert incomplete.returncode == 2 and "has no model.safetensors" in incomplete.stderr
+    assert not (tmp_path / "out").exists()
