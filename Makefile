@@ -30,8 +30,14 @@ PARETO_FOLDER ?= runs/sweeps/pareto-demo
 PARETO_ARGS ?=
 # Options of benchmarks/throughput.py, e.g. BENCH_ARGS="--preset base --batch-size 8".
 BENCH_ARGS ?=
+# `make export`: the checkpoint (default: the newest `make demo` run's) and the folder to write
+# (default: exported/<run name>); TOKENIZER names the tokenizer when no run record beside CKPT does.
+CKPT ?= $(shell ls -td runs/demo-*/checkpoints/latest-rank0.pt 2>/dev/null | head -1)
+OUT ?= exported/$(notdir $(patsubst %/checkpoints/,%,$(dir $(CKPT))))
+TOKENIZER ?=
+OVERWRITE ?=
 
-.PHONY: install demo glue-demo earlybert-demo pareto-demo bench test sample-shards c4-shards lock clean
+.PHONY: install demo glue-demo earlybert-demo pareto-demo bench export test sample-shards c4-shards lock clean
 
 install: $(STAMP)
 
@@ -90,6 +96,12 @@ pareto-demo: $(STAMP) sample-shards
 # results.json, a bar chart and per-op profiles in runs/bench/<time>/ (docs/benchmarks.md).
 bench: $(STAMP) sample-shards
 	$(PY) benchmarks/throughput.py $(BENCH_ARGS)
+
+# A checkpoint (or fine-tuned model folder) as a Hugging Face folder that loads with plain transformers
+# (trust_remote_code=True), checked for logit parity in a separate process first (docs/export.md).
+export: $(STAMP)
+	@test -n "$(CKPT)" || { echo "error: no checkpoint to export: run \`make demo\` first or set CKPT=runs/<run>/checkpoints/<file>.pt" >&2; exit 2; }
+	$(PY) src/export.py $(CKPT) $(OUT) $(if $(TOKENIZER),--tokenizer $(TOKENIZER)) $(if $(OVERWRITE),--overwrite)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -93,6 +93,8 @@ class TrainConfig:
     save_num_checkpoints_to_keep: int = -1
     save_overwrite: bool = False
     autoresume: bool = False
+    # A Composer checkpoint (its training state, or weights only with load_weights_only), or a Hugging
+    # Face model folder (its weights, into this YAML's architecture; docs/export.md).
     load_path: str | None = None
     load_weights_only: bool = False
 

@@ -22,7 +22,7 @@ class CardFacts:
     parameters: int
     tokenizer: str
     tokenizer_size: int
-    source: str  # the checkpoint or folder exported, as the user named it
+    source: str  # file or folder name of what was exported (a latest-rank0.pt link resolved)
     run_config: dict[str, Any] | None = None  # the run's config.yaml
     timestamp: dict[str, Any] | None = None  # Composer's, at the checkpoint
     metadata: dict[str, Any] | None = None  # Composer's environment record
@@ -77,7 +77,7 @@ def _training(facts: CardFacts) -> list[str]:
     if facts.timestamp:
         t = facts.timestamp
         rows.append(f"- {t['batch']:,} steps, {t['sample']:,} sequences, {t['token']:,} tokens seen (non-padding)")
-        rows.append(f"- wall-clock training time {t['seconds'] / 60:.1f} min (Composer's clock; evaluation excluded)")
+        rows.append(f"- wall-clock training time {t['seconds'] / 60:.1f} min (Composer's training clock, which pauses for evaluation)")
     if run:
         optimizer = run.get("optimizer") or {}
         rows.append(f"- global batch {run.get('global_train_batch_size')}, optimizer {optimizer.get('name')} "

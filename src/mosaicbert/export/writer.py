@@ -174,7 +174,7 @@ def export_model(source: str, out_dir: str, tokenizer_name: str | None = None, g
         tokenizer.save_pretrained(folder)
         facts = CardFacts(name=out.name, model_name=found.model_name, auto_class=found.auto_class,
                           config=model.config.to_dict(), parameters=sum(p.numel() for p in model.parameters()),
-                          tokenizer=name, tokenizer_size=len(tokenizer), source=source, **card)
+                          tokenizer=name, tokenizer_size=len(tokenizer), source=path.resolve().name, **card)
         (folder / "README.md").write_text(render_model_card(facts))
         report = None
         if check:
