@@ -33,7 +33,8 @@ BENCH_ARGS ?=
 # `make export`: the checkpoint (default: the newest `make demo` run's) and the folder to write
 # (default: exported/<run name>); TOKENIZER names the tokenizer when no run record beside CKPT does.
 CKPT ?= $(shell ls -td runs/demo-*/checkpoints/latest-rank0.pt 2>/dev/null | head -1)
-OUT ?= exported/$(notdir $(patsubst %/checkpoints/,%,$(dir $(CKPT))))
+# A checkpoint's run name (runs/<run>/checkpoints/<file>.pt), else the file or folder's own name.
+OUT ?= exported/$(if $(findstring /checkpoints/,$(CKPT)),$(notdir $(patsubst %/checkpoints/,%,$(dir $(CKPT)))),$(basename $(notdir $(patsubst %/,%,$(CKPT)))))
 TOKENIZER ?=
 OVERWRITE ?=
 

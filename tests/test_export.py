@@ -18,6 +18,7 @@ from mosaicbert.config import load_config
 from mosaicbert.errors import UserError
 from mosaicbert.export import check_parity, export_model
 from mosaicbert.model import MosaicBertConfig, MosaicBertForMaskedLM, MosaicBertForSequenceClassification
+from mosaicbert.model.hf_bert import build_hf_bert
 from mosaicbert.model.loading import load_classifier, load_weights_into
 from mosaicbert.model.mosaic_bert import ComposerMosaicBert, build_mosaic_bert
 from mosaicbert.model.pruning import prune
@@ -170,17 +171,61 @@ def test_hf_bert_exports_as_plain_bert_and_fine_tunes(sample_root, tmp_path, tok
     classifier = load_classifier(str(out), "hf_bert", num_labels=2)  # GLUE from a stock BERT folder
     assert classifier.bert.encoder.layer[0].attention.self.query.weight.shape[0] == 64
 
+    # Pretraining from the plain BERT folder: its architecture (use_pretrained), or its weights in the YAML's (load_path).
+    exported = load_file(out / "model.safetensors")
+    pretrained = build_hf_bert(tokenizer, pretrained_model_name=str(out), use_pretrained=True).model
+    fresh = build_hf_bert(tokenizer, model_config={"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                                                   "intermediate_size": 128}).model
+    load_weights_into(fresh, str(out), "hf_bert")
+    for model in (pretrained, fresh):
+        state = model.state_dict()
+        for key, value in exported.items():
+            assert torch.equal(state[key], value), key
+
 
 def test_existing_output_is_kept_unless_overwrite(mosaic_checkpoint, tmp_path):
     out = tmp_path / "exported"
-    out.mkdir()
-    (out / "mine.txt").write_text("keep me")
+    export_model(str(mosaic_checkpoint), str(out), check=False, **quiet)
+    (out / "notes.txt").write_text("an earlier export, annotated")
     with pytest.raises(UserError, match="already exists.*--overwrite"):
         export_model(str(mosaic_checkpoint), str(out), check=False, **quiet)
-    assert (out / "mine.txt").read_text() == "keep me"
+    assert (out / "notes.txt").is_file()
     export_model(str(mosaic_checkpoint), str(out), check=False, overwrite=True, **quiet)
-    assert (out / "config.json").is_file() and not (out / "mine.txt").exists()
+    assert (out / "config.json").is_file() and not (out / "notes.txt").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["exported"]  # no staging folder left behind
+
+
+def test_overwrite_never_replaces_a_folder_of_other_things(mosaic_checkpoint, tmp_path):
+    exported = tmp_path / "exported"
+    export_model(str(mosaic_checkpoint), str(exported / "one"), check=False, **quiet)
+    with pytest.raises(UserError, match="not a model folder"):
+        export_model(str(mosaic_checkpoint), str(exported), check=False, overwrite=True, **quiet)
+    assert (exported / "one" / "config.json").is_file()
+
+
+def test_pruned_export_round_trips_into_pretraining(tokenizer, sample_root, tmp_path):
+    checkpoint, model = pruned_checkpoint(tmp_path / "run", tokenizer)
+    export_model(str(checkpoint), str(tmp_path / "out"), tokenizer_name=str(sample_root / "tokenizer"), check=False,
+                 **quiet)
+    again = build_mosaic_bert(tokenizer, pretrained_model_name=str(tmp_path / "out")).model
+    assert again.config.head_indices_per_layer == [[0, 2, 3], [1]]
+    for (key, value), (other_key, other) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert key == other_key and torch.equal(value, other), key
+
+
+def test_card_lists_failed_glue_tasks_and_classifier_training(tmp_path):
+    from mosaicbert.export.model_card import CardFacts, render_model_card
+
+    config = MosaicBertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                              vocab_size=2112).to_dict()
+    glue = {"protocol": "paper", "created": "today", "tasks": {
+        "rte": {"seeds_ok": 0, "seeds_planned": 2},
+        "mnli": {"seeds_ok": 1, "seeds_planned": 1, "score": 71.5}}}
+    card = render_model_card(CardFacts(name="m", model_name="mosaic_bert", auto_class="AutoModelForMaskedLM",
+                                       config=config, parameters=1, tokenizer="tok", tokenizer_size=2048, source="x.pt",
+                                       run_config={"model": {"vocab_multiple": 64}}, glue=[glue]))
+    assert "| rte | failed | 0/2 |" in card and "| mnli | 71.50 | 1/1 |" in card and "average of 1 tasks" in card
+    assert "padded to a multiple of 64" in card and "tags: [mosaicbert, encoder, fill-mask]" in card
 
 
 def test_folder_missing_its_code_fails_the_isolated_load(mosaic_checkpoint, tokenizer, tmp_path):
@@ -204,6 +249,12 @@ def test_cli_errors_are_one_line_without_traceback(mosaic_checkpoint, tmp_path):
     (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     other = export(gpt2, tmp_path / "out")
     assert other.returncode == 2 and "type 'gpt2'" in other.stderr and "Traceback" not in other.stderr
+
+    not_a_checkpoint = tmp_path / "notes.pt"
+    not_a_checkpoint.write_text("just text")
+    unreadable = export(not_a_checkpoint, tmp_path / "out")
+    assert unreadable.returncode == 2 and "cannot be read as a checkpoint" in unreadable.stderr
+    assert "Traceback" not in unreadable.stderr
 
     weightless = tmp_path / "weightless"
     export_model(str(mosaic_checkpoint), str(weightless), check=False, **quiet)

@@ -15,7 +15,7 @@ from transformers import AutoTokenizer
 from mosaicbert.errors import UserError
 from mosaicbert.export import export_model
 from mosaicbert.glue.runner import check_starts
-from mosaicbert.model.loading import folder_model_name, load_classifier
+from mosaicbert.model.loading import folder_model_name, load_classifier, load_weights_into
 from mosaicbert.model.mosaic_bert import build_mosaic_bert
 
 HIDDEN, HEADS, LAYERS, UNITS, ROWS = 64, 4, 2, 96, 2112  # 2112: the tokenizer's 2048 padded to a multiple of 64
@@ -132,6 +132,36 @@ def test_release_mlm_loads_for_pretraining_and_computes_the_release_forward(toke
     for row, n in enumerate(mask.sum(1).tolist()):
         _, expected = release_forward(state, ids[row, :n].tolist(), types[row, :n].tolist())
         torch.testing.assert_close(logits[row, :n].double(), expected, atol=1e-4, rtol=1e-4)
+
+    # load_path: the release's weights into a YAML architecture of the same widths.
+    same = build_mosaic_bert(tokenizer, model_config={"hidden_size": HIDDEN, "num_hidden_layers": LAYERS,
+                                                      "num_attention_heads": HEADS, "intermediate_size": UNITS,
+                                                      "vocab_size": ROWS}).model
+    load_weights_into(same, str(folder), "mosaic_bert")
+    for key, value in model.state_dict().items():
+        assert torch.equal(same.state_dict()[key], value), key
+
+
+def test_release_mlm_converts_and_loads_without_the_package(tokenizer, sample_root, tmp_path):
+    folder = write_release(tmp_path / "mosaic-bert-base", release_state())
+    report = export_model(str(folder), str(tmp_path / "converted"), tokenizer_name=str(sample_root / "tokenizer"),
+                          progress=lambda m: None)
+    assert report.max_abs_diff <= 1e-5 and report.fill_mask_top == report.expected_top
+
+
+def test_release_with_unpadded_vocabulary_rows_keeps_them(tokenizer, tmp_path):
+    state = release_state()
+    for key in ("bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight", "cls.predictions.decoder.bias"):
+        state[key] = state[key][:2048]  # exactly the tokenizer's 2048 rows, not a multiple-of-64 padding
+    state["cls.predictions.decoder.weight"] = state["bert.embeddings.word_embeddings.weight"]
+    folder = write_release(tmp_path / "release", state, vocab_size=2048)
+    model = build_mosaic_bert(tokenizer, pretrained_model_name=str(folder)).model.eval()
+    assert model.config.vocab_size == 2048  # the release's logits, not rows added here
+    ids, mask, types = padded_batch()
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+    _, expected = release_forward(state, ids[0, :7].tolist(), types[0, :7].tolist())
+    torch.testing.assert_close(logits[0, :7].double(), expected, atol=1e-4, rtol=1e-4)
 
 
 def test_release_classifier_fine_tunes_and_exports_to_this_layout(tokenizer, sample_root, tmp_path):

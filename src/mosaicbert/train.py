@@ -79,7 +79,11 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
     name, kwargs = split_named(config.model, "model")
     model = registry.models.build(name, kwargs, "model", tokenizer=tokenizer)
     load_path = config.load_path
-    if load_path is not None and os.path.isdir(load_path):
+    resuming = config.autoresume and config.save_folder is not None and \
+        os.path.exists(os.path.join(config.save_folder, "latest-rank0.pt"))
+    if load_path is not None and os.path.isdir(load_path) and resuming:
+        load_path = None  # autoresume continues from this run's own checkpoint, which has the folder's weights in it
+    elif load_path is not None and os.path.isdir(load_path):
         # A Hugging Face folder: its weights go in now (same widths as the YAML's model); optimizer, schedule
         # and data start fresh. Composer's load_path takes its own checkpoints only.
         from mosaicbert.model.loading import load_weights_into

@@ -23,7 +23,10 @@ class RefusePackage(importlib.abc.MetaPathFinder):
 
 
 def main(folder: str, auto_class: str, inputs_file: str, outputs_file: str, fill_mask_text: str | None = None) -> None:
-    sys.path[:] = [entry for entry in sys.path if not os.path.isdir(os.path.join(entry or ".", "mosaicbert"))]
+    # An editable install puts the package's source folder on the path: take it off. (A regular install puts it
+    # in site-packages beside torch and transformers, which must stay; the import hook below covers that case.)
+    sys.path[:] = [entry for entry in sys.path if not (os.path.isdir(os.path.join(entry or ".", "mosaicbert"))
+                                                       and not os.path.isdir(os.path.join(entry or ".", "transformers")))]
     sys.meta_path.insert(0, RefusePackage())
     import torch
     import transformers

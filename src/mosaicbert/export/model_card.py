@@ -48,6 +48,11 @@ def _widths(config: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _vocab_multiple(facts: CardFacts) -> int | None:
+    multiple = ((facts.run_config or {}).get("model") or {}).get("vocab_multiple")
+    return multiple if multiple and multiple > 1 and facts.config["vocab_size"] > facts.tokenizer_size else None
+
+
 def _architecture(facts: CardFacts) -> list[str]:
     c = facts.config
     rows = [f"- {PAPERS[facts.model_name]}",
@@ -55,7 +60,7 @@ def _architecture(facts: CardFacts) -> list[str]:
             f"{'GeGLU width' if facts.model_name == 'mosaic_bert' else 'feed-forward width'} {c['intermediate_size']}",
             f"- {facts.parameters:,} parameters",
             f"- vocabulary {c['vocab_size']} rows for a tokenizer of {facts.tokenizer_size} tokens"
-            + (" (padded to a multiple of 64)" if c["vocab_size"] > facts.tokenizer_size else "")]
+            + (f" (padded to a multiple of {multiple})" if (multiple := _vocab_multiple(facts)) else "")]
     if facts.model_name == "mosaic_bert":
         rows += ["- ALiBi attention biases (no position embeddings, so no maximum length is built in), GeGLU "
                  "feed-forward, post-LayerNorm, padding removed inside the model",
@@ -76,7 +81,7 @@ def _training(facts: CardFacts) -> list[str]:
                     f"{run.get('max_seq_len')} tokens, {loader.get('mlm_probability', 0.15):.0%} of tokens masked")
     if facts.timestamp:
         t = facts.timestamp
-        rows.append(f"- {t['batch']:,} steps, {t['sample']:,} sequences, {t['token']:,} tokens seen (non-padding)")
+        rows.append(f"- {t['batch']:,} steps, {t['sample']:,} documents, {t['token']:,} tokens seen (non-padding)")
         rows.append(f"- wall-clock training time {t['seconds'] / 60:.1f} min (Composer's training clock, which pauses for evaluation)")
     if run:
         optimizer = run.get("optimizer") or {}
@@ -90,7 +95,14 @@ def _training(facts: CardFacts) -> list[str]:
                     f"{m.get('precision')}, torch {m.get('torch_version')}, Composer {env.get('composer_version')}")
     if run.get("run_name"):
         rows.append(f"- run `{run['run_name']}`, exported from `{Path(facts.source).name}`")
-    return rows or ["- no run folder was found beside the checkpoint, so nothing is known about training here"]
+    if facts.classifier_result:
+        r, job = facts.classifier_result, facts.classifier_result["job"]
+        hp = r.get("hyperparameters") or {}
+        rows += [f"- fine-tuned on GLUE `{r['task']}` ({r.get('train_examples')} training examples) from "
+                 f"`{Path(str(job.get('start'))).name}`: {hp.get('epochs')} epochs, lr {hp.get('lr')}, batch "
+                 f"{hp.get('batch_size')}, seed {r['seed']}, precision {hp.get('precision')}, "
+                 f"{r.get('train_seconds')} s of training"]
+    return rows or ["- no run record was found beside the model, so nothing is known about its training here"]
 
 
 def _glue_table(result: dict[str, Any]) -> list[str]:
@@ -98,7 +110,11 @@ def _glue_table(result: dict[str, Any]) -> list[str]:
             "", "| task | score | seeds |", "|---|---|---|"]
     scores = []
     for task, entry in sorted(result.get("tasks", {}).items()):
-        rows.append(f"| {task} | {entry['score']:.2f} | {entry['seeds_ok']}/{entry['seeds_planned']} |")
+        seeds = f"{entry.get('seeds_ok', 0)}/{entry.get('seeds_planned', '?')}"
+        if entry.get("score") is None:  # every seed of the task failed
+            rows.append(f"| {task} | failed | {seeds} |")
+            continue
+        rows.append(f"| {task} | {entry['score']:.2f} | {seeds} |")
         scores.append(entry["score"])
     if scores:
         rows.append(f"| average of {len(scores)} tasks | {sum(scores) / len(scores):.2f} | |")
@@ -128,12 +144,12 @@ def render_model_card(facts: CardFacts) -> str:
     usage = (f'model = {facts.auto_class}.from_pretrained("path/to/{facts.name}"{load})'
              if facts.auto_class != "AutoModelForMaskedLM" else
              f'fill_mask = pipeline("fill-mask", model="path/to/{facts.name}"{load})\n'
-             f'print(fill_mask("The capital of France is {"[MASK]"}."))')
+             'print(fill_mask("The capital of France is [MASK]."))')
     imports = "from transformers import pipeline" if facts.auto_class == "AutoModelForMaskedLM" else \
         f"from transformers import {facts.auto_class}"
     lines = [
         "---", "library_name: transformers", f"pipeline_tag: {pipeline_tag}",
-        f"tags: [{', '.join(['mosaicbert' if remote else 'bert', 'encoder', 'masked-lm'])}]", "---", "",
+        f"tags: [{', '.join(['mosaicbert' if remote else 'bert', 'encoder', pipeline_tag])}]", "---", "",
         f"# {facts.name}", "",
         f"A {'MosaicBERT' if remote else 'BERT'} encoder exported from a training run of this repository's recipes."
         + (" The modeling code travels with the weights (`modeling_mosaicbert.py`), so it loads with plain "

@@ -97,8 +97,12 @@ def check_parity(model: torch.nn.Module, tokenizer, folder: str | Path, auto_cla
             tail = "\n".join(done.stderr.strip().splitlines()[-6:])
             raise UserError(f"{folder} does not load with plain transformers (trust_remote_code=True) in a process "
                             f"without this package:\n{tail}")
-        loaded = json.loads(done.stdout.strip().splitlines()[-1])
-        actual = load_file(outputs)["logits"]
+        try:
+            loaded = json.loads(done.stdout.strip().splitlines()[-1])
+            actual = load_file(outputs)["logits"]
+        except (IndexError, json.JSONDecodeError, OSError, KeyError) as err:
+            raise UserError(f"the isolated load of {folder} gave no readable report ({err.__class__.__name__}); "
+                            f"its output ended with: {done.stdout.strip()[-300:]!r}") from None
     if loaded["mosaicbert_imported"]:
         raise UserError(f"loading {folder} imported the mosaicbert package; the exported code must not need it.")
     rows = batch["attention_mask"].bool() if masked_lm else torch.ones(expected.shape[0], dtype=torch.bool)

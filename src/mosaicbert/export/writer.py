@@ -49,6 +49,7 @@ class Source:
     tokenizer_name: str | None
     max_seq_len: int
     card: dict[str, Any]  # CardFacts fields found on the way
+    repo_root: Path | None = None  # where the run ran, for its relative paths (tokenizer)
 
 
 def _loaded(model, info, source: str) -> torch.nn.Module:
@@ -72,22 +73,29 @@ def _mlm_eval(run_folder: Path, batch: int, masking: float | None) -> dict[str, 
     found = None
     metrics = run_folder / "metrics.jsonl"
     for line in metrics.read_text().splitlines() if metrics.is_file() else []:
-        entry = json.loads(line)
-        if "metrics/eval/MaskedAccuracy" in entry and entry["step"] <= batch:
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a killed run
+            continue
+        if "metrics/eval/MaskedAccuracy" in entry and entry.get("step", batch + 1) <= batch:
             found = {"step": entry["step"], "accuracy": entry["metrics/eval/MaskedAccuracy"],
                      "cross_entropy": entry["metrics/eval/LanguageCrossEntropy"], "masking": masking}
     return found
 
 
 def _glue_results_from(checkpoint: Path, run_folder: Path | None) -> list[dict[str, Any]]:
-    """glue_results.json of GLUE runs beside the pretraining run that started from this very checkpoint."""
+    """glue_results.json of GLUE runs beside the pretraining run whose jobs started from this very checkpoint file:
+    their recorded start (size and modification time of the file, a latest-rank0.pt link followed when they ran)
+    is this file's, so a later checkpoint behind the same link, or another working directory, changes nothing."""
     if run_folder is None:
         return []
+    identity = [checkpoint.stat().st_size, checkpoint.stat().st_mtime_ns]
     found = []
     for path in sorted(run_folder.parent.glob("*/glue_results.json")):
+        starts = [((read_json(job) or {}).get("job") or {}).get("inputs", {}).get("start") or []
+                  for job in sorted((path.parent / "results").glob("*.json"))]
         result = read_json(path)
-        start = (result or {}).get("starting_checkpoint")
-        if start and Path(start).exists() and Path(start).resolve() == checkpoint.resolve():
+        if result and any(start and start[0][1:] == identity for start in starts):
             found.append(result)
     return found
 
@@ -107,7 +115,16 @@ def read_checkpoint_source(path: Path) -> Source:
             "mlm_eval": _mlm_eval(run_folder, timestamp["batch"], masking) if run_folder and timestamp else None,
             "glue": _glue_results_from(path, run_folder)}
     return Source(model, model_name, "AutoModelForMaskedLM", (run_config or {}).get("tokenizer_name"),
-                  (run_config or {}).get("max_seq_len", 128), card)
+                  (run_config or {}).get("max_seq_len", 128), card, _repo_root(run_folder, run_config))
+
+
+def _repo_root(run_folder: Path | None, run_config: dict[str, Any] | None) -> Path | None:
+    """The directory a run was started from: its folder minus the relative run_folder its config recorded."""
+    recorded = Path((run_config or {}).get("run_folder") or "")
+    if run_folder is None or recorded.is_absolute() or not recorded.parts:
+        return None
+    folder = run_folder.resolve()
+    return folder.parents[len(recorded.parts) - 1] if folder.parts[-len(recorded.parts):] == recorded.parts else None
 
 
 def read_folder_source(folder: Path) -> Source:
@@ -126,14 +143,20 @@ def read_folder_source(folder: Path) -> Source:
     tokenizer_name = job["job"]["tokenizer_name"] if job else None
     max_seq_len = job["job"]["max_seq_len"] if job else 128
     auto_class = "AutoModelForSequenceClassification" if classifier else "AutoModelForMaskedLM"
-    return Source(model, model_name, auto_class, tokenizer_name, max_seq_len, {"classifier_result": job})
+    root = _repo_root(folder, {"run_folder": job["job"]["save_model_dir"]}) if job else None
+    return Source(model, model_name, auto_class, tokenizer_name, max_seq_len, {"classifier_result": job}, root)
 
 
-def _tokenizer(source: Source, tokenizer_name: str | None, where: str):
+def _tokenizer(source: Source, tokenizer_name: str | None, where: Path):
     name = tokenizer_name or source.tokenizer_name
+    if name is None and where.is_dir() and (where / "tokenizer_config.json").is_file():
+        name = str(where)  # a folder that carries its tokenizer (an earlier export)
     if name is None:
         raise UserError(f"no run record beside {where} says which tokenizer it was trained with; "
                         "name it with --tokenizer (make export TOKENIZER=...).")
+    if tokenizer_name is None and source.repo_root is not None and not Path(name).is_absolute() \
+            and not Path(name).exists() and (source.repo_root / name).exists():
+        name = str(source.repo_root / name)  # the run's relative path, from where it ran
     tokenizer = build_tokenizer(name, source.max_seq_len)
     if len(tokenizer) > source.model.config.vocab_size:
         raise UserError(f"tokenizer {name} has {len(tokenizer)} tokens, more than the model's "
@@ -141,14 +164,25 @@ def _tokenizer(source: Source, tokenizer_name: str | None, where: str):
     return name, tokenizer
 
 
+def _replaceable(out: Path) -> bool:
+    """--overwrite replaces a model folder (or an empty one), never a folder of other things, e.g. `exported/`."""
+    if not out.is_dir():
+        return False
+    return not any(out.iterdir()) or ((out / "config.json").is_file() and not any(p.is_dir() for p in out.iterdir()))
+
+
 def export_model(source: str, out_dir: str, tokenizer_name: str | None = None, glue: Sequence[str] = (),
                  overwrite: bool = False, check: bool = True,
                  progress: Callable[[str], None] = print) -> ParityReport | None:
     """Export `source` to `out_dir`; returns the parity check's report (None with `check=False`)."""
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise UserError(f"{out} already exists; choose another output folder or pass --overwrite "
-                        "(make export ... OVERWRITE=1) to replace it.")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise UserError(f"{out} already exists; choose another output folder or pass --overwrite "
+                            "(make export ... OVERWRITE=1) to replace it.")
+        if not _replaceable(out):
+            raise UserError(f"{out} is not a model folder (it holds other folders or no config.json); --overwrite "
+                            "replaces only an earlier export. Choose the export's own folder, e.g. exported/<name>.")
     path = Path(source)
     if not path.exists():
         raise UserError(f"{source} does not exist; export a pretraining checkpoint (runs/<run>/checkpoints/"
@@ -161,7 +195,7 @@ def export_model(source: str, out_dir: str, tokenizer_name: str | None = None, g
         if result is None:
             raise UserError(f"--glue {folder} has no readable glue_results.json; point it at a GLUE run folder.")
         card["glue"] = [*card.get("glue", []), result]
-    name, tokenizer = _tokenizer(found, tokenizer_name, source)
+    name, tokenizer = _tokenizer(found, tokenizer_name, path)
     model = found.model
     model.config.tokenizer_class = type(tokenizer).__name__  # pipeline() loads the tokenizer for remote-code models by it
     if found.model_name == "mosaic_bert":

@@ -10,10 +10,11 @@ this package's MosaicBERT, transformers' BERT, or the original MosaicBERT releas
 Weights go in through transformers' `from_pretrained`, which maps those layouts. The classifier
 is always freshly initialised; the pooler too when the start is an MLM checkpoint, which has none.
 
-Safety: folders are read with safetensors, or with `torch.load(weights_only=True)` for
-`pytorch_model.bin`, which refuses anything but tensors. Only Composer checkpoints are unpickled in
-full (Composer stores its training state that way): open only checkpoints you or someone you trust wrote.
-No remote code runs: a folder's `modeling_*.py` is never imported here.
+Safety: folders are read with safetensors where they have it. A `pytorch_model.bin` (the original release ships
+only that) is a pickle, read with `torch.load(weights_only=True)`: torch's restricted unpickler, which rebuilds
+tensors and plain containers and refuses any other object. Only Composer checkpoints are unpickled in full
+(Composer stores its training state that way): open only checkpoints you or someone you trust wrote. No remote
+code runs: a folder's `modeling_*.py` is never imported here.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -79,15 +82,18 @@ def read_folder(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
 def local_start(name_or_path: str) -> str:
     """A local checkpoint or folder as is; a hub id (`org/name`) downloaded to the hub cache: config.json
     and the weights only, never the repository's code."""
-    if Path(name_or_path).exists():
-        return name_or_path
+    if Path(name_or_path).expanduser().exists():
+        return str(Path(name_or_path).expanduser())
     if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or name_or_path.endswith(".pt"):
         raise UserError(f"{name_or_path} does not exist; point at a Hugging Face model folder, a Composer "
                         "checkpoint, or a hub id such as mosaicml/mosaic-bert-base.")
     from huggingface_hub import snapshot_download
 
     try:
-        return snapshot_download(name_or_path, allow_patterns=["config.json", *WEIGHT_FILES])
+        folder = snapshot_download(name_or_path, allow_patterns=["config.json", "model.safetensors"])
+        if not (Path(folder) / "model.safetensors").is_file():  # older repositories (the original release) have a .bin only
+            folder = snapshot_download(name_or_path, allow_patterns=["config.json", "pytorch_model.bin"])
+        return folder
     except Exception as err:  # huggingface_hub's errors for unknown repos, no network, gated access
         raise UserError(f"could not download {name_or_path} from the Hugging Face hub ({err.__class__.__name__}); "
                         "check the id, or download the folder once with network access and point at it.") from None
@@ -98,7 +104,12 @@ def read_composer_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; point at a pretraining checkpoint "
                         "(runs/<run>/checkpoints/latest-rank0.pt) or a Hugging Face model folder.")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
+        raise UserError(f"{path} cannot be read as a checkpoint ({err.__class__.__name__}: "
+                        f"{str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}); it is damaged, "
+                        "cut short or not a Composer checkpoint.") from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state"), dict) or "model" not in checkpoint["state"]:
         raise UserError(f"{path} is not a Composer checkpoint (no state/model entry).")
     return checkpoint
@@ -115,7 +126,11 @@ def composer_start(checkpoint: dict[str, Any], path: Path,
         if not config_file.is_file():
             raise UserError(f"no model_config.json next to {path}; pretraining writes one beside its checkpoints, "
                             "or give the architecture as model_config in the GLUE YAML.")
-        model_config = json.loads(config_file.read_text())
+        try:
+            model_config = json.loads(config_file.read_text())
+        except json.JSONDecodeError as err:
+            raise UserError(f"{config_file} is not valid JSON ({err}); pretraining rewrites it on its next start, "
+                            "or give the architecture as model_config.") from None
     model_config = dict(model_config)
     if isinstance(shape, dict):
         model_config.update(shape)
