@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,8 @@ from mosaicbert.data import prep
 from mosaicbert.data.text_dataset import PREP_INFO
 from mosaicbert.data.tokenizer import build_tokenizer, padded_vocab_size
 from mosaicbert.errors import UserError
+
+from conftest import REPO
 
 
 def write_c4_files(folder: Path, n_train: int = 30, n_val: int = 12) -> dict[str, list[str]]:
@@ -93,6 +98,28 @@ def test_interrupted_split_leaves_nothing_that_looks_complete(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         prep.write_split(tmp_path, "train", documents())
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_prep_killed_mid_write_then_run_again_completes(tmp_path):
+    write_c4_files(tmp_path / "c4raw", n_train=40000, n_val=4)
+    command = [sys.executable, str(REPO / "data_prep" / "convert_dataset.py"), "c4", "--local-dir",
+               str(tmp_path / "c4raw"), "--splits", "train", "--skip-existing"]
+    reference = subprocess.run(command + ["--out-root", str(tmp_path / "reference")], capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    out = tmp_path / "c4"
+    killed = subprocess.Popen(command + ["--out-root", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not any(p.name.startswith(".train.partial-") and any(p.iterdir()) for p in out.glob(".*")):
+        assert killed.poll() is None and time.monotonic() < deadline, "the split was written before it could be killed"
+        time.sleep(0.01)
+    killed.kill()  # SIGKILL mid-write: no cleanup code runs
+    killed.wait()
+    assert not (out / "train").exists()  # nothing that looks complete
+    again = subprocess.run(command + ["--out-root", str(out)], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert read_texts(out, "train") == read_texts(tmp_path / "reference", "train")
+    assert [p.name for p in out.iterdir()] == ["train"]  # the killed run's staging folder is gone
 
 
 def test_sample_corpus_is_deterministic_english_and_split_by_module():

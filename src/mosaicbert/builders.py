@@ -23,6 +23,7 @@ from composer.optim import (
 
 from mosaicbert import registry
 from mosaicbert.algorithms.earlybert import EarlyBERT
+from mosaicbert.callbacks.nonfinite_guard import NonFiniteGuard
 from mosaicbert.config import TrainConfig, named_entries, split_named
 
 registry.optimizers.register("decoupled_adamw", DecoupledAdamW, provided=("params",))
@@ -66,6 +67,7 @@ registry.callbacks.register("lr_monitor", LRMonitor)
 registry.callbacks.register("memory_monitor", MemoryMonitor)
 registry.callbacks.register("runtime_estimator", RuntimeEstimator)
 registry.callbacks.register("optimizer_monitor", OptimizerMonitor)
+registry.callbacks.register("nonfinite_guard", NonFiniteGuard, provided=("run_folder",))
 
 registry.loggers.register("wandb", WandBLogger)
 registry.loggers.register("mlflow", MLFlowLogger)

@@ -6,6 +6,9 @@ like any other checkpoint. `install_atomic_checkpoint_writes` wraps Composer's f
 so the bytes go to a hidden temporary name in the same folder and are renamed into place
 (an atomic operation on POSIX file systems) once fully written and synced.
 
+`install_clear_load_errors` turns a missing, damaged or incompatible checkpoint (load_path, or the
+one autoresume picks) into one message naming the file, instead of torch's traceback.
+
 `install_per_node_signal_files` fixes multi-node autoresume on a save folder that all nodes share
 (the usual cluster file system): Composer names the "local rank 0 is done" signal file after rank
 0's node and broadcasts that name, so every node's local rank 0 writes and then removes the same
@@ -14,15 +17,25 @@ file, and the second removal fails with FileNotFoundError before training starts
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
+import pickle
+import zipfile
 from typing import Any
 
 from composer.utils import checkpoint as composer_checkpoint
 from composer.utils import dist as composer_dist
 
+from mosaicbert.errors import UserError
+
 _original_write = composer_checkpoint._write_checkpoint_file
+_original_load = composer_checkpoint.load_checkpoint
 _original_signal_file_name = composer_dist.get_node_signal_file_name
+
+
+# A full disk (or quota, or file-size limit) while writing: said plainly, not as a pickling traceback.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def _atomic_write(state_dict: dict[str, Any], filename: str) -> None:
@@ -34,15 +47,53 @@ def _atomic_write(state_dict: dict[str, Any], filename: str) -> None:
         with open(partial, "rb") as f:
             os.fsync(f.fileno())
         os.replace(partial, filename)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(partial):
             os.remove(partial)
+        full = err if isinstance(err, OSError) else err.__cause__ or err.__context__
+        if isinstance(full, OSError) and full.errno in DISK_FULL:
+            raise UserError(f"could not write checkpoint {filename}: {full.strerror}. The partial file was removed and "
+                            "earlier checkpoints are intact; free space (or set save_folder to a larger disk) and "
+                            "run the same command with autoresume=true.") from None
         raise
+
+
+def remove_partial_writes(save_folder: str | None) -> list[str]:
+    """At start-up no checkpoint is being written (a second run on the folder is refused), so a partial file
+    there is what a killed run left mid-write: remove it. Returns the names removed."""
+    if save_folder is None or not os.path.isdir(save_folder):
+        return []
+    stale = sorted(name for name in os.listdir(save_folder) if name.startswith(".partial-"))
+    for name in stale:
+        os.remove(os.path.join(save_folder, name))
+    return stale
 
 
 @functools.cache
 def install_atomic_checkpoint_writes() -> None:
     composer_checkpoint._write_checkpoint_file = _atomic_write
+
+
+def _load_with_clear_errors(*args, path: str, **kwargs):
+    try:
+        return _original_load(*args, path=path, **kwargs)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, KeyError) as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+        if isinstance(err, FileNotFoundError):
+            problem = "does not exist; point load_path at an existing checkpoint (runs/<run>/checkpoints/...)"
+        elif any(marker in str(err) for marker in ("size mismatch", "Missing key", "Unexpected key")):
+            problem = (f"holds another architecture than this config ({' '.join(lines[:2])[:300]}); load it with "
+                       "the model_config it was trained with, or point load_path at a checkpoint of this model")
+        else:
+            problem = (f"cannot be read ({type(err).__name__}: {lines[0][:200]}): it is damaged, cut short or not a "
+                       "Composer checkpoint (this package writes checkpoints atomically, so it was not cut by a "
+                       "killed run); use another checkpoint")
+        raise UserError(f"checkpoint {path} {problem}.") from None
+
+
+@functools.cache
+def install_clear_load_errors() -> None:
+    composer_checkpoint.load_checkpoint = _load_with_clear_errors
 
 
 def _per_node_signal_file_name(rng=None) -> str:

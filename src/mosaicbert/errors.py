@@ -35,6 +35,15 @@ class Interrupted(Exception):
                          "Run the same command with autoresume=true to continue.")
 
 
+class Stopped(Exception):
+    """A runner (GLUE, sweep) stopped on a signal after its job processes ended; entry scripts exit 128 + signum."""
+
+    def __init__(self, signum: int, detail: str = ""):
+        self.signum = signum
+        super().__init__(f"stopped on {signal.Signals(signum).name}{': ' + detail if detail else ''}. "
+                         "Run the same command again to go on: finished jobs are kept, stopped ones run again.")
+
+
 def nearest(name: str, candidates: Iterable[str], prefix: str = "") -> str:
     """A ' Did you mean ...?' hint naming the closest valid spelling (after `prefix`), or ''."""
     match = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.5)

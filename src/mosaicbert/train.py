@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import shutil
 import sys
 import warnings
 
@@ -57,7 +59,12 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
     from mosaicbert.callbacks.resume_rng import ResumeRNG
     from mosaicbert.callbacks.run_summary import RunSummary
     from mosaicbert.callbacks.time_budget import PLACEHOLDER_MAX_DURATION, TimeBudget
-    from mosaicbert.checkpointing import install_atomic_checkpoint_writes, install_per_node_signal_files
+    from mosaicbert.checkpointing import (
+        install_atomic_checkpoint_writes,
+        install_clear_load_errors,
+        install_per_node_signal_files,
+        remove_partial_writes,
+    )
     from mosaicbert.data.text_dataset import build_mlm_dataloader, check_local_split
     from mosaicbert.data.tokenizer import build_tokenizer
 
@@ -68,6 +75,10 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
         if loader is not None and loader.remote is None:
             check_local_split(loader.local, loader.split)
     install_atomic_checkpoint_writes()
+    install_clear_load_errors()
+    if dist.get_global_rank() == 0:
+        for name in remove_partial_writes(config.save_folder):
+            log.warning("removed %s from %s: a checkpoint write cut short by a killed run", name, config.save_folder)
     install_per_node_signal_files()
     reproducibility.seed_all(config.seed)
     if config.clean_stale_shared_memory:
@@ -160,20 +171,37 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
 
 
 def train(config: TrainConfig, extra_callbacks: list | None = None, extra_loggers: list | None = None) -> dict:
-    """Run pretraining; returns the run summary (first/last eval, throughput, checkpoint)."""
+    """Run pretraining; returns the run summary (first/last eval, throughput, checkpoint). A `nonfinite_guard`
+    in rollback mode ends an attempt with RollBack: the run then resumes from its last checkpoint."""
+    from mosaicbert.callbacks.nonfinite_guard import RollBack
+
     log.info(
         "%s: %s; device batch %d, microbatch %s, world size %d", config.run_name, describe_defaults(config),
         config.device_train_batch_size, config.device_train_microbatch_size, config.world_size,
     )
-    trainer, summary = build_trainer(config, extra_callbacks, extra_loggers)
-    try:
-        if config.eval_first and config.eval_loader is not None and int(trainer.state.timestamp.batch) == 0:
-            trainer.eval()
-        trainer.fit()
-        write_model_config(config, trainer.state.model.module if hasattr(trainer.state.model, "module") else trainer.state.model)
-    finally:
-        trainer.close()
-    return summary.summary
+    while True:
+        created = [f for f in (config.run_folder, config.save_folder) if f and not os.path.exists(f)]
+        try:
+            trainer, summary = build_trainer(config, extra_callbacks, extra_loggers)
+        except UserError:
+            for folder in created:  # bad input (e.g. a checkpoint that does not load) leaves nothing behind
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
+        try:
+            if config.eval_first and config.eval_loader is not None and int(trainer.state.timestamp.batch) == 0:
+                trainer.eval()
+            trainer.fit()
+            model = trainer.state.model
+            write_model_config(config, model.module if hasattr(model, "module") else model)
+            return summary.summary
+        except RollBack as rollback:
+            if config.save_folder is None:
+                raise UserError(f"{rollback} But the run has no save_folder to resume from: set save_folder, "
+                                "or callbacks.nonfinite_guard.action=stop or skip.") from None
+            log.warning("%s", rollback)
+            config = dataclasses.replace(config, autoresume=True)
+        finally:
+            trainer.close()
 
 
 def main(argv: list[str] | None = None) -> int:

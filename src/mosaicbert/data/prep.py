@@ -70,7 +70,8 @@ def write_split(
         raise UserError(already_exists(final))
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = final.parent / f".{split}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
+    for stale in final.parent.glob(f".{split}.partial-*"):  # left by a prep that was killed mid-write
+        shutil.rmtree(stale, ignore_errors=True)
 
     columns = {"text": "str"}
     id_dtype = None

@@ -21,19 +21,39 @@ from mosaicbert.errors import DataNotFoundError, UserError
 PREP_INFO = "mosaicbert_prep.json"  # written by data_prep next to index.json
 
 
-def check_local_split(local: str, split: str) -> None:
-    """Fail early, naming the make target, when a local dataset split is missing."""
-    folder = Path(local) / split
-    if (folder / "index.json").is_file():
-        return
-    c4_first = "c4" in str(local).lower()
+def _build_hint(local: str) -> str:
     targets = ["`make c4-shards` (C4 from the hub)", "`make sample-shards` (offline sample corpus)"]
-    if not c4_first:
+    if "c4" not in str(local).lower():
         targets.reverse()
-    raise DataNotFoundError(
-        f"no MDS dataset at {folder} (index.json missing). Build it with {' or '.join(targets)}, "
-        "or point data_local at an existing dataset root."
-    )
+    return " or ".join(targets)
+
+
+def check_local_split(local: str, split: str) -> None:
+    """Fail early, naming the shard and the make target, when a local dataset split is missing, empty, or has a
+    missing or truncated shard (compared with the sizes its index.json records: a few `stat` calls)."""
+    folder = Path(local) / split
+    if not (folder / "index.json").is_file():
+        raise DataNotFoundError(f"no MDS dataset at {folder} (index.json missing). Build it with {_build_hint(local)}, "
+                                "or point data_local at an existing dataset root.")
+    rebuild = f"delete {folder} and rebuild it with {_build_hint(local)}"
+    try:
+        shards = json.loads((folder / "index.json").read_text())["shards"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise DataNotFoundError(f"{folder}/index.json is not an MDS index (damaged or cut short); {rebuild}.") from None
+    if not sum(shard.get("samples", 0) for shard in shards):
+        raise DataNotFoundError(f"{folder} holds no samples (empty dataset); {rebuild}, or choose another split.")
+    for shard in shards:
+        # A shard is kept as written (raw) or compressed (zip); streaming decompresses on first use.
+        for form in ("raw_data", "zip_data"):
+            entry = shard.get(form)
+            path = folder / entry["basename"] if entry else None
+            if path is not None and path.is_file():
+                if path.stat().st_size != entry["bytes"]:
+                    raise DataNotFoundError(f"shard {path} has {path.stat().st_size} bytes, its index says "
+                                            f"{entry['bytes']}: it is truncated or damaged; {rebuild}.")
+                break
+        else:
+            raise DataNotFoundError(f"shard {folder / shard['raw_data']['basename']} is missing; {rebuild}.")
 
 
 def read_prep_info(local: str, split: str) -> dict[str, Any] | None:

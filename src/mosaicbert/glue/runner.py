@@ -17,12 +17,13 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from mosaicbert.errors import UserError
+from mosaicbert.errors import Stopped, UserError
 from mosaicbert.glue.config import GlueConfig, hyperparameters
 from mosaicbert.files import write_json_atomically
 from mosaicbert.glue.job import Job, resolve_precision
 from mosaicbert.glue.report import build_report, write_report
 from mosaicbert.glue.tasks import ROUND_1, ROUND_2, TASKS
+from mosaicbert.processes import ChildProcesses
 
 
 # Job fields outside its specification: where its outputs go, and the hash of the rest.
@@ -153,23 +154,35 @@ def gpu_slots(config: GlueConfig) -> list[str | None]:
     return [str(i) for i in range(count if config.parallel else 1)]
 
 
-def execute(jobs: list[Job], slots: list[str | None], done_before: int, total: int) -> dict[str, dict[str, Any]]:
-    """Run jobs as separate processes, at most one per slot; returns a status per job name."""
+def execute(jobs: list[Job], slots: list[str | None], done_before: int, total: int,
+            children: ChildProcesses) -> dict[str, dict[str, Any]]:
+    """Run jobs as separate processes, at most one per slot; returns a status per job name. On SIGTERM or
+    Ctrl-C (forwarded to the running jobs by `children`) it waits for them and raises Stopped."""
     statuses: dict[str, dict[str, Any]] = {}
     pending = deque(jobs)
     running: dict[str | None, tuple[Job, subprocess.Popen, Any, float]] = {}
     finished = done_before
     while pending or running:
+        if children.received is not None:
+            children.wait_for_all()
+            for job, process, log, _ in running.values():
+                log.close()
+                children.finished(process)
+                print(f"[glue] {job.name} interrupted (exit {process.returncode}): not finished, it runs again "
+                      "next time", flush=True)
+            raise Stopped(children.received, f"{len(running)} running GLUE job(s) interrupted, "
+                                             f"{len(pending)} not started")
         for slot in slots:
             if slot not in running and pending:
                 job = pending.popleft()
-                running[slot] = (job, *_launch(job, slot), time.perf_counter())
+                running[slot] = (job, *_launch(job, slot, children), time.perf_counter())
                 where = f"GPU {slot}" if slot is not None else "CPU"
                 print(f"[glue] started {job.name} on {where} (log: {job.log_path})", flush=True)
         for slot, (job, process, log, began) in list(running.items()):
             if process.poll() is None:
                 continue
             log.close()
+            children.finished(process)
             del running[slot]
             finished += 1
             seconds = time.perf_counter() - began
@@ -185,7 +198,7 @@ def execute(jobs: list[Job], slots: list[str | None], done_before: int, total: i
     return statuses
 
 
-def _launch(job: Job, slot: str | None) -> tuple[subprocess.Popen, Any]:
+def _launch(job: Job, slot: str | None, children: ChildProcesses) -> tuple[subprocess.Popen, Any]:
     spec = Path(job.log_path).parent.parent / "jobs" / f"{Path(job.result_path).stem}.json"
     write_json_atomically(str(spec), dataclasses.asdict(job))
     os.makedirs(os.path.dirname(job.log_path), exist_ok=True)
@@ -193,8 +206,8 @@ def _launch(job: Job, slot: str | None) -> tuple[subprocess.Popen, Any]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if slot is not None:
         env["CUDA_VISIBLE_DEVICES"] = slot
-    process = subprocess.Popen([sys.executable, "-m", "mosaicbert.glue.job", str(spec)], stdout=log,
-                               stderr=subprocess.STDOUT, env=env)
+    process = children.start([sys.executable, "-m", "mosaicbert.glue.job", str(spec)], stdout=log,
+                             stderr=subprocess.STDOUT, env=env)
     return process, log
 
 
@@ -232,22 +245,23 @@ def run_glue(config: GlueConfig) -> dict[str, Any]:
             else:
                 todo.append(job)
                 print(f"[glue] {job.name} runs: {reason}", flush=True)
-        statuses.update(execute(todo, slots, len(statuses), total))
+        statuses.update(execute(todo, slots, len(statuses), total, children))
 
-    run_round(planned)
-    second = []
-    if round_2:
-        start = mnli.save_model_dir if mnli else (config.round_2_start or config.starting_checkpoint)
-        second = make_jobs(config, round_2, start, set())
-        second, round_2_note = reuse_mnli_ticket(config, mnli, second, round_2_note)
-        print(f"[glue] round 2 ({', '.join(round_2)}) starts from the {round_2_note}", flush=True)
-        if mnli and rerun_reason(mnli) is not None:
-            error = f"no MNLI model to start from: {mnli.name} did not produce {mnli.save_model_dir} (see {mnli.log_path})"
-            print(f"[glue] round 2 not run: {error}", flush=True)
-            round_2_note += ", which was not produced: round 2 did not run"
-            statuses.update({job.name: {"status": "not run", "error": error} for job in second})
-        else:
-            run_round(second)
+    with ChildProcesses() as children:  # stopping the runner stops its job processes
+        run_round(planned)
+        second = []
+        if round_2:
+            start = mnli.save_model_dir if mnli else (config.round_2_start or config.starting_checkpoint)
+            second = make_jobs(config, round_2, start, set())
+            second, round_2_note = reuse_mnli_ticket(config, mnli, second, round_2_note)
+            print(f"[glue] round 2 ({', '.join(round_2)}) starts from the {round_2_note}", flush=True)
+            if mnli and rerun_reason(mnli) is not None:
+                error = f"no MNLI model to start from: {mnli.name} did not produce {mnli.save_model_dir} (see {mnli.log_path})"
+                print(f"[glue] round 2 not run: {error}", flush=True)
+                round_2_note += ", which was not produced: round 2 did not run"
+                statuses.update({job.name: {"status": "not run", "error": error} for job in second})
+            else:
+                run_round(second)
     report = build_report(config, planned + second, statuses, round_2_note)
     write_report(report, folder)
     return report
@@ -283,4 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
+    except Stopped as stop:
+        print(f"[glue] {stop}", file=sys.stderr, flush=True)
+        return 128 + stop.signum
     return 0 if all(row["status"] == "ok" for row in report["jobs"]) else 1

@@ -67,6 +67,10 @@ def build_hf_bert(
             raise ConfigError(f"model.model_config: BertConfig has no field '{unknown[0]}'.{nearest(unknown[0], valid)}")
         config = BertConfig(vocab_size=vocab_size, pad_token_id=tokenizer.pad_token_id, **overrides)
         model = BertForMaskedLM(config)
+    if model.config.max_position_embeddings < tokenizer.model_max_length:  # model_max_length is the run's max_seq_len
+        raise ConfigError(f"max_seq_len={tokenizer.model_max_length} does not fit hf_bert's position table of "
+                          f"{model.config.max_position_embeddings} (model.model_config.max_position_embeddings); "
+                          "lower max_seq_len or enlarge the table (MosaicBERT's ALiBi has no such limit).")
     if gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return ComposerHFBert(model, tokenizer=tokenizer, use_logits=True, metrics=mlm_metrics(), eval_metrics=mlm_metrics())

@@ -15,7 +15,7 @@ import logging
 import shlex
 import sys
 
-from mosaicbert.errors import UserError
+from mosaicbert.errors import Stopped, UserError
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
+    except Stopped as stop:
+        print(f"[sweep] {stop}", file=sys.stderr, flush=True)
+        return 128 + stop.signum
 
 
 def _main(args: argparse.Namespace) -> int:

@@ -17,8 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from queue import Queue
 
-from mosaicbert.errors import UserError
+from mosaicbert.errors import Stopped, UserError
 from mosaicbert.sweep.evaluate import checkpoints, is_trained, pending_evaluations
+from mosaicbert.processes import ChildProcesses
 from mosaicbert.sweep.plan import Plan, Run, save_plan
 
 BIN = Path(sys.executable).parent  # the environment's `composer` launcher sits next to its python
@@ -79,15 +80,23 @@ def run_local(plan: Plan) -> bool:
         number, run = numbered
         index, slot = slots.get()
         try:
-            return _train_and_evaluate(plan, run, slot, index, f"[{number}/{len(todo)}]", started)
+            if children.received is not None:
+                return False  # stopping: nothing new starts
+            return _train_and_evaluate(plan, run, slot, index, f"[{number}/{len(todo)}]", started, children)
         finally:
             slots.put((index, slot))
 
-    with ThreadPoolExecutor(max_workers=len(all_slots)) as pool:
-        return all(pool.map(work, enumerate(todo, 1)))
+    # SIGTERM or Ctrl-C goes on to the running jobs (pretraining checkpoints and stops; the next sweep resumes it).
+    with ChildProcesses() as children, ThreadPoolExecutor(max_workers=len(all_slots)) as pool:
+        ok = all(list(pool.map(work, enumerate(todo, 1))))
+    if children.received is not None:
+        raise Stopped(children.received, "the running jobs were stopped (pretraining checkpoints first); "
+                                         "unfinished runs resume next time")
+    return ok
 
 
-def _train_and_evaluate(plan: Plan, run: Run, slot: str | None, index: int, tag: str, started: float) -> bool:
+def _train_and_evaluate(plan: Plan, run: Run, slot: str | None, index: int, tag: str, started: float,
+                        children: ChildProcesses) -> bool:
     env = dict(os.environ)
     if slot is not None:
         env["CUDA_VISIBLE_DEVICES"] = slot
@@ -105,7 +114,13 @@ def _train_and_evaluate(plan: Plan, run: Run, slot: str | None, index: int, tag:
         with open(log_path, "a", encoding="utf-8") as log:
             log.write(f"\n$ {shlex.join(command)}\n")
             log.flush()
-            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+            try:
+                code = children.run(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+            except Stopped:
+                return False
+        if code != 0 and children.received is not None:
+            print(f"{tag} {run.run_id}: {what} stopped on a signal (exit {code}); it resumes next time", flush=True)
+            return False
         if code != 0:
             print(f"{tag} {run.run_id}: {what} failed (exit {code}); last lines of {log_path}:\n{_tail(log_path)}", flush=True)
             return False
