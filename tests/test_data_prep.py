@@ -102,7 +102,7 @@ def test_interrupted_split_leaves_nothing_that_looks_complete(tmp_path):
 
 @pytest.mark.slow
 def test_prep_killed_mid_write_then_run_again_completes(tmp_path):
-    write_c4_files(tmp_path / "c4raw", n_train=40000, n_val=4)
+    write_c4_files(tmp_path / "c4raw", n_train=100000, n_val=4)
     command = [sys.executable, str(REPO / "data_prep" / "convert_dataset.py"), "c4", "--local-dir",
                str(tmp_path / "c4raw"), "--splits", "train", "--skip-existing"]
     reference = subprocess.run(command + ["--out-root", str(tmp_path / "reference")], capture_output=True, text=True)
@@ -110,9 +110,11 @@ def test_prep_killed_mid_write_then_run_again_completes(tmp_path):
     out = tmp_path / "c4"
     killed = subprocess.Popen(command + ["--out-root", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not any(p.name.startswith(".train.partial-") and any(p.iterdir()) for p in out.glob(".*")):
+    while not any(p.name.startswith(".train.partial-") for p in out.glob(".*")):
         assert killed.poll() is None and time.monotonic() < deadline, "the split was written before it could be killed"
         time.sleep(0.01)
+    time.sleep(0.5)
+    assert killed.poll() is None, "the split was written before it could be killed"
     killed.kill()  # SIGKILL mid-write: no cleanup code runs
     killed.wait()
     assert not (out / "train").exists()  # nothing that looks complete

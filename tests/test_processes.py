@@ -75,8 +75,9 @@ def test_stopping_glue_stops_its_running_job_and_marks_it_unfinished(tmp_path, s
     start = tmp_path / "start"
     MosaicBertForMaskedLM(MosaicBertConfig(vocab_size=2048, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                            intermediate_size=64)).save_pretrained(start)
-    texts = [f"Sentence {i} is about files. It returns item {i}." for i in range(40)]
-    data = write_demo_tasks(tmp_path / "glue", train_size=32, dev_size=8, texts=texts)
+    texts = [f"Sentence number {i} talks about parsing files. It returns a value for item {i}. Then it stops here now."
+             for i in range(60)]
+    data = write_demo_tasks(tmp_path / "glue", train_size=24, dev_size=8, texts=texts)
     run = tmp_path / "run"
     command = [sys.executable, "src/glue.py", "yamls/glue/demo.yaml", f"starting_checkpoint={start}",
                f"run_folder={run}", f"data_local={data}", f"tokenizer_name={sample_root / 'tokenizer'}",

@@ -29,8 +29,9 @@ def resources() -> dict[str, object]:
 
 @pytest.mark.slow
 def test_jobs_one_after_another_leak_nothing(clean_env, sample_root, tmp_path):
-    texts = [f"Sentence {i} is about files. It returns item {i}." for i in range(40)]
-    data = write_demo_tasks(tmp_path / "glue", train_size=32, dev_size=8, texts=texts)
+    texts = [f"Sentence number {i} talks about parsing files. It returns a value for item {i}. Then it stops here now."
+             for i in range(60)]
+    data = write_demo_tasks(tmp_path / "glue", train_size=24, dev_size=8, texts=texts)
     rounds = []
     for round_ in range(3):
         folder = tmp_path / f"round{round_}"

@@ -24,6 +24,7 @@ import pickle
 import zipfile
 from typing import Any
 
+from composer.callbacks import CheckpointSaver
 from composer.utils import checkpoint as composer_checkpoint
 from composer.utils import dist as composer_dist
 
@@ -104,3 +105,12 @@ def _per_node_signal_file_name(rng=None) -> str:
 @functools.cache
 def install_per_node_signal_files() -> None:
     composer_dist.get_node_signal_file_name = _per_node_signal_file_name
+
+
+def remove_saver_temp_folders(trainer) -> None:
+    """Composer's CheckpointSaver keeps a temporary folder (for its `latest` symlink files) until it is garbage
+    collected, which a closed trainer's saver may never be in a long-lived process: one folder per run in the
+    temporary directory (tests/test_soak.py). Removed once the trainer is closed."""
+    for callback in trainer.state.callbacks:
+        if isinstance(callback, CheckpointSaver) and hasattr(callback, "tmp_dir_for_symlink"):
+            callback.tmp_dir_for_symlink.cleanup()

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
@@ -209,6 +210,10 @@ def read_yaml(yaml_path: str | os.PathLike, overrides: list[str] | None = None) 
         raise ConfigError(f"{path} leaves '{err.full_key}' to be set: add {err.full_key}=... on the command line.") from None
     except OmegaConfBaseException as err:
         raise ConfigError(f"could not read {path}: {err}") from None
+    except yaml.YAMLError as err:  # malformed YAML: the parser's own words say where
+        where = getattr(err, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+        raise ConfigError(f"could not read {path}: malformed YAML{at}: {getattr(err, 'problem', None) or err}") from None
     if not isinstance(resolved, dict):
         raise ConfigError(f"{path} must hold a mapping of config keys.")
     return resolved

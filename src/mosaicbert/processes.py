@@ -63,10 +63,14 @@ class ChildProcesses:
             self._running.discard(process)
 
     def run(self, command: list[str], **popen_kwargs) -> int:
-        """subprocess.run's return code, the process stopped with the runner."""
+        """subprocess.run's return code, the process stopped with the runner. After a signal it returns once the
+        child's whole group has exited (a launcher may exit before its training ranks finish checkpointing)."""
         process = self.start(command, **popen_kwargs)
         try:
-            return process.wait()
+            code = process.wait()
+            if self.received is not None:
+                _wait_for_group(process, time.monotonic() + self.grace_seconds)
+            return code
         finally:
             self.finished(process)
 
@@ -77,12 +81,16 @@ class ChildProcesses:
         with self._lock:
             running = list(self._running)
         for process in running:
-            while _group_alive(process) and time.monotonic() < deadline:
-                process.poll()  # reaps the leader once it exits, so the group can empty
-                time.sleep(0.1)
-            if _group_alive(process):
-                _signal_group(process, signal.SIGKILL)
-            process.wait()
+            _wait_for_group(process, deadline)
+
+
+def _wait_for_group(process: subprocess.Popen, deadline: float) -> None:
+    while _group_alive(process) and time.monotonic() < deadline:
+        process.poll()  # reaps the leader once it exits, so the group can empty
+        time.sleep(0.1)
+    if _group_alive(process):
+        _signal_group(process, signal.SIGKILL)
+    process.wait()
 
 
 def _signal_group(process: subprocess.Popen, signum: int) -> None:

@@ -65,7 +65,7 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
         install_per_node_signal_files,
         remove_partial_writes,
     )
-    from mosaicbert.data.text_dataset import build_mlm_dataloader, check_local_split
+    from mosaicbert.data.text_dataset import ReleaseStreamingResources, build_mlm_dataloader, check_local_split
     from mosaicbert.data.tokenizer import build_tokenizer
 
     check_save_folder(config)
@@ -119,7 +119,9 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
         evaluators.append(Evaluator(label="eval", dataloader=eval_loader, metric_names=["LanguageCrossEntropy", "MaskedAccuracy"]))
 
     summary = RunSummary(config.run_folder, config.save_folder, config.time_budget_seconds)
-    callbacks = build_section(config, "callbacks") + [summary, ResumeRNG(), CheckpointOnSignal()] + list(extra_callbacks or [])
+    datasets = [train_loader.dataloader.dataset] + [e.dataloader.dataloader.dataset for e in evaluators]
+    callbacks = build_section(config, "callbacks") + [summary, ResumeRNG(), CheckpointOnSignal(),
+                                                      ReleaseStreamingResources(datasets)] + list(extra_callbacks or [])
     max_duration = config.max_duration
     if config.time_budget_seconds is not None:
         # First among the callbacks, so the others see each batch's new plan at the same event.
@@ -174,6 +176,7 @@ def train(config: TrainConfig, extra_callbacks: list | None = None, extra_logger
     """Run pretraining; returns the run summary (first/last eval, throughput, checkpoint). A `nonfinite_guard`
     in rollback mode ends an attempt with RollBack: the run then resumes from its last checkpoint."""
     from mosaicbert.callbacks.nonfinite_guard import RollBack
+    from mosaicbert.checkpointing import remove_saver_temp_folders
 
     log.info(
         "%s: %s; device batch %d, microbatch %s, world size %d", config.run_name, describe_defaults(config),
@@ -202,6 +205,7 @@ def train(config: TrainConfig, extra_callbacks: list | None = None, extra_logger
             config = dataclasses.replace(config, autoresume=True)
         finally:
             trainer.close()
+            remove_saver_temp_folders(trainer)
 
 
 def main(argv: list[str] | None = None) -> int:

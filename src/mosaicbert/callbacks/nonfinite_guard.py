@@ -80,8 +80,9 @@ class NonFiniteGuard(Callback):
     def batch_start(self, state: State, logger: Logger) -> None:
         self._loss_finite = True
 
-    def after_loss(self, state: State, logger: Logger) -> None:
-        # Once per microbatch; state.loss is this microbatch's (a tensor, or a dict of them).
+    def after_backward(self, state: State, logger: Logger) -> None:
+        # Once per microbatch, after every AFTER_LOSS callback has seen (or changed) the loss; state.loss is
+        # this microbatch's (a tensor, or a dict of them).
         losses = state.loss.values() if isinstance(state.loss, dict) else [state.loss]
         for loss in losses:
             if isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss.detach()).all()):
