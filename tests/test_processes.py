@@ -69,6 +69,30 @@ def test_runner_signal_reaches_every_process_of_the_job_and_waits_for_them(tmp_p
     assert (tmp_path / "worker").read_text() == str(int(signal.SIGTERM))
 
 
+def test_a_signal_while_a_job_starts_neither_deadlocks_nor_misses_the_job(monkeypatch):
+    """The handler runs in the main thread, which may be inside start() (holding the lock) when the signal comes."""
+    import signal as signals
+
+    from mosaicbert.errors import Stopped
+    from mosaicbert.processes import ChildProcesses
+
+    real_popen = subprocess.Popen
+
+    def popen_interrupted(*args, **kwargs):
+        process = real_popen(*args, **kwargs)
+        signals.raise_signal(signals.SIGTERM)  # arrives during start(), before the child is registered
+        return process
+
+    monkeypatch.setattr(subprocess, "Popen", popen_interrupted)
+    with ChildProcesses(grace_seconds=30) as children:
+        process = children.start([sys.executable, "-c", "import time; time.sleep(60)"])
+        assert children.received == signals.SIGTERM
+        assert process.wait(timeout=30) == -signals.SIGTERM  # the late child was signalled too
+        with pytest.raises(Stopped):  # and nothing new starts
+            children.start([sys.executable, "-c", "pass"])
+        children.finished(process)
+
+
 @pytest.mark.slow
 def test_stopping_glue_stops_its_running_job_and_marks_it_unfinished(tmp_path, sample_root):
     torch.manual_seed(0)
@@ -95,3 +119,30 @@ def test_stopping_glue_stops_its_running_job_and_marks_it_unfinished(tmp_path, s
     assert "interrupted" in output and "stopped on SIGTERM" in output
     assert not job.is_running() or job.status() == psutil.STATUS_ZOMBIE  # nothing left behind, still training
     assert not list((run / "results").glob("*.json"))  # not finished: the next run of the command runs it again
+
+
+@pytest.mark.slow
+def test_stopping_a_local_sweep_checkpoints_its_pretraining_and_leaves_nothing(tmp_path, sample_root):
+    import psutil
+    from test_sweep import write_sweep
+
+    path = write_sweep(tmp_path, sample_root, models={"mosaicbert": {"recipe": "yamls/demo.yaml"}},
+                       checkpoint_interval="1000ba")
+    text = path.read_text().replace("max_duration: 6ba", "max_duration: 100000ba")
+    path.write_text(text)
+    sweep = subprocess.Popen([sys.executable, "src/sweep.py", str(path), "--launcher", "local"], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def training() -> bool:
+        return any(m.read_text().count('"time/train"') >= 3 for m in (tmp_path / "sweep").rglob("metrics.jsonl"))
+
+    wait_for(training, 180, "the sweep's pretraining did not start")
+    descendants = psutil.Process(sweep.pid).children(recursive=True)
+    sweep.send_signal(signal.SIGTERM)
+    output, _ = sweep.communicate(timeout=180)
+    assert sweep.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert "stopped on SIGTERM" in output and "resumes next time" in output
+    log = next((tmp_path / "sweep").rglob("sweep.log")).read_text()
+    assert "stopped on SIGTERM after batch" in log  # the training rank checkpointed before it stopped
+    assert list((tmp_path / "sweep").rglob("signal-checkpoints.txt"))
+    assert not [p for p in descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import errno
 import functools
+import hashlib
 import os
 import pickle
+import socket
 import zipfile
 from typing import Any
 
@@ -31,6 +33,8 @@ from composer.utils import dist as composer_dist
 from mosaicbert.errors import UserError
 
 _original_write = composer_checkpoint._write_checkpoint_file
+# This host, in partial-file names without dashes (host names may have them).
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 _original_load = composer_checkpoint.load_checkpoint
 _original_signal_file_name = composer_dist.get_node_signal_file_name
 
@@ -42,7 +46,7 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 def _atomic_write(state_dict: dict[str, Any], filename: str) -> None:
     folder, name = os.path.split(filename)
     # Keep the real name as the suffix: Composer picks tar/compression from the extension.
-    partial = os.path.join(folder, f".partial-{os.getpid()}-{name}")
+    partial = os.path.join(folder, f".partial-{os.getpid()}-{_HOST}-{name}")
     try:
         _original_write(state_dict, partial)
         with open(partial, "rb") as f:
@@ -60,14 +64,29 @@ def _atomic_write(state_dict: dict[str, Any], filename: str) -> None:
 
 
 def remove_partial_writes(save_folder: str | None) -> list[str]:
-    """At start-up no checkpoint is being written (a second run on the folder is refused), so a partial file
-    there is what a killed run left mid-write: remove it. Returns the names removed."""
+    """Partial checkpoint files (`.partial-<pid>-<host>-<name>`) that a killed run of this host left mid-write:
+    their process is gone. Those of a live process (an earlier attempt still writing its SIGTERM checkpoint
+    while a replacement starts) or of another host are kept. Returns the names removed."""
     if save_folder is None or not os.path.isdir(save_folder):
         return []
-    stale = sorted(name for name in os.listdir(save_folder) if name.startswith(".partial-"))
-    for name in stale:
-        os.remove(os.path.join(save_folder, name))
+    stale = []
+    for name in sorted(os.listdir(save_folder)):
+        parts = name.split("-", 3)
+        if len(parts) == 4 and parts[0] == ".partial" and parts[1].isdigit() and parts[2] == _HOST \
+                and not _alive(int(parts[1])):
+            os.remove(os.path.join(save_folder, name))
+            stale.append(name)
     return stale
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @functools.cache
@@ -75,20 +94,30 @@ def install_atomic_checkpoint_writes() -> None:
     composer_checkpoint._write_checkpoint_file = _atomic_write
 
 
+DAMAGED = ("PytorchStreamReader", "failed finding central directory", "invalid load key", "unpickling stack")
+INCOMPATIBLE = ("size mismatch", "Missing key", "Unexpected key")
+
+
 def _load_with_clear_errors(*args, path: str, **kwargs):
+    """Composer's load_checkpoint; the errors a bad checkpoint file gives become one message naming the file.
+    Anything else (a bug in a callback's state, a network or collective failure) keeps its traceback."""
     try:
         return _original_load(*args, path=path, **kwargs)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, KeyError) as err:
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
-        if isinstance(err, FileNotFoundError):
+    except Exception as err:
+        text = str(err)
+        lines = [line.strip() for line in text.splitlines() if line.strip()] or [type(err).__name__]
+        if isinstance(err, FileNotFoundError) and not os.path.exists(path):
             problem = "does not exist; point load_path at an existing checkpoint (runs/<run>/checkpoints/...)"
-        elif any(marker in str(err) for marker in ("size mismatch", "Missing key", "Unexpected key")):
+        elif isinstance(err, RuntimeError) and any(marker in text for marker in INCOMPATIBLE):
             problem = (f"holds another architecture than this config ({' '.join(lines[:2])[:300]}); load it with "
                        "the model_config it was trained with, or point load_path at a checkpoint of this model")
-        else:
+        elif isinstance(err, (pickle.UnpicklingError, EOFError, zipfile.BadZipFile)) or \
+                (isinstance(err, RuntimeError) and any(marker in text for marker in DAMAGED)):
             problem = (f"cannot be read ({type(err).__name__}: {lines[0][:200]}): it is damaged, cut short or not a "
                        "Composer checkpoint (this package writes checkpoints atomically, so it was not cut by a "
                        "killed run); use another checkpoint")
+        else:
+            raise
         raise UserError(f"checkpoint {path} {problem}.") from None
 
 

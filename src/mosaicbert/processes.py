@@ -29,7 +29,8 @@ class ChildProcesses:
         self.grace_seconds = grace_seconds
         self.received: int | None = None
         self._running: set[subprocess.Popen] = set()
-        self._lock = threading.Lock()
+        # Re-entrant: the signal handler runs in the main thread, possibly while that thread is inside start().
+        self._lock = threading.RLock()
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> ChildProcesses:
@@ -56,6 +57,8 @@ class ChildProcesses:
                 raise Stopped(self.received)
             process = subprocess.Popen(command, start_new_session=True, **popen_kwargs)
             self._running.add(process)
+            if self.received is not None:  # the signal came while Popen ran, after the handler's forwarding
+                _signal_group(process, signal.SIGTERM)
         return process
 
     def finished(self, process: subprocess.Popen) -> None:
@@ -87,6 +90,10 @@ class ChildProcesses:
 def _wait_for_group(process: subprocess.Popen, deadline: float) -> None:
     while _group_alive(process) and time.monotonic() < deadline:
         process.poll()  # reaps the leader once it exits, so the group can empty
+        try:  # and members orphaned to us: a runner that is PID 1 in a container adopts them
+            os.waitpid(-process.pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
         time.sleep(0.1)
     if _group_alive(process):
         _signal_group(process, signal.SIGKILL)

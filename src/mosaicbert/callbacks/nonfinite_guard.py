@@ -28,7 +28,7 @@ import os
 
 import torch
 from composer.callbacks import CheckpointSaver
-from composer.core import Callback, State
+from composer.core import Callback, Precision, State
 from composer.loggers import Logger
 from composer.utils import dist
 
@@ -77,13 +77,17 @@ class NonFiniteGuard(Callback):
                 json.dump({"batches": batches, "skip_before": self.skip_before}, f)
             os.replace(self.record + ".tmp", self.record)
 
-    def batch_start(self, state: State, logger: Logger) -> None:
-        self._loss_finite = True
+    def fit_start(self, state: State, logger: Logger) -> None:
+        self._recorded = self.recorded()  # read once; every rank acts on the flags all ranks agree on below
+
+    def before_train_batch(self, state: State, logger: Logger) -> None:
+        self._loss_finite = True  # here, so a retry after an automatic-microbatching OOM starts clean
 
     def after_backward(self, state: State, logger: Logger) -> None:
         # Once per microbatch, after every AFTER_LOSS callback has seen (or changed) the loss; state.loss is
         # this microbatch's (a tensor, or a dict of them).
-        losses = state.loss.values() if isinstance(state.loss, dict) else [state.loss]
+        losses = state.loss.values() if isinstance(state.loss, dict) else \
+            state.loss if isinstance(state.loss, (list, tuple)) else [state.loss]
         for loss in losses:
             if isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss.detach()).all()):
                 self._loss_finite = False
@@ -92,12 +96,17 @@ class NonFiniteGuard(Callback):
         batch = int(state.timestamp.batch) + 1  # the step being trained (the timestamp moves on after it)
         grads = [p.grad for p in state.model.parameters() if p.grad is not None]
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
+        # Under amp_fp16 an overflowing gradient is routine while the loss scale settles: GradScaler skips that
+        # step and lowers the scale by itself. Only the loss is checked there.
+        check_gradients = state.precision != Precision.AMP_FP16
+        recorded = any(b - self.skip_before <= batch <= b for b in getattr(self, "_recorded", []))
         flags = torch.stack([torch.tensor(float(not self._loss_finite), device=norm.device),
-                             (~torch.isfinite(norm)).float()])
+                             (~torch.isfinite(norm)).float() * float(check_gradients),
+                             torch.tensor(float(recorded), device=norm.device)])
         flags = state.device.tensor_to_device(flags)
         dist.all_reduce(flags, reduce_operation="MAX")
-        bad_loss, bad_grad = (bool(v) for v in flags.tolist())
-        if any(b - self.skip_before <= batch <= b for b in self.recorded()):
+        bad_loss, bad_grad, skip_recorded = (bool(v) for v in flags.tolist())
+        if skip_recorded:
             self._drop_gradients(state)
             log.warning("nonfinite_guard: skipping step %d, recorded as non-finite by an earlier attempt", batch)
             return
@@ -106,7 +115,7 @@ class NonFiniteGuard(Callback):
         logger.log_metrics({"nonfinite_guard/step": batch})
         what = "loss" if bad_loss else f"gradient norm ({float(norm)})"
         checkpoint = _last_checkpoint(state)
-        skipped = self.skips + len(self.recorded())  # this attempt's, and earlier attempts' (rollback)
+        skipped = self.skips + len(getattr(self, "_recorded", []))  # this attempt's, and earlier attempts' (rollback)
         if skipped >= self.max_skips and self.action != "stop":
             raise NonFiniteError(batch, what, checkpoint, f"{skipped} steps were skipped already (max_skips); "
                                  "the run keeps diverging: lower the lr or check the data, then resume.")

@@ -147,7 +147,9 @@ class ReleaseStreamingResources(Callback):
         for dataset in self.datasets:  # the lock files beside the blocks ({prefix}_barrier_filelock, ...)
             for lock in Path(dataset._filelock_root).glob(f"{dataset._shm_prefix_int:06}_*filelock"):
                 lock.unlink(missing_ok=True)
-        for handle in [obj for obj in gc.get_objects() if isinstance(obj, SharedMemory)]:
+        # type(), not isinstance(): isinstance consults __class__, which some objects (torch's deprecated
+        # module attributes) answer with a warning.
+        for handle in [obj for obj in gc.get_objects() if type(obj) is SharedMemory]:
             block = getattr(getattr(handle, "shm", None), "name", "") or ""
             prefix = block.lstrip("/").split("_", 1)[0]
             if not (prefix.isdigit() and int(prefix) in prefixes):

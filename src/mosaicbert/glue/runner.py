@@ -165,17 +165,26 @@ def execute(jobs: list[Job], slots: list[str | None], done_before: int, total: i
     while pending or running:
         if children.received is not None:
             children.wait_for_all()
+            interrupted = 0
             for job, process, log, _ in running.values():
                 log.close()
                 children.finished(process)
+                if process.returncode == 0 and os.path.isfile(job.result_path):
+                    print(f"[glue] {job.name} finished while stopping; its result is kept", flush=True)
+                    continue
+                interrupted += 1
                 print(f"[glue] {job.name} interrupted (exit {process.returncode}): not finished, it runs again "
                       "next time", flush=True)
-            raise Stopped(children.received, f"{len(running)} running GLUE job(s) interrupted, "
+            raise Stopped(children.received, f"{interrupted} running GLUE job(s) interrupted, "
                                              f"{len(pending)} not started")
         for slot in slots:
             if slot not in running and pending:
                 job = pending.popleft()
-                running[slot] = (job, *_launch(job, slot, children), time.perf_counter())
+                try:
+                    running[slot] = (job, *_launch(job, slot, children), time.perf_counter())
+                except Stopped:  # the signal came as it started: stop with the others
+                    pending.appendleft(job)
+                    break
                 where = f"GPU {slot}" if slot is not None else "CPU"
                 print(f"[glue] started {job.name} on {where} (log: {job.log_path})", flush=True)
         for slot, (job, process, log, began) in list(running.items()):
@@ -206,8 +215,12 @@ def _launch(job: Job, slot: str | None, children: ChildProcesses) -> tuple[subpr
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if slot is not None:
         env["CUDA_VISIBLE_DEVICES"] = slot
-    process = children.start([sys.executable, "-m", "mosaicbert.glue.job", str(spec)], stdout=log,
-                             stderr=subprocess.STDOUT, env=env)
+    try:
+        process = children.start([sys.executable, "-m", "mosaicbert.glue.job", str(spec)], stdout=log,
+                                 stderr=subprocess.STDOUT, env=env)
+    except BaseException:
+        log.close()
+        raise
     return process, log
 
 

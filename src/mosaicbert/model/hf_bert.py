@@ -9,6 +9,7 @@ import torch
 from composer.metrics.nlp import LanguageCrossEntropy, MaskedAccuracy
 from composer.models import HuggingFaceModel
 from transformers import BertConfig, BertForMaskedLM
+from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
 
 from mosaicbert.data.tokenizer import padded_vocab_size
 from mosaicbert.errors import ConfigError, nearest
@@ -67,7 +68,8 @@ def build_hf_bert(
             raise ConfigError(f"model.model_config: BertConfig has no field '{unknown[0]}'.{nearest(unknown[0], valid)}")
         config = BertConfig(vocab_size=vocab_size, pad_token_id=tokenizer.pad_token_id, **overrides)
         model = BertForMaskedLM(config)
-    if model.config.max_position_embeddings < tokenizer.model_max_length:  # model_max_length is the run's max_seq_len
+    # The training entry sets model_max_length to the run's max_seq_len; a tokenizer loaded without it says "unbounded".
+    if VERY_LARGE_INTEGER > tokenizer.model_max_length > model.config.max_position_embeddings:
         raise ConfigError(f"max_seq_len={tokenizer.model_max_length} does not fit hf_bert's position table of "
                           f"{model.config.max_position_embeddings} (model.model_config.max_position_embeddings); "
                           "lower max_seq_len or enlarge the table (MosaicBERT's ALiBi has no such limit).")
