@@ -14,6 +14,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -93,7 +94,9 @@ def fingerprints(tmp_path: Path, run: str) -> tuple[dict[tuple[int, int], list[s
 
 
 def shm_entries() -> set[str]:
-    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    """Streaming's shared-memory blocks and the lock files beside them in the temporary folder."""
+    blocks = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    return blocks | {p.name for p in Path(tempfile.gettempdir()).glob("[0-9]*_*filelock")}
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +142,7 @@ def test_sigkill_then_autoresume_loses_and_repeats_nothing(kill, clean_env, samp
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_resumed_exactly(*straight, tmp_path, folder, save_every=3, steps=10)
     assert not list((folder / "checkpoints").glob(".partial-*"))  # a write cut by the kill was cleared at start-up
-    assert shm_entries() <= shm_before  # the killed run's streaming shared memory was cleaned up
+    assert shm_entries() <= shm_before  # the killed run's shared memory and lock files were cleaned up
 
 
 EARLYBERT = {"model.model_config.num_attention_heads": 4, "model.model_config.hidden_size": 64,

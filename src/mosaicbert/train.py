@@ -65,7 +65,12 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
         install_per_node_signal_files,
         remove_partial_writes,
     )
-    from mosaicbert.data.text_dataset import ReleaseStreamingResources, build_mlm_dataloader, check_local_split
+    from mosaicbert.data.text_dataset import (
+        ReleaseStreamingResources,
+        build_mlm_dataloader,
+        check_local_split,
+        remove_stale_lock_files,
+    )
     from mosaicbert.data.tokenizer import build_tokenizer
 
     check_save_folder(config)
@@ -85,6 +90,7 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
         from streaming.base.util import clean_stale_shared_memory
 
         clean_stale_shared_memory()
+        remove_stale_lock_files()
 
     tokenizer = build_tokenizer(config.tokenizer_name, config.max_seq_len)
     name, kwargs = split_named(config.model, "model")
