@@ -102,7 +102,7 @@ def test_interrupted_split_leaves_nothing_that_looks_complete(tmp_path):
 
 @pytest.mark.slow
 def test_prep_killed_mid_write_then_run_again_completes(tmp_path):
-    write_c4_files(tmp_path / "c4raw", n_train=100000, n_val=4)
+    write_c4_files(tmp_path / "c4raw", n_train=50000, n_val=4)
     command = [sys.executable, str(REPO / "data_prep" / "convert_dataset.py"), "c4", "--local-dir",
                str(tmp_path / "c4raw"), "--splits", "train", "--skip-existing"]
     reference = subprocess.run(command + ["--out-root", str(tmp_path / "reference")], capture_output=True, text=True)

@@ -297,7 +297,7 @@ def fake_execute(launched: list[str], metrics_of=lambda job: None, fail=()):
     """Stands in for `runner.execute`: records the jobs it gets and writes what a finished job writes (its
     result, 0.75 for every metric unless `metrics_of` says otherwise, and the model it keeps)."""
 
-    def execute(jobs, slots, done_before, total):
+    def execute(jobs, slots, done_before, total, children):
         statuses = {}
         for job in jobs:
             launched.append(job.name)
