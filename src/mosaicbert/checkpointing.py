@@ -112,10 +112,11 @@ def _load_with_clear_errors(*args, path: str, **kwargs):
             problem = (f"holds another architecture than this config ({' '.join(lines[:2])[:300]}); load it with "
                        "the model_config it was trained with, or point load_path at a checkpoint of this model")
         elif isinstance(err, (pickle.UnpicklingError, EOFError, zipfile.BadZipFile)) or \
-                (isinstance(err, RuntimeError) and any(marker in text for marker in DAMAGED)):
-            problem = (f"cannot be read ({type(err).__name__}: {lines[0][:200]}): it is damaged, cut short or not a "
-                       "Composer checkpoint (this package writes checkpoints atomically, so it was not cut by a "
-                       "killed run); use another checkpoint")
+                (isinstance(err, RuntimeError) and any(marker in text for marker in DAMAGED)) or \
+                (isinstance(err, OSError) and os.path.isfile(path)):  # e.g. EINVAL seeking in a cut-off zip
+            problem = (f"cannot be read ({type(err).__name__}: {lines[0][:200]}): it is damaged, cut short, not a "
+                       "Composer checkpoint or not readable here (this package writes checkpoints atomically, so "
+                       "it was not cut by a killed run); use another checkpoint")
         else:
             raise
         raise UserError(f"checkpoint {path} {problem}.") from None
