@@ -32,6 +32,7 @@ from mosaicbert.model.loading import (
     composer_start,
     folder_config,
     folder_model_name,
+    loading_key_names,
     model_from_start,
     model_from_state,
     read_composer_checkpoint,
@@ -53,8 +54,7 @@ class Source:
 
 
 def _loaded(model, info, source: str) -> torch.nn.Module:
-    problems = [*info["missing_keys"], *info["unexpected_keys"],
-                *[key if isinstance(key, str) else key[0] for key in info["mismatched_keys"]]]
+    problems = [*info["missing_keys"], *info["unexpected_keys"], *loading_key_names(info["mismatched_keys"])]
     # The tied decoder weight is the word embeddings', saved once.
     problems = [key for key in problems if key not in ("cls.decoder.weight", "cls.predictions.decoder.weight")]
     if problems:

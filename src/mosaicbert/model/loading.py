@@ -231,7 +231,7 @@ def model_from_state(head: tuple[type, type], config_dict: dict[str, Any], state
                                      ignore_mismatched_sizes=True, output_loading_info=True)
 
 
-def _keys(entries: list) -> list[str]:
+def loading_key_names(entries: list) -> list[str]:
     return [key if isinstance(key, str) else key[0] for key in entries]  # mismatched: (key, shapes) before 4.46
 
 
@@ -243,7 +243,7 @@ def load_classifier(path: str, model_name: str, num_labels: int, model_config: d
     model, info = model_from_start(path, model_name, CLASSIFIERS, "the GLUE config says model_name", model_config,
                                    num_labels=num_labels, problem_type=None)
     fresh = [k for k in info["missing_keys"] if not k.startswith(("classifier.", "bert.pooler."))]
-    fresh += [k for k in _keys(info["mismatched_keys"]) if not k.startswith("classifier.")]
+    fresh += [k for k in loading_key_names(info["mismatched_keys"]) if not k.startswith("classifier.")]
     if fresh:
         raise UserError(f"{path} lacks encoder weights the classifier needs (e.g. {fresh[0]}); is it the right architecture?")
     # Every task starts with a new classifier, round 2 from the MNLI model too, even where the widths match.
@@ -256,7 +256,7 @@ def load_masked_lm(path: str, model_name: str, **config_updates: Any) -> torch.n
     this package's export, a transformers BERT or the original MosaicBERT release. A start without an MLM head
     (a fine-tuned classifier) gets a fresh one, said in the log."""
     model, info = model_from_start(path, model_name, MASKED_LMS, "the YAML says model.name", **config_updates)
-    fresh = [k for k in info["missing_keys"] + _keys(info["mismatched_keys"]) if not k.startswith("cls.")]
+    fresh = [k for k in info["missing_keys"] + loading_key_names(info["mismatched_keys"]) if not k.startswith("cls.")]
     if fresh:
         raise UserError(f"{path} lacks encoder weights (e.g. {fresh[0]}) or has other widths than the model "
                         f"config asks for; remove the model_config overrides that change the architecture.")
@@ -270,7 +270,7 @@ def load_weights_into(model: torch.nn.Module, path: str, model_name: str) -> Non
     the YAML gave. Shapes must match; the optimizer, schedule and data order start fresh."""
     # A copy: from_pretrained settles attention implementation details on the config it is given.
     loaded, info = model_from_start(path, model_name, MASKED_LMS, "the YAML says model.name", config=copy.deepcopy(model.config))
-    different = _keys(info["mismatched_keys"])
+    different = loading_key_names(info["mismatched_keys"])
     if different:
         raise UserError(f"load_path {path} has other widths than the YAML's model (e.g. {different[0]}); set "
                         f"model.pretrained_model_name={path} instead to take the folder's architecture.")
