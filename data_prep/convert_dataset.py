@@ -3,19 +3,24 @@
     python data_prep/convert_dataset.py c4 --out-root data/c4            # allenai/c4 (en) from the hub
     python data_prep/convert_dataset.py c4 --local-dir DIR --out-root data/c4   # local C4 json/json.gz files
     python data_prep/convert_dataset.py sample --out-root data/sample    # offline: Python stdlib docs
+    python data_prep/convert_dataset.py text --input notes/ more/*.jsonl.gz --out-root data/mycorpus   # your text
 
 Each split holds one document per sample in a `text` column; `--tokenizer` adds an
 `input_ids` column of token ids (uint16 where the vocabulary fits). `sample` also
-trains a WordPiece tokenizer on its train split and saves it to <out-root>/tokenizer.
+trains a WordPiece tokenizer on its train split and saves it to <out-root>/tokenizer. `text` reads
+files, folders and globs of text, JSON lines, CSV/TSV and Parquet (optionally .gz/.bz2/.xz/.zst), or a
+Hugging Face dataset, in one pass: validation by a hash of each document, exact de-duplication, a
+length filter, worker processes, and a report (<out-root>/prep_report.json).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from mosaicbert.data import prep
+from mosaicbert.data import corpus_prep, prep, sources
 from mosaicbert.data.tokenizer import build_tokenizer, train_wordpiece_tokenizer
 from mosaicbert.errors import UserError
 
@@ -39,12 +44,44 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sample.add_argument("--vocab-size", type=int, default=8192, help="WordPiece vocabulary of the offline tokenizer")
     sample.add_argument("--small-train-docs", type=int, default=1000)
     sample.add_argument("--small-val-docs", type=int, default=200)
-    return parser.parse_args(argv)
+
+    text = sub.add_parser("text", parents=[common], help="your own text: files, folders, globs or a Hugging Face dataset",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sources.add_source_arguments(text)
+    text.add_argument("--val-fraction", type=float, default=0.005, help="share of documents (by hash) for validation, "
+                      "unless the input names its splits")
+    text.add_argument("--no-dedupe", dest="dedupe", action="store_false", help="keep exact duplicates (same text "
+                      "after normalising whitespace and Unicode)")
+    text.add_argument("--min-chars", type=int, default=0, help="leave out documents shorter than this")
+    text.add_argument("--chunk", action="store_true", help="with --tokenizer: cut each document into pieces of "
+                      "--max-seq-len tokens (less [CLS] and [SEP]) instead of letting training truncate it")
+    text.add_argument("--max-seq-len", type=int, default=128, help="the training sequence length --chunk cuts for")
+    text.add_argument("--num-proc", type=int, default=os.cpu_count(), help="worker processes for keying, filtering "
+                      "and tokenizing")
+    text.add_argument("--small-train-docs", type=int, default=prep.C4_SMALL_SIZES["train_small"])
+    text.add_argument("--small-val-docs", type=int, default=prep.C4_SMALL_SIZES["val_small"])
+    args = parser.parse_args(argv)
+    if args.source == "text":
+        check_text_args(args)
+    return args
+
+
+def check_text_args(args: argparse.Namespace) -> None:
+    if not 0 <= args.val_fraction < 1:
+        raise UserError(f"--val-fraction must be at least 0 and below 1, got {args.val_fraction}")
+    if args.chunk and not args.tokenizer:
+        raise UserError("--chunk cuts documents on token boundaries: give --tokenizer too")
+    if args.chunk and args.max_seq_len < 3:
+        raise UserError(f"--max-seq-len must leave room for [CLS], [SEP] and a token, got {args.max_seq_len}")
+    if args.num_proc < 1:
+        raise UserError(f"--num-proc must be at least 1, got {args.num_proc}")
 
 
 def main(argv: list[str] | None = None) -> dict[str, int]:
     args = parse_args(argv)
     if_exists = "overwrite" if args.overwrite else "skip" if args.skip_existing else "error"
+    if args.source == "text":
+        return write_text_corpus(args, if_exists)
     if args.source == "c4":
         specs = prep.split_specs(args.splits, args.max_docs, prep.C4_SMALL_SIZES)
         corpus = lambda split: prep.c4_documents(split, args.local_dir)  # noqa: E731
@@ -63,6 +100,22 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
     if counts:
         print("wrote " + ", ".join(f"{name}: {n} documents" for name, n in counts.items()) + f" under {args.out_root}")
     return counts
+
+
+def write_text_corpus(args: argparse.Namespace, if_exists: str) -> dict[str, int]:
+    stats = sources.ReadStats()
+    corpus = sources.corpus_from_args(args, stats)
+    options = corpus_prep.PrepOptions(
+        val_fraction=args.val_fraction, dedupe=args.dedupe, min_chars=args.min_chars, tokenizer=args.tokenizer,
+        chunk_tokens=args.max_seq_len - 2 if args.chunk else None, max_docs=args.max_docs,
+        small_sizes={"train_small": args.small_train_docs, "val_small": args.small_val_docs}, num_proc=args.num_proc,
+    )
+    report = corpus_prep.write_corpus(args.out_root, corpus, stats, options, args.splits, if_exists)
+    if report is None:
+        return {}
+    print("\n".join(report.lines()))
+    print(f"wrote {', '.join(report.samples_per_split)} under {args.out_root} (report: {args.out_root}/{corpus_prep.REPORT})")
+    return report.samples_per_split
 
 
 def write_sample_tokenizer(folder: Path, texts: list[str], vocab_size: int, if_exists: str) -> None:

@@ -53,6 +53,49 @@ def split_specs(splits: Iterable[str], max_docs: int | None, small_sizes: dict[s
     return specs
 
 
+def token_columns(tokenizer: Any) -> tuple[dict[str, str], Any]:
+    """MDS columns for documents (and their token ids when a tokenizer is given), and the id dtype."""
+    if tokenizer is None:
+        return {"text": "str"}, None
+    id_dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max + 1 else np.uint32
+    return {"text": "str", "input_ids": f"ndarray:{np.dtype(id_dtype).name}"}, id_dtype
+
+
+class StagedSplit:
+    """An MDSWriter on a hidden staging folder beside `<out_root>/<split>`, moved into place by `commit`.
+
+    Until then nothing at the split's path changes: an interrupted write (an exception, Ctrl-C) removes the
+    staging folder, and a staging folder left by a killed prep is removed by the next one. With `remote`,
+    shards are also uploaded to `<remote>/<split>` as they are written; MDS writes `index.json` last, so an
+    interrupted upload does not read as a finished split either.
+    """
+
+    def __init__(self, out_root: str | os.PathLike, split: str, columns: dict[str, str], *,
+                 remote: str | None = None, compression: str | None = None, size_limit: str | int = "64mb"):
+        self.final = Path(out_root) / split
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        for stale in self.final.parent.glob(f".{split}.partial-*"):  # left by a prep that was killed mid-write
+            shutil.rmtree(stale, ignore_errors=True)
+        self.staging = self.final.parent / f".{split}.partial-{os.getpid()}"
+        out = str(self.staging) if remote is None else (str(self.staging), f"{remote.rstrip('/')}/{split}")
+        self.writer = MDSWriter(out=out, columns=columns, compression=compression, size_limit=size_limit,
+                                keep_local=True)
+        self.samples = 0
+
+    def write(self, sample: dict[str, Any]) -> None:
+        self.writer.write(sample)
+        self.samples += 1
+
+    def commit(self, info: dict[str, Any]) -> None:
+        """Finish the shards (and their upload), record `info` beside them and move the split into place."""
+        self.writer.finish()
+        (self.staging / PREP_INFO).write_text(json.dumps(info, indent=2) + "\n")
+        _swap_into_place(self.staging, self.final)
+
+    def abandon(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
 def write_split(
     out_root: str | os.PathLike,
     split: str,
@@ -63,47 +106,35 @@ def write_split(
     overwrite: bool = False,
     info: dict[str, Any] | None = None,
     compression: str | None = None,
+    remote: str | None = None,
 ) -> int:
     """Write documents to `<out_root>/<split>` as MDS; returns the number written."""
     final = Path(out_root) / split
     if final.exists() and not overwrite:
         raise UserError(already_exists(final))
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = final.parent / f".{split}.partial-{os.getpid()}"
-    for stale in final.parent.glob(f".{split}.partial-*"):  # left by a prep that was killed mid-write
-        shutil.rmtree(stale, ignore_errors=True)
-
-    columns = {"text": "str"}
-    id_dtype = None
-    if tokenizer is not None:
-        id_dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max + 1 else np.uint32
-        columns["input_ids"] = f"ndarray:{np.dtype(id_dtype).name}"
-
-    count = 0
+    columns, id_dtype = token_columns(tokenizer)
+    staged = StagedSplit(out_root, split, columns, remote=remote, compression=compression)
     try:
-        with MDSWriter(out=str(staging), columns=columns, compression=compression, size_limit="64mb") as writer:
-            progress = tqdm(total=total, desc=f"{split}", unit="doc", dynamic_ncols=True)
-            for chunk in _chunks(documents, TOKENIZE_CHUNK):
-                ids = tokenizer(chunk, add_special_tokens=False)["input_ids"] if tokenizer is not None else None
-                for i, text in enumerate(chunk):
-                    sample = {"text": text}
-                    if ids is not None:
-                        sample["input_ids"] = np.asarray(ids[i], dtype=id_dtype)
-                    writer.write(sample)
-                count += len(chunk)
-                progress.update(len(chunk))
-            progress.close()
-        if count == 0:
+        progress = tqdm(total=total, desc=f"{split}", unit="doc", dynamic_ncols=True)
+        for chunk in _chunks(documents, TOKENIZE_CHUNK):
+            ids = tokenizer(chunk, add_special_tokens=False)["input_ids"] if tokenizer is not None else None
+            for i, text in enumerate(chunk):
+                sample = {"text": text}
+                if ids is not None:
+                    sample["input_ids"] = np.asarray(ids[i], dtype=id_dtype)
+                staged.write(sample)
+            progress.update(len(chunk))
+        progress.close()
+        if staged.samples == 0:
             raise UserError(f"no documents for split '{split}'; check the source.")
-        meta = dict(info or {}, split=split, documents=count, columns=columns)
+        meta = dict(info or {}, split=split, documents=staged.samples, columns=columns)
         if tokenizer is not None:
             meta.update(tokenizer=tokenizer.name_or_path, tokenizer_vocab_size=len(tokenizer))
-        (staging / PREP_INFO).write_text(json.dumps(meta, indent=2) + "\n")
-        _swap_into_place(staging, final)
+        staged.commit(meta)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        staged.abandon()
         raise
-    return count
+    return staged.samples
 
 
 def already_exists(path: Path) -> str:

@@ -1,0 +1,302 @@
+"""A user's corpus to MDS splits in one pass: validation by hash, exact de-duplication, a length filter,
+optional tokenization and chunking into sequence-length pieces, worker processes, progress and a report.
+
+    documents -> [workers: key, filter, tokenize, chunk] -> [main: de-duplicate, route to splits, write]
+
+Each document's key is a 64-bit hash of its whitespace-normalised NFC text. The key alone decides the
+split (validation when `key < val_fraction * 2**64`), so the same document lands in the same split on
+every run and machine, and copies of it land together. Where the input names its splits (`train.jsonl`
+and `validation.jsonl`, a dataset's own splits), those are kept. Memory holds the documents in flight and
+one 8-byte key per unique document (for de-duplication): about 60 bytes per document in CPython, not the
+corpus.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from mosaicbert.data.prep import C4_SMALL_SIZES, SPLITS, StagedSplit, already_exists, token_columns
+from mosaicbert.data.sources import Corpus, Document, ReadStats
+from mosaicbert.errors import UserError
+from mosaicbert.files import write_json_atomically
+
+WORK_CHUNK = 256  # documents per task sent to a worker
+REPORT = "prep_report.json"
+
+
+def document_key(text: str) -> int:
+    """A 64-bit hash of the text with Unicode normalised (NFC) and every run of whitespace made one space."""
+    normalised = " ".join(unicodedata.normalize("NFC", text).split())
+    return int.from_bytes(hashlib.blake2b(normalised.encode(), digest_size=8).digest(), "little")
+
+
+def is_validation(key: int, val_fraction: float) -> bool:
+    return key < val_fraction * 2**64
+
+
+@dataclass(frozen=True)
+class PrepOptions:
+    val_fraction: float = 0.005
+    dedupe: bool = True
+    min_chars: int = 0
+    tokenizer: str | None = None  # hub name or folder; adds an `input_ids` column
+    chunk_tokens: int | None = None  # cut tokenized documents into pieces of this many tokens ([CLS]/[SEP] added later)
+    max_docs: int | None = None  # per split
+    small_sizes: dict[str, int] = field(default_factory=lambda: dict(C4_SMALL_SIZES))
+    num_proc: int = 1
+    remote: str | None = None
+
+
+@dataclass
+class Processed:
+    """One document after the workers: its key and its samples (one, or one per chunk)."""
+
+    key: int
+    chars: int
+    samples: list[dict[str, Any]]
+    tokens: int = 0
+
+
+# --------------------------------------------------------------------------- worker side
+
+_worker_tokenizer: Any = None
+
+
+def _init_worker(tokenizer_name: str | None) -> None:
+    global _worker_tokenizer
+    if tokenizer_name is not None:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism
+        from mosaicbert.data.tokenizer import build_tokenizer
+
+        _worker_tokenizer = build_tokenizer(tokenizer_name, max_seq_len=10**9)
+
+
+def process_documents(texts: list[str], min_chars: int, chunk_tokens: int | None) -> list[Processed | None]:
+    """Key, filter (None: shorter than `min_chars` once stripped), tokenize and chunk a batch of documents."""
+    kept = [text for text in texts if len(text.strip()) >= min_chars]
+    results: list[Processed] = [Processed(document_key(text), len(text), [{"text": text}]) for text in kept]
+    if _worker_tokenizer is not None:
+        _add_tokens(results, kept, chunk_tokens)
+    by_text = iter(results)
+    return [next(by_text) if len(text.strip()) >= min_chars else None for text in texts]
+
+
+def _add_tokens(results: list[Processed], texts: list[str], chunk_tokens: int | None) -> None:
+    tokenizer = _worker_tokenizer
+    _, id_dtype = token_columns(tokenizer)
+    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=chunk_tokens is not None)
+    for i, (result, text) in enumerate(zip(results, texts)):
+        ids = np.asarray(encoded["input_ids"][i], dtype=id_dtype)
+        result.tokens = len(ids)
+        if chunk_tokens is None or len(ids) <= chunk_tokens:
+            result.samples[0]["input_ids"] = ids
+            continue
+        offsets = encoded["offset_mapping"][i]
+        result.samples = [
+            # each piece keeps the text it was cut from, so a loader that re-tokenizes text sees the same piece
+            {"text": text[offsets[start][0]: offsets[min(start + chunk_tokens, len(ids)) - 1][1]],
+             "input_ids": ids[start: start + chunk_tokens]}
+            for start in range(0, len(ids), chunk_tokens)
+        ]
+
+
+# --------------------------------------------------------------------------- main side
+
+
+def processed_stream(documents: Iterable[Document], options: PrepOptions) -> Iterator[tuple[Document, Processed | None]]:
+    """(document, result) in input order, from `num_proc` worker processes (or this one) with a bounded
+    number of batches in flight, so memory does not grow with the corpus."""
+    batches = _batches(documents, WORK_CHUNK)
+    args = (options.min_chars, options.chunk_tokens)
+    if options.num_proc <= 1:
+        _init_worker(options.tokenizer)
+        for batch in batches:
+            yield from zip(batch, process_documents([d.text for d in batch], *args))
+        return
+    with ProcessPoolExecutor(options.num_proc, mp_context=get_context("spawn"), initializer=_init_worker,
+                             initargs=(options.tokenizer,)) as pool:
+        pending: list[tuple[list[Document], Future]] = []
+        for batch in batches:
+            pending.append((batch, pool.submit(process_documents, [d.text for d in batch], *args)))
+            if len(pending) >= 2 * options.num_proc:
+                done, future = pending.pop(0)
+                yield from zip(done, future.result())
+        for done, future in pending:
+            yield from zip(done, future.result())
+
+
+def _batches(documents: Iterable[Document], size: int) -> Iterator[list[Document]]:
+    batch: list[Document] = []
+    for document in documents:
+        batch.append(document)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+@dataclass
+class PrepReport:
+    source: str
+    documents_read: int = 0
+    documents_written: int = 0
+    characters: int = 0
+    tokens: int | None = None
+    duplicates_dropped: int = 0
+    filtered_min_chars: int = 0
+    samples_per_split: dict[str, int] = field(default_factory=dict)
+    documents_per_split: dict[str, int] = field(default_factory=dict)
+    rows_skipped: dict[str, int] = field(default_factory=dict)
+    invalid_utf8_bytes_replaced: int = 0
+    files_ignored_by_extension: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    input_megabytes: float | None = None
+    splits_by: str = ""
+
+    def lines(self) -> list[str]:
+        rate = f"{self.documents_read / max(self.seconds, 1e-9):,.0f} documents/s"
+        if self.input_megabytes is not None:
+            rate += f", {self.input_megabytes / max(self.seconds, 1e-9):.1f} MB/s"
+        out = [f"read {self.documents_read:,} documents from {self.source} in {self.seconds:.1f} s ({rate})",
+               f"wrote {self.documents_written:,} documents, {self.characters:,} characters"
+               + (f", {self.tokens:,} tokens" if self.tokens is not None else "")]
+        out.append("  " + ", ".join(f"{split}: {n:,} samples" for split, n in self.samples_per_split.items())
+                   + f" (validation {self.splits_by})")
+        dropped = {"duplicates dropped": self.duplicates_dropped, "shorter than --min-chars": self.filtered_min_chars,
+                   **{f"skipped ({reason})": n for reason, n in self.rows_skipped.items()},
+                   "invalid UTF-8 bytes replaced with U+FFFD": self.invalid_utf8_bytes_replaced}
+        out += [f"  {what}: {n:,}" for what, n in dropped.items() if n]
+        if self.files_ignored_by_extension:
+            kinds = ", ".join(f"{n} {ext}" for ext, n in sorted(self.files_ignored_by_extension.items()))
+            out.append(f"  files in folders left out (not a text format): {kinds}")
+        return out
+
+
+def write_corpus(out_root: str | os.PathLike, corpus: Corpus, stats: ReadStats, options: PrepOptions,
+                 splits: Iterable[str] = SPLITS, if_exists: str = "error") -> PrepReport | None:
+    """Write the corpus's documents into the requested splits in one pass; returns the report, or None when
+    every split exists and `if_exists="skip"`."""
+    splits = _splits_to_write(Path(out_root), list(splits), if_exists)
+    if not splits:
+        return None
+    if options.chunk_tokens is not None and options.tokenizer is None:
+        raise UserError("--chunk cuts documents on token boundaries: give --tokenizer too.")
+    tokenizer = _load_tokenizer(options.tokenizer)
+    columns, _ = token_columns(tokenizer)
+    report = PrepReport(source=corpus.description)
+    start = time.perf_counter()
+    with ExitStack() as stack:
+        staged = {split: StagedSplit(out_root, split, columns, remote=options.remote) for split in splits}
+        stack.callback(lambda: [s.abandon() for s in staged.values()])  # after a commit the staging folder is gone
+        _route(corpus, processed_stream(corpus.documents, options), staged, options, report, stats)
+        report.seconds = time.perf_counter() - start
+        _finish_report(report, stats, corpus)
+        for split, writer in staged.items():
+            if writer.samples == 0:
+                raise UserError(_empty_split(split, report, options))
+        info = {"source": corpus.description, "report": asdict(report),
+                **({"tokenizer": options.tokenizer, "tokenizer_vocab_size": len(tokenizer),
+                    "chunk_tokens": options.chunk_tokens} if options.tokenizer else {})}
+        for split, writer in staged.items():
+            writer.commit(dict(info, split=split, documents=report.documents_per_split[split], samples=writer.samples,
+                               columns=columns))
+    write_json_atomically(Path(out_root) / REPORT, asdict(report))
+    return report
+
+
+def _splits_to_write(out_root: Path, splits: list[str], if_exists: str) -> list[str]:
+    existing = [split for split in splits if (out_root / split).exists()]
+    if existing and if_exists == "error":
+        raise UserError(already_exists(out_root / existing[0]))
+    if if_exists == "skip":
+        for split in existing:
+            print(f"keeping existing {out_root / split}")
+        return [split for split in splits if split not in existing]
+    return splits
+
+
+def _load_tokenizer(name: str | None) -> Any:
+    if name is None:
+        return None
+    from mosaicbert.data.tokenizer import build_tokenizer
+
+    return build_tokenizer(name, max_seq_len=10**9)
+
+
+def _route(corpus: Corpus, results: Iterator[tuple[Document, Processed | None]], staged: dict[str, StagedSplit],
+           options: PrepOptions, report: PrepReport, stats: ReadStats) -> None:
+    """De-duplicate and send each document's samples to its splits, with progress in bytes (or documents)."""
+    seen: set[int] = set()
+    caps = {split: options.max_docs for split in staged}
+    for split, size in options.small_sizes.items():
+        if split in caps:
+            caps[split] = size if caps[split] is None else min(size, caps[split])
+    documents = Counter()
+    named = corpus.names_validation
+    by_bytes = corpus.total_bytes is not None  # files: progress and ETA in bytes; a streamed dataset: documents
+    progress = tqdm(total=corpus.total_bytes, unit="B" if by_bytes else "doc", unit_scale=by_bytes, desc="prep",
+                    dynamic_ncols=True)
+    for document, result in results:
+        report.documents_read += 1
+        progress.update(stats.bytes_read - progress.n if by_bytes else 1)
+        if report.documents_read % 1000 == 0:
+            progress.set_postfix(documents=f"{report.documents_read:,}",
+                                 per_s=f"{report.documents_read / max(progress.format_dict['elapsed'], 1e-9):,.0f}")
+        if result is None:
+            report.filtered_min_chars += 1
+            continue
+        if options.dedupe:
+            if result.key in seen:
+                report.duplicates_dropped += 1
+                continue
+            seen.add(result.key)
+        role = document.split if named and document.split else (
+            "validation" if is_validation(result.key, options.val_fraction) else "train")
+        targets = [s for s in staged if s.startswith("val") == (role == "validation")
+                   and (caps[s] is None or documents[s] < caps[s])]
+        for split in targets:
+            for sample in result.samples:
+                staged[split].write(sample)
+            documents[split] += 1
+        if targets:
+            report.documents_written += 1
+            report.characters += result.chars
+            if options.tokenizer:
+                report.tokens = (report.tokens or 0) + result.tokens
+        if all(caps[s] is not None and documents[s] >= caps[s] for s in staged):
+            break  # every split is full: stop reading
+    progress.close()
+    report.documents_per_split = {split: documents[split] for split in staged}
+    report.samples_per_split = {split: writer.samples for split, writer in staged.items()}
+    report.splits_by = "as the input names them" if named else f"by hash, {options.val_fraction:.2%} of documents"
+
+
+def _finish_report(report: PrepReport, stats: ReadStats, corpus: Corpus) -> None:
+    report.rows_skipped = dict(stats.skipped)
+    report.invalid_utf8_bytes_replaced = stats.invalid_utf8_bytes
+    report.files_ignored_by_extension = dict(stats.skipped_files)
+    report.input_megabytes = stats.bytes_read / 1e6 if corpus.total_bytes is not None else None
+
+
+def _empty_split(split: str, report: PrepReport, options: PrepOptions) -> str:
+    if report.documents_written == 0:
+        return (f"no documents to write: {report.documents_read:,} read, none kept (see the counts above: "
+                "empty, duplicates, --min-chars, rows skipped); check the inputs and options.")
+    return (f"split '{split}' would be empty: {report.documents_written:,} documents were kept and none went to "
+            f"it; with a small corpus raise --val-fraction (now {options.val_fraction}) or name the splits "
+            "in the input (train.jsonl, validation.jsonl).")
