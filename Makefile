@@ -10,6 +10,9 @@ SAMPLE_ROOT ?= data/sample
 C4_ROOT ?= data/c4
 C4_LOCAL_DIR ?=
 C4_ARGS ?=
+# `make shards INPUT="notes/ extra/*.jsonl.gz" OUT=data/mycorpus SHARDS_ARGS="--tokenizer data/mytok --chunk"`
+INPUT ?=
+SHARDS_ARGS ?=
 NOW := $(shell date +%Y%m%d-%H%M%S)
 DEMO_RUN ?= demo-$(NOW)
 # Extra `key=value` overrides for the demos, e.g. DEMO_ARGS="max_duration=2m" for a shorter demo.
@@ -38,7 +41,7 @@ OUT ?= exported/$(if $(findstring /checkpoints/,$(CKPT)),$(notdir $(patsubst %/c
 TOKENIZER ?=
 OVERWRITE ?=
 
-.PHONY: install demo glue-demo earlybert-demo pareto-demo bench export test sample-shards c4-shards lock clean
+.PHONY: shards install demo glue-demo earlybert-demo pareto-demo bench export test sample-shards c4-shards lock clean
 
 install: $(STAMP)
 
@@ -58,6 +61,12 @@ $(SAMPLE_ROOT)/val_small/index.json: | $(STAMP)
 c4-shards: $(STAMP)
 	$(PY) data_prep/convert_dataset.py c4 --out-root $(C4_ROOT) --skip-existing \
 		$(if $(C4_LOCAL_DIR),--local-dir $(C4_LOCAL_DIR)) $(C4_ARGS)
+
+# Your own text (files, folders, globs, or SHARDS_ARGS="--hf-dataset NAME") -> MDS splits; existing splits are kept.
+shards: $(STAMP)
+	@test -n "$(INPUT)$(findstring --hf-dataset,$(SHARDS_ARGS))" || { echo "error: name the text: make shards INPUT='folder/ or files' OUT=data/mycorpus" >&2; exit 2; }
+	@test -n "$(filter command line environment,$(origin OUT))" || { echo "error: name the dataset folder: make shards INPUT=... OUT=data/mycorpus" >&2; exit 2; }
+	$(PY) data_prep/convert_dataset.py text $(if $(INPUT),--input $(INPUT)) --out-root $(OUT) --skip-existing $(SHARDS_ARGS)
 
 # Trains for 5 minutes of training time on any CPU (yamls/demo.yaml: max_duration: 5m; a slower CPU
 # trains fewer batches), plus start-up and evaluations. Each run gets its own folder under runs/.

@@ -321,17 +321,24 @@ def _text_documents(f: IO[str], doc_boundary: str) -> Iterator[str]:
             yield "".join(paragraph)
 
 
+_INVALID = object()
+
+
 def _json_lines(f: IO[str], item: InputFile, options: ReadOptions, stats: ReadStats) -> Iterator[Any]:
     for number, line in enumerate(f, 1):
         if not line.strip():
             continue
         try:
-            yield json.loads(line)
+            record = json.loads(line)
         except json.JSONDecodeError:
-            if number == 1 and line.lstrip().startswith("["):
-                raise UserError(f"{item.path} is one JSON array, not JSON lines (one object per line); convert it "
-                                "with `jq -c '.[]' in.json > out.jsonl`.") from None
+            record = _INVALID
+        if number == 1 and line.lstrip().startswith("[") and not isinstance(record, dict):
+            raise UserError(f"{item.path} is one JSON array, not JSON lines (one object per line); convert it "
+                            "with `jq -c '.[]' in.json > out.jsonl`.")
+        if record is _INVALID:
             stats.skip("invalid JSON", f"{item.path}:{number}", options.strict)
+        else:
+            yield record
 
 
 def _jsonl_documents(f: IO[str], item: InputFile, options: ReadOptions, stats: ReadStats) -> Iterator[str]:
