@@ -215,7 +215,11 @@ def test_tokenized_workers_match_one_process_and_chunks_cover_every_token(tmp_pa
         for text, ids in whole.items():
             assert np.array_equal(ids, tokenizer(text, add_special_tokens=False)["input_ids"])
     report = json.loads((tmp_path / "chunked" / REPORT).read_text())
-    assert report["tokens"] == sum(len(tokenizer(d, add_special_tokens=False)["input_ids"]) for d in set(long_docs + DOCS))
+    lengths = [len(tokenizer(d, add_special_tokens=False)["input_ids"]) for d in set(long_docs + DOCS)]
+    assert report["tokens"] == sum(lengths)
+    assert report["share_of_tokens_trained"] == 1.0
+    assert report["share_of_tokens_trained_unchunked"] == pytest.approx(sum(min(n, 30) for n in lengths) / sum(lengths))
+    assert report["share_of_tokens_trained_unchunked"] < 0.9  # the long documents lose tokens to truncation
 
 
 def test_interrupted_prep_leaves_no_split_and_existing_splits_are_kept(tmp_path, monkeypatch):

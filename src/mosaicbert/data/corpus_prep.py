@@ -54,7 +54,8 @@ class PrepOptions:
     dedupe: bool = True
     min_chars: int = 0
     tokenizer: str | None = None  # hub name or folder; adds an `input_ids` column
-    chunk_tokens: int | None = None  # cut tokenized documents into pieces of this many tokens ([CLS]/[SEP] added later)
+    max_seq_len: int = 128  # training's sequence length: what truncation keeps of a document, and the chunk size
+    chunk: bool = False  # cut tokenized documents into pieces of max_seq_len - 2 tokens ([CLS]/[SEP] added later)
     max_docs: int | None = None  # per split
     small_sizes: dict[str, int] = field(default_factory=lambda: dict(C4_SMALL_SIZES))
     num_proc: int = 1
@@ -121,7 +122,7 @@ def processed_stream(documents: Iterable[Document], options: PrepOptions) -> Ite
     """(document, result) in input order, from `num_proc` worker processes (or this one) with a bounded
     number of batches in flight, so memory does not grow with the corpus."""
     batches = _batches(documents, WORK_CHUNK)
-    args = (options.min_chars, options.chunk_tokens)
+    args = (options.min_chars, options.max_seq_len - 2 if options.chunk else None)
     if options.num_proc <= 1:
         _init_worker(options.tokenizer)
         for batch in batches:
@@ -157,6 +158,11 @@ class PrepReport:
     documents_written: int = 0
     characters: int = 0
     tokens: int | None = None
+    # Of the tokens written, the share one epoch trains on: truncated at max_seq_len (the loader's default)
+    # or, with --chunk, every piece whole.
+    max_seq_len: int = 128
+    share_of_tokens_trained_unchunked: float | None = None
+    share_of_tokens_trained: float | None = None
     duplicates_dropped: int = 0
     filtered_min_chars: int = 0
     samples_per_split: dict[str, int] = field(default_factory=dict)
@@ -175,6 +181,9 @@ class PrepReport:
         out = [f"read {self.documents_read:,} documents from {self.source} in {self.seconds:.1f} s ({rate})",
                f"wrote {self.documents_written:,} documents, {self.characters:,} characters"
                + (f", {self.tokens:,} tokens" if self.tokens is not None else "")]
+        if self.tokens:
+            out.append(f"  tokens trained on per epoch at max_seq_len {self.max_seq_len}: {self.share_of_tokens_trained:.1%}"
+                       f" (truncated, without --chunk: {self.share_of_tokens_trained_unchunked:.1%})")
         out.append("  " + ", ".join(f"{split}: {n:,} samples" for split, n in self.samples_per_split.items())
                    + f" (validation {self.splits_by})")
         dropped = {"duplicates dropped": self.duplicates_dropped, "shorter than --min-chars": self.filtered_min_chars,
@@ -194,7 +203,7 @@ def write_corpus(out_root: str | os.PathLike, corpus: Corpus, stats: ReadStats, 
     splits = _splits_to_write(Path(out_root), list(splits), if_exists)
     if not splits:
         return None
-    if options.chunk_tokens is not None and options.tokenizer is None:
+    if options.chunk and options.tokenizer is None:
         raise UserError("--chunk cuts documents on token boundaries: give --tokenizer too.")
     tokenizer = _load_tokenizer(options.tokenizer)
     columns, _ = token_columns(tokenizer)
@@ -211,7 +220,7 @@ def write_corpus(out_root: str | os.PathLike, corpus: Corpus, stats: ReadStats, 
                 raise UserError(_empty_split(split, report, options))
         info = {"source": corpus.description, "report": asdict(report),
                 **({"tokenizer": options.tokenizer, "tokenizer_vocab_size": len(tokenizer),
-                    "chunk_tokens": options.chunk_tokens} if options.tokenizer else {})}
+                    "chunk": options.chunk, "max_seq_len": options.max_seq_len} if options.tokenizer else {})}
         for split, writer in staged.items():
             writer.commit(dict(info, split=split, documents=report.documents_per_split[split], samples=writer.samples,
                                columns=columns))
@@ -247,6 +256,7 @@ def _route(corpus: Corpus, results: Iterator[tuple[Document, Processed | None]],
         if split in caps:
             caps[split] = size if caps[split] is None else min(size, caps[split])
     documents = Counter()
+    kept_unchunked = 0  # tokens a document keeps when training truncates it
     named = corpus.names_validation
     by_bytes = corpus.total_bytes is not None  # files: progress and ETA in bytes; a streamed dataset: documents
     progress = tqdm(total=corpus.total_bytes, unit="B" if by_bytes else "doc", unit_scale=by_bytes, desc="prep",
@@ -278,11 +288,16 @@ def _route(corpus: Corpus, results: Iterator[tuple[Document, Processed | None]],
             report.characters += result.chars
             if options.tokenizer:
                 report.tokens = (report.tokens or 0) + result.tokens
+                kept_unchunked += min(result.tokens, options.max_seq_len - 2)
         if all(caps[s] is not None and documents[s] >= caps[s] for s in staged):
             break  # every split is full: stop reading
     progress.close()
     report.documents_per_split = {split: documents[split] for split in staged}
     report.samples_per_split = {split: writer.samples for split, writer in staged.items()}
+    if report.tokens:
+        report.max_seq_len = options.max_seq_len
+        report.share_of_tokens_trained_unchunked = kept_unchunked / report.tokens
+        report.share_of_tokens_trained = 1.0 if options.chunk else report.share_of_tokens_trained_unchunked
     report.splits_by = "as the input names them" if named else f"by hash, {options.val_fraction:.2%} of documents"
 
 
