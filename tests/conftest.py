@@ -15,6 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "data_prep"))
 
 DEMO_YAML = REPO / "yamls" / "demo.yaml"
+HF_BERT_YAML = REPO / "yamls" / "pretrain" / "hf-bert-demo.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +50,16 @@ def tiny_overrides(sample_root: Path, run_folder: Path, **extra) -> list[str]:
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+def pretrain(yaml: Path, sample_root: Path, run_folder: Path) -> Path:
+    """A tiny model of `yaml` trained 4 steps on the sample corpus; the path of its checkpoint."""
+    from mosaicbert.config import load_config
+    from mosaicbert.train import train
+
+    config = load_config(yaml, tiny_overrides(sample_root, run_folder, max_duration="4ba", save_interval="4ba",
+                                              eval_interval="4ba"))
+    return Path(train(config)["checkpoint"])
 
 
 class CrashAtBatch(Callback):

@@ -22,18 +22,10 @@ from mosaicbert.model.hf_bert import build_hf_bert
 from mosaicbert.model.loading import load_classifier, load_weights_into
 from mosaicbert.model.mosaic_bert import ComposerMosaicBert, build_mosaic_bert
 from mosaicbert.model.pruning import prune
-from mosaicbert.train import build_trainer, train
+from mosaicbert.train import build_trainer
 
-from conftest import DEMO_YAML, REPO, tiny_overrides
-
-HF_BERT_YAML = REPO / "yamls" / "pretrain" / "hf-bert-demo.yaml"
+from conftest import DEMO_YAML, HF_BERT_YAML, REPO, pretrain, tiny_overrides
 quiet = {"progress": lambda message: None}
-
-
-def pretrain(yaml: Path, sample_root: Path, run_folder: Path) -> Path:
-    config = load_config(yaml, tiny_overrides(sample_root, run_folder, max_duration="4ba", save_interval="4ba",
-                                              eval_interval="4ba"))
-    return Path(train(config)["checkpoint"])
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
 
 from mosaicbert.data.tokenizer import padded_vocab_size
 from mosaicbert.errors import ConfigError, nearest
+from mosaicbert.model.loading import check_model_name, check_vocabulary, folder_model_name
 
 
 class ComposerHFBert(HuggingFaceModel):
@@ -48,17 +49,12 @@ def build_hf_bert(
     keeps bert-base-uncased's 30522, i.e. multiple 1).
     """
     overrides = dict(model_config or {})
-    vocab_size = padded_vocab_size(len(tokenizer), vocab_multiple)
     if use_pretrained:
-        from mosaicbert.model.loading import check_model_name, folder_model_name
-
         if Path(pretrained_model_name).is_dir():  # else a hub id, which transformers checks itself
             found = folder_model_name(Path(pretrained_model_name))
             check_model_name(pretrained_model_name, found, "hf_bert", "the YAML says model.name")
         model = BertForMaskedLM.from_pretrained(pretrained_model_name, **overrides)
-        if model.config.vocab_size < len(tokenizer):
-            raise ConfigError(f"model.pretrained_model_name={pretrained_model_name} has a smaller vocabulary "
-                              f"({model.config.vocab_size}) than tokenizer_name ({len(tokenizer)} tokens).")
+        check_vocabulary(model.config.vocab_size, tokenizer, pretrained_model_name, vocab_multiple)
         if model.config.vocab_size % vocab_multiple:
             model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=vocab_multiple)
     else:
@@ -66,7 +62,9 @@ def build_hf_bert(
         unknown = sorted(set(overrides) - valid)
         if unknown:
             raise ConfigError(f"model.model_config: BertConfig has no field '{unknown[0]}'.{nearest(unknown[0], valid)}")
-        config = BertConfig(vocab_size=vocab_size, pad_token_id=tokenizer.pad_token_id, **overrides)
+        overrides.setdefault("vocab_size", padded_vocab_size(len(tokenizer), vocab_multiple))
+        check_vocabulary(overrides["vocab_size"], tokenizer)
+        config = BertConfig(pad_token_id=tokenizer.pad_token_id, **overrides)
         model = BertForMaskedLM(config)
     # The training entry sets model_max_length to the run's max_seq_len; a tokenizer loaded without it says "unbounded".
     if VERY_LARGE_INTEGER > tokenizer.model_max_length > model.config.max_position_embeddings:

@@ -44,6 +44,9 @@ MASKED_LMS = {"mosaic_bert": (MosaicBertConfig, MosaicBertForMaskedLM), "hf_bert
 SIGNATURE_KEYS = {"mosaic_bert": "bert.encoder.layer.0.attention.Wqkv.weight",
                   "hf_bert": "bert.encoder.layer.0.attention.self.query.weight"}
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# At most this many rows of a pretrained vocabulary past its tokenizer's tokens are alignment padding (rounding up to
+# a multiple of 64, as MosaicBERT's 30522 -> 30528, adds fewer); a larger model.vocab_multiple raises it.
+VOCAB_PADDING = 64
 
 
 def folder_config(folder: Path) -> dict[str, Any]:
@@ -97,6 +100,33 @@ def local_start(name_or_path: str) -> str:
     except Exception as err:  # huggingface_hub's errors for unknown repos, no network, gated access
         raise UserError(f"could not download {name_or_path} from the Hugging Face hub ({err.__class__.__name__}); "
                         "check the id, or download the folder once with network access and point at it.") from None
+
+
+def check_vocabulary(vocab_size: int, tokenizer: Any, pretrained_model_name: str | None = None,
+                     vocab_multiple: int = 1) -> None:
+    """The model's vocabulary against the tokenizer's, one message for every model and start. Every token id needs
+    a row (a larger id fails in the embedding lookup, mid-run). A pretrained model's rows past the tokenizer's may
+    be alignment padding only: more, and the tokenizer is not the one the model learnt, its ids naming other rows."""
+    tokens = len(tokenizer)
+    tokenizer_name = f"tokenizer_name={tokenizer.name_or_path}"
+    if pretrained_model_name is None:
+        if vocab_size < tokens:
+            raise UserError(f"model.model_config.vocab_size={vocab_size} is smaller than the tokenizer's {tokens} "
+                            f"tokens ({tokenizer_name}); remove it (the default is the tokenizer's size rounded up to "
+                            f"model.vocab_multiple) or set it to at least {tokens}.")
+        return
+    padding = max(vocab_multiple, VOCAB_PADDING)
+    if 0 <= vocab_size - tokens <= padding:
+        return
+    fix = (f"set tokenizer_name to the tokenizer {pretrained_model_name} was trained with (the folder itself where it "
+           "holds one, as exports do; bert-base-uncased for the mosaicml/mosaic-bert-base release).")
+    if vocab_size < tokens:
+        raise UserError(f"model.pretrained_model_name={pretrained_model_name} has a vocabulary of {vocab_size} tokens, "
+                        f"smaller than the tokenizer's {tokens} tokens ({tokenizer_name}): ids from {vocab_size} up "
+                        f"would have no embedding; {fix}")
+    raise UserError(f"model.pretrained_model_name={pretrained_model_name} has a vocabulary of {vocab_size} tokens but "
+                    f"the tokenizer has {tokens} tokens ({tokenizer_name}), more rows than alignment padding (at most "
+                    f"{padding}) explains: it is another tokenizer, whose ids would name other tokens' rows; {fix}")
 
 
 def read_composer_checkpoint(path: Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from composer.models import ComposerModel
 from mosaicbert.data.tokenizer import padded_vocab_size
 from mosaicbert.errors import ConfigError, nearest
 from mosaicbert.model.configuration_mosaicbert import MosaicBertConfig
+from mosaicbert.model.loading import check_vocabulary, load_masked_lm, local_start
 from mosaicbert.model.modeling_mosaicbert import (
     IGNORE_INDEX,
     MosaicBertForMaskedLM,
@@ -114,18 +115,11 @@ def build_mosaic_bert(
                               "computed per batch, for any length. Remove the key from the recipe.")
         if key not in valid:
             raise ConfigError(f"model.model_config: MosaicBertConfig has no field '{key}'.{nearest(key, valid)}")
-    vocab_size = padded_vocab_size(len(tokenizer), vocab_multiple)
     if pretrained_model_name is not None:
-        from mosaicbert.model.loading import load_masked_lm, local_start
-
         model = load_masked_lm(local_start(pretrained_model_name), "mosaic_bert", **overrides)
-        if model.config.vocab_size < len(tokenizer):
-            raise ConfigError(f"model.pretrained_model_name={pretrained_model_name} has a smaller vocabulary "
-                              f"({model.config.vocab_size}) than the tokenizer ({len(tokenizer)}).")
+        check_vocabulary(model.config.vocab_size, tokenizer, pretrained_model_name, vocab_multiple)
     else:
-        overrides.setdefault("vocab_size", vocab_size)
-        if overrides["vocab_size"] < len(tokenizer):
-            raise ConfigError(f"model.model_config.vocab_size={overrides['vocab_size']} is smaller than the "
-                              f"tokenizer's {len(tokenizer)} tokens.")
+        overrides.setdefault("vocab_size", padded_vocab_size(len(tokenizer), vocab_multiple))
+        check_vocabulary(overrides["vocab_size"], tokenizer)
         model = MosaicBertForMaskedLM(MosaicBertConfig(pad_token_id=tokenizer.pad_token_id, **overrides))
     return ComposerMosaicBert(model, tokenizer)
