@@ -13,6 +13,8 @@ C4_ARGS ?=
 # `make shards INPUT="notes/ extra/*.jsonl.gz" OUT=data/mycorpus SHARDS_ARGS="--tokenizer data/mytok --chunk"`
 INPUT ?=
 SHARDS_ARGS ?=
+# `make tokenizer INPUT=corpus/ OUT=tokenizers/mine TOKENIZER_ARGS="--vocab-size 30522 --compare bert-base-uncased"`
+TOKENIZER_ARGS ?=
 NOW := $(shell date +%Y%m%d-%H%M%S)
 DEMO_RUN ?= demo-$(NOW)
 # Extra `key=value` overrides for the demos, e.g. DEMO_ARGS="max_duration=2m" for a shorter demo.
@@ -41,7 +43,7 @@ OUT ?= exported/$(if $(findstring /checkpoints/,$(CKPT)),$(notdir $(patsubst %/c
 TOKENIZER ?=
 OVERWRITE ?=
 
-.PHONY: shards install demo glue-demo earlybert-demo pareto-demo bench export test sample-shards c4-shards lock clean
+.PHONY: shards tokenizer install demo glue-demo earlybert-demo pareto-demo bench export test sample-shards c4-shards lock clean
 
 install: $(STAMP)
 
@@ -67,6 +69,12 @@ shards: $(STAMP)
 	@test -n "$(INPUT)$(findstring --hf-dataset,$(SHARDS_ARGS))" || { echo "error: name the text: make shards INPUT='folder/ or files' OUT=data/mycorpus" >&2; exit 2; }
 	@test -n "$(filter command line environment,$(origin OUT))" || { echo "error: name the dataset folder: make shards INPUT=... OUT=data/mycorpus" >&2; exit 2; }
 	$(PY) data_prep/convert_dataset.py text $(if $(INPUT),--input $(INPUT)) --out-root $(OUT) --skip-existing $(SHARDS_ARGS)
+
+# Your own tokenizer from your text (files, folders, globs, or TOKENIZER_ARGS="--hf-dataset NAME"); OUT must not exist.
+tokenizer: $(STAMP)
+	@test -n "$(INPUT)$(findstring --hf-dataset,$(TOKENIZER_ARGS))" || { echo "error: name the text: make tokenizer INPUT='folder/ or files' OUT=tokenizers/mine" >&2; exit 2; }
+	@test -n "$(filter command line environment,$(origin OUT))" || { echo "error: name the tokenizer folder: make tokenizer INPUT=... OUT=tokenizers/mine" >&2; exit 2; }
+	$(PY) data_prep/train_tokenizer.py $(if $(INPUT),--input $(INPUT)) --out $(OUT) $(TOKENIZER_ARGS)
 
 # Trains for 5 minutes of training time on any CPU (yamls/demo.yaml: max_duration: 5m; a slower CPU
 # trains fewer batches), plus start-up and evaluations. Each run gets its own folder under runs/.
