@@ -180,8 +180,10 @@ def write_splits(
     tokenizer: Any = None,
     if_exists: str = "error",
     info: dict[str, Any] | None = None,
+    remote: str | None = None,
 ) -> dict[str, int]:
-    """Write each split; an existing split is an error, kept (`skip`) or replaced (`overwrite`)."""
+    """Write each split (uploading it to `<remote>/<split>` too); an existing split is an error, kept (`skip`)
+    or replaced (`overwrite`)."""
     counts = {}
     for spec in specs:
         final = Path(out_root) / spec.name
@@ -192,7 +194,8 @@ def write_splits(
             raise UserError(already_exists(final))
         docs = itertools.islice(source(spec.source_split), spec.max_docs)
         counts[spec.name] = write_split(
-            out_root, spec.name, docs, total=total(spec), tokenizer=tokenizer, overwrite=True, info=info
+            out_root, spec.name, docs, total=total(spec), tokenizer=tokenizer, overwrite=True, info=info,
+            remote=remote,
         )
     return counts
 
