@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from streaming import MDSWriter
 from tqdm import tqdm
 
+from mosaicbert.data.remote import ShardWriter, remote_split_exists
 from mosaicbert.data.text_dataset import PREP_INFO
 from mosaicbert.errors import UserError
 
@@ -66,8 +66,8 @@ class StagedSplit:
 
     Until then nothing at the split's path changes: an interrupted write (an exception, Ctrl-C) removes the
     staging folder, and a staging folder left by a killed prep is removed by the next one. With `remote`,
-    shards are also uploaded to `<remote>/<split>` as they are written; MDS writes `index.json` last, so an
-    interrupted upload does not read as a finished split either.
+    shards are also uploaded to `<remote>/<split>` as they are written, and `index.json` only after all of
+    them and the prep info (remote.ShardWriter), so an interrupted upload does not read as a finished split.
     """
 
     def __init__(self, out_root: str | os.PathLike, split: str, columns: dict[str, str], *,
@@ -77,9 +77,8 @@ class StagedSplit:
         for stale in self.final.parent.glob(f".{split}.partial-*"):  # left by a prep that was killed mid-write
             shutil.rmtree(stale, ignore_errors=True)
         self.staging = self.final.parent / f".{split}.partial-{os.getpid()}"
-        out = str(self.staging) if remote is None else (str(self.staging), f"{remote.rstrip('/')}/{split}")
-        self.writer = MDSWriter(out=out, columns=columns, compression=compression, size_limit=size_limit,
-                                keep_local=True)
+        out = str(self.staging) if remote is None else (str(self.staging), remote_split(remote, split))
+        self.writer = ShardWriter(out=out, columns=columns, compression=compression, size_limit=size_limit)
         self.samples = 0
 
     def write(self, sample: dict[str, Any]) -> None:
@@ -88,11 +87,13 @@ class StagedSplit:
 
     def commit(self, info: dict[str, Any]) -> None:
         """Finish the shards (and their upload), record `info` beside them and move the split into place."""
-        self.writer.finish()
         (self.staging / PREP_INFO).write_text(json.dumps(info, indent=2) + "\n")
+        self.writer.upload(PREP_INFO)
+        self.writer.finish()
         _swap_into_place(self.staging, self.final)
 
     def abandon(self) -> None:
+        self.writer.abandon()
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
@@ -108,10 +109,11 @@ def write_split(
     compression: str | None = None,
     remote: str | None = None,
 ) -> int:
-    """Write documents to `<out_root>/<split>` as MDS; returns the number written."""
-    final = Path(out_root) / split
-    if final.exists() and not overwrite:
-        raise UserError(already_exists(final))
+    """Write documents to `<out_root>/<split>` (and upload them to `<remote>/<split>`) as MDS; returns the number
+    written."""
+    existing = None if overwrite else existing_split(out_root, split, remote)
+    if existing is not None:
+        raise UserError(already_exists(existing))
     columns, id_dtype = token_columns(tokenizer)
     staged = StagedSplit(out_root, split, columns, remote=remote, compression=compression)
     try:
@@ -137,7 +139,25 @@ def write_split(
     return staged.samples
 
 
-def already_exists(path: Path) -> str:
+def remote_split(remote: str, split: str) -> str:
+    return f"{remote.rstrip('/')}/{split}"
+
+
+def existing_split(out_root: str | os.PathLike, split: str, remote: str | None = None) -> str | None:
+    """Where the split already exists: its local folder, else (with `remote`) its remote copy, one whose
+    index.json is there (written last: shards without it are an interrupted upload, replaced freely)."""
+    final = Path(out_root) / split
+    if final.exists():
+        return str(final)
+    if remote is not None and remote_split_exists(remote_split(remote, split)):
+        return remote_split(remote, split)
+    return None
+
+
+def already_exists(path: Path | str) -> str:
+    if "://" in str(path):  # an object store has no rename: its shards are replaced where they are
+        return (f"{path} already exists; pass --overwrite to replace it (in place: no training may read it until "
+                "the prep is done, and caches of the old one must be deleted) or --skip-existing to keep it.")
     return (f"{path} already exists; pass --overwrite to replace it (the old one stays until the new one is "
             "complete) or --skip-existing to keep it.")
 
@@ -182,16 +202,16 @@ def write_splits(
     info: dict[str, Any] | None = None,
     remote: str | None = None,
 ) -> dict[str, int]:
-    """Write each split (uploading it to `<remote>/<split>` too); an existing split is an error, kept (`skip`)
-    or replaced (`overwrite`)."""
+    """Write each split (uploading it to `<remote>/<split>` too); an existing split, local or remote, is an
+    error, kept (`skip`) or replaced (`overwrite`)."""
     counts = {}
     for spec in specs:
-        final = Path(out_root) / spec.name
-        if final.exists() and if_exists == "skip":
-            print(f"keeping existing {final}")
+        existing = None if if_exists == "overwrite" else existing_split(out_root, spec.name, remote)
+        if existing is not None and if_exists == "skip":
+            print(f"keeping existing {existing}")
             continue
-        if final.exists() and if_exists == "error":
-            raise UserError(already_exists(final))
+        if existing is not None:
+            raise UserError(already_exists(existing))
         docs = itertools.islice(source(spec.source_split), spec.max_docs)
         counts[spec.name] = write_split(
             out_root, spec.name, docs, total=total(spec), tokenizer=tokenizer, overwrite=True, info=info,

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from mosaicbert.config import LoaderConfig
 from mosaicbert.data.mlm import MLMCollator
 from mosaicbert.data.packing import PackingCollator, count_documents
+from mosaicbert.data.remote import RemoteStream, ReportsFailedDownloads
 from mosaicbert.errors import DataNotFoundError, UserError
 
 PREP_INFO = "mosaicbert_prep.json"  # written by data_prep next to index.json
@@ -64,7 +65,7 @@ def read_prep_info(local: str, split: str) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-class StreamingTextDataset(StreamingDataset):
+class StreamingTextDataset(ReportsFailedDownloads):
     """A StreamingDataset of documents, tokenized to `max_seq_len` (truncated or padded).
 
     Samples carry a `text` column and, when prepared with a tokenizer, an `input_ids`
@@ -204,15 +205,16 @@ def build_mlm_dataloader(cfg: LoaderConfig, tokenizer, max_seq_len: int, device_
                 f"({info.get('tokenizer')}) but the run uses {len(tokenizer)} tokens; set pretokenized=false "
                 "or prepare the data with the run's tokenizer."
             )
+    # A remote split is downloaded into the cache <local>/<split> by a stream that reports failed downloads.
+    source = {"local": cfg.local, "split": cfg.split} if cfg.remote is None else \
+        {"streams": [RemoteStream(remote=cfg.remote, local=cfg.local, split=cfg.split)]}
     dataset = StreamingTextDataset(
         tokenizer=tokenizer,
         max_seq_len=max_seq_len,
         pretokenized=cfg.pretokenized,
         mask_seed=seed,
         fixed_masks=cfg.fixed_masks,
-        local=cfg.local,
-        remote=cfg.remote,
-        split=cfg.split,
+        **source,
         shuffle=cfg.shuffle,
         shuffle_seed=cfg.shuffle_seed,
         num_canonical_nodes=cfg.num_canonical_nodes,
