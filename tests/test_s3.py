@@ -216,7 +216,10 @@ def test_index_is_uploaded_only_after_every_shard(writer_class, s3, tmp_path):
         assert "ConnectionError: connection reset by peer" in str(failed.value)
 
 
-def test_unreachable_endpoint_is_one_clear_error(aws_env, monkeypatch, tmp_path):
+def test_no_cache_folder_or_an_unreachable_endpoint_is_one_clear_error(aws_env, monkeypatch, tmp_path):
+    with pytest.raises(UserError, match="data_remote s3://data/corpus needs data_local"):
+        build_mlm_dataloader(LoaderConfig(split="train", remote="s3://data/corpus"), tokenizer=None, max_seq_len=64,
+                             device_batch_size=8, seed=0)
     closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     monkeypatch.setenv("S3_ENDPOINT_URL", closed)
     with pytest.raises(RemoteError) as read:

@@ -78,6 +78,9 @@ class RemoteStream(Stream):
     failure: str | None = None
 
     def __init__(self, *, remote: str, local: str | None, split: str):
+        if local is None:  # Streaming would make a temporary folder, and refuse to reuse it on the next run
+            raise UserError(f"data_remote {remote} needs data_local: the folder to cache its shards in, which a "
+                            "rerun continues from (each node of a cluster has its own).")
         try:
             super().__init__(remote=remote, local=local, split=split)
         except ValueError as err:  # a scheme Streaming cannot download from
