@@ -68,7 +68,7 @@ c4-shards: $(STAMP)
 shards: $(STAMP)
 	@test -n "$(INPUT)$(findstring --hf-dataset,$(SHARDS_ARGS))" || { echo "error: name the text: make shards INPUT='folder/ or files' OUT=data/mycorpus" >&2; exit 2; }
 	@test -n "$(filter command line environment,$(origin OUT))" || { echo "error: name the dataset folder: make shards INPUT=... OUT=data/mycorpus" >&2; exit 2; }
-	$(PY) data_prep/convert_dataset.py text $(if $(INPUT),--input $(INPUT)) --out-root $(OUT) --skip-existing $(SHARDS_ARGS)
+	$(PY) data_prep/convert_dataset.py text $(if $(INPUT),--input $(INPUT)) --out-root $(OUT) $(if $(findstring --overwrite,$(SHARDS_ARGS)),,--skip-existing) $(SHARDS_ARGS)
 
 # Your own tokenizer from your text (files, folders, globs, or TOKENIZER_ARGS="--hf-dataset NAME"); OUT must not exist.
 tokenizer: $(STAMP)

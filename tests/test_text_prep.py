@@ -131,6 +131,20 @@ def test_quirks_of_real_files_are_handled_and_counted(tmp_path):
     assert report["documents_written"] == len(written) == 7
 
 
+def test_a_file_damaged_part_way_keeps_what_was_read_and_is_counted(tmp_path):
+    good = gzip.compress("\n".join(DOCS).encode() * 50)  # well past the 8 KB read to check the file
+    write(tmp_path / "in" / "cut.txt.gz", b"")
+    (tmp_path / "in" / "cut.txt.gz").write_bytes(good[: len(good) // 2])  # cut off mid-stream
+    write(tmp_path / "in" / "whole.txt", b"A whole document.\n")
+    run("--input", str(tmp_path / "in"), "--out-root", str(tmp_path / "out"), "--doc-boundary", "line",
+        "--val-fraction", "0", "--splits", "train")
+    report = json.loads((tmp_path / "out" / REPORT).read_text())
+    assert report["rows_skipped"] == {"rest of a damaged or unreadable file": 1}
+    assert "A whole document." in texts(tmp_path / "out", "train")
+    with pytest.raises(UserError, match=r"cut.txt.gz \(EOFError"):
+        run("--input", str(tmp_path / "in"), "--out-root", str(tmp_path / "strict"), "--strict")
+
+
 def test_strict_stops_at_the_first_unusable_row(tmp_path):
     write(tmp_path / "rows.jsonl", b'{"text": "fine"}\n{broken json\n')
     with pytest.raises(UserError, match=r"rows.jsonl:2: invalid JSON .*--strict"):
@@ -256,6 +270,7 @@ def test_interrupted_prep_leaves_no_split_and_existing_splits_are_kept(tmp_path,
     (lambda d: None, ["--input", "{d}/nothing*.txt"], "no file or folder matches"),
     (lambda d: (d / "empty").mkdir(), ["--input", "{d}/empty"], "has no readable text files"),
     (lambda d: write(d / "x.txt", b"\x00\x01\x02binary"), ["--input", "{d}/x.txt"], "is a binary file"),
+    (lambda d: write(d / "x.txt", "UTF-16 text".encode("utf-16")), ["--input", "{d}/x.txt"], "is UTF-16 text; convert"),
     (lambda d: write(d / "x.docx", b"PK"), ["--input", "{d}/x.docx"], r"unsupported file type; supported: \.txt"),
     (lambda d: write(d / "x.jsonl", b'{"body": "a", "meta": {"title": "b"}}\n'), ["--input", "{d}/x.jsonl"],
      "no record has the text field 'text'; its records have body, meta, meta.title"),

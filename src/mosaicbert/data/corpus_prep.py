@@ -14,7 +14,9 @@ corpus.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
+import signal
 import time
 import unicodedata
 from collections import Counter
@@ -79,6 +81,8 @@ _worker_tokenizer: Any = None
 
 def _init_worker(tokenizer_name: str | None) -> None:
     global _worker_tokenizer
+    if multiprocessing.parent_process() is not None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle, once
     if tokenizer_name is not None:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism
         from mosaicbert.data.tokenizer import build_tokenizer

@@ -27,6 +27,7 @@ import lzma
 import os
 import re
 import sys
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -44,6 +45,14 @@ SPLIT_NAMES = {"train": "train", "validation": "validation", "valid": "validatio
                "dev": "validation"}
 SNIFF_BYTES = 8192
 FIELD_CHECK_RECORDS = 100  # a field or column none of a file's first records has does not exist
+
+
+def _damaged_file_errors() -> tuple[type[BaseException], ...]:
+    """What reading a damaged, cut-off or unreadable file raises (UnicodeDecodeError is handled on its own)."""
+    import pyarrow
+    import zstandard
+
+    return OSError, EOFError, lzma.LZMAError, zlib.error, zstandard.ZstdError, pyarrow.ArrowException
 
 
 def supported_extensions() -> str:
@@ -103,7 +112,7 @@ def input_format(path: Path) -> tuple[str, str | None] | None:
 
 def named_split(path: Path, root: Path | None = None) -> str | None:
     """The split a path names in its file name or in a folder below `root`, if any."""
-    parts = list(path.relative_to(root).parts[:-1]) if root else []
+    parts = list(path.resolve().relative_to(root).parts[:-1]) if root else []
     words = [part.lower() for part in parts] + re.split(r"[^a-z]+", path.name.lower().split(".")[0])
     found = {SPLIT_NAMES[w] for w in words if w in SPLIT_NAMES}
     return found.pop() if len(found) == 1 else None
@@ -141,7 +150,7 @@ def _files_in_folder(folder: Path, ignored: Counter) -> list[InputFile]:
         if input_format(path) is None:
             ignored[path.suffix.lower() or "(no extension)"] += 1
             continue
-        found.append(_input_file(path, folder, explicit=False))
+        found.append(_input_file(path, folder.resolve().parent, explicit=False))  # the folder's own name counts
     return found
 
 
@@ -162,10 +171,12 @@ def _check_readable(item: InputFile, options: ReadOptions) -> None:
             return
         with open_binary(item) as raw:
             head = raw.read(SNIFF_BYTES)
-    except (OSError, EOFError, lzma.LZMAError, ValueError) as err:
+    except (*_damaged_file_errors(), ValueError) as err:
         raise UserError(f"{item.path}: cannot be read as {item.compression or 'uncompressed'} {item.format} "
                         f"({err.__class__.__name__}: {err}); check the file or its extension.") from None
-    if b"\x00" in head and not head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise UserError(f"{item.path} is UTF-16 text; convert it to UTF-8 first (iconv -f UTF-16 -t UTF-8 IN > OUT).")
+    if b"\x00" in head:
         raise UserError(f"{item.path} is a binary file, not text; remove it from the inputs "
                         f"(text formats: {supported_extensions()}).")
     if item.format in ("jsonl", "csv", "tsv"):
@@ -275,7 +286,7 @@ def read_documents(files: list[InputFile], options: ReadOptions, stats: ReadStat
         with open(item.path, "rb") as raw:
             try:
                 for text in _documents_of(item, raw, options, stats):
-                    text = text.replace("\r\n", "\n").replace("\r", "\n")
+                    text = unix_newlines(text)
                     stats.bytes_read = done + raw.tell()
                     if not text.strip():
                         stats.skip("empty document", str(item.path), strict=False)
@@ -285,9 +296,18 @@ def read_documents(files: list[InputFile], options: ReadOptions, stats: ReadStat
             except UnicodeDecodeError as err:
                 raise UserError(f"{item.path}: invalid UTF-8 byte near byte {err.start} of its text (--strict refuses "
                                 "them; leave it out to replace them with U+FFFD and count them).") from None
+            except _damaged_file_errors() as err:  # what was read stays; the rest of the file is reported
+                stats.skip("rest of a damaged or unreadable file", f"{item.path} ({err.__class__.__name__}: {err})",
+                           options.strict)
+                print(f"warning: {item.path}: stopped reading after {raw.tell():,} bytes ({err.__class__.__name__}: "
+                      f"{err}); its documents so far are kept", file=sys.stderr)
         done += item.path.stat().st_size
         stats.bytes_read = done
         stats.invalid_utf8_bytes += _InvalidBytes.count - invalid_before
+
+
+def unix_newlines(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _documents_of(item: InputFile, raw: IO[bytes], options: ReadOptions, stats: ReadStats) -> Iterator[str]:
@@ -415,7 +435,7 @@ def _dataset_documents(name: str, parts: dict[str | None, Any], options: ReadOpt
                            name, options.strict and not isinstance(text, str))
                 continue
             stats.documents += 1
-            yield Document(text.replace("\r\n", "\n"), role)
+            yield Document(unix_newlines(text), role)
 
 
 # --------------------------------------------------------------------------- command-line options
