@@ -65,12 +65,8 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
         install_per_node_signal_files,
         remove_partial_writes,
     )
-    from mosaicbert.data.text_dataset import (
-        ReleaseStreamingResources,
-        build_mlm_dataloader,
-        check_local_split,
-        remove_stale_lock_files,
-    )
+    from mosaicbert.data.shared_memory import remove_stale_streaming_files
+    from mosaicbert.data.text_dataset import ReleaseStreamingResources, build_mlm_dataloader, check_local_split
     from mosaicbert.data.tokenizer import build_tokenizer
 
     check_save_folder(config)
@@ -86,11 +82,10 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
             log.warning("removed %s from %s: a checkpoint write cut short by a killed run", name, config.save_folder)
     install_per_node_signal_files()
     reproducibility.seed_all(config.seed)
-    if config.clean_stale_shared_memory:
-        from streaming.base.util import clean_stale_shared_memory
-
-        clean_stale_shared_memory()
-        remove_stale_lock_files()
+    if config.clean_stale_shared_memory and dist.get_local_rank() == 0:  # the other local ranks would find the same
+        removed = remove_stale_streaming_files()
+        if removed:
+            log.info("removed %d shared-memory blocks and lock files of ended Streaming runs", len(removed))
 
     tokenizer = build_tokenizer(config.tokenizer_name, config.max_seq_len)
     name, kwargs = split_named(config.model, "model")

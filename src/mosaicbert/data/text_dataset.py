@@ -6,7 +6,6 @@ import atexit
 import json
 import signal
 from pathlib import Path
-from tempfile import gettempdir
 from typing import Any
 
 import numpy as np
@@ -161,25 +160,6 @@ class ReleaseStreamingResources(Callback):
                 handle.cleanup()
             except BufferError:  # a view on the block is still alive somewhere: leave it to process exit
                 atexit.register(handle.cleanup)
-
-
-def remove_stale_lock_files() -> list[str]:
-    """Streaming's lock files (`<prefix>_barrier_filelock`, `<prefix>_cache_filelock` in the temporary folder)
-    whose shared-memory blocks are gone: left by killed runs. Called after `clean_stale_shared_memory`, so
-    every prefix without a `<prefix>_locals` block is stale. Returns the names removed."""
-    shm = Path("/dev/shm")
-    if not shm.is_dir():
-        return []
-    removed = []
-    for lock in Path(gettempdir()).glob("[0-9]*_*filelock"):
-        prefix = lock.name.split("_", 1)[0]
-        if prefix.isdigit() and not (shm / f"{prefix}_locals").exists():
-            try:
-                lock.unlink(missing_ok=True)
-            except OSError:  # another user's, in a shared temporary folder
-                continue
-            removed.append(lock.name)
-    return removed
 
 
 def count_real_tokens(batch: dict[str, torch.Tensor]) -> int:

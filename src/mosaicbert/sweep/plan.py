@@ -247,9 +247,9 @@ def make_plan(sweep: SweepConfig) -> Plan:
         overrides += [
             f"run_name={name}", f"run_folder={run_folder}", f"save_folder={run_folder}/checkpoints",
             "autoresume=true", "save_overwrite=false", "save_num_checkpoints_to_keep=-1",
-            # Streaming's cleaner unlinks every streaming segment on the host, live ones included: with runs
-            # and evaluations of a sweep sharing a machine it would pull the data from under the others.
-            "clean_stale_shared_memory=false",
+            # Runs and evaluations of a sweep may share a machine: start-up removes only the shared memory of
+            # ended runs, never that of the others (data/shared_memory.py).
+            "clean_stale_shared_memory=true",
         ]
         try:
             load_config(entry.recipe, overrides, world_size=world_size)
