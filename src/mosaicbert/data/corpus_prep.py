@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from mosaicbert.data.prep import C4_SMALL_SIZES, SPLITS, StagedSplit, already_exists, token_columns
+from mosaicbert.data.prep import C4_SMALL_SIZES, SPLITS, StagedSplit, already_exists, existing_split, token_columns
 from mosaicbert.data.sources import Corpus, Document, ReadStats
 from mosaicbert.errors import UserError
 from mosaicbert.files import write_json_atomically
@@ -204,7 +204,7 @@ def write_corpus(out_root: str | os.PathLike, corpus: Corpus, stats: ReadStats, 
                  splits: Iterable[str] = SPLITS, if_exists: str = "error") -> PrepReport | None:
     """Write the corpus's documents into the requested splits in one pass; returns the report, or None when
     every split exists and `if_exists="skip"`."""
-    splits = _splits_to_write(Path(out_root), list(splits), if_exists)
+    splits = _splits_to_write(Path(out_root), list(splits), if_exists, options.remote)
     if not splits:
         return None
     if options.chunk and options.tokenizer is None:
@@ -232,15 +232,16 @@ def write_corpus(out_root: str | os.PathLike, corpus: Corpus, stats: ReadStats, 
     return report
 
 
-def _splits_to_write(out_root: Path, splits: list[str], if_exists: str) -> list[str]:
-    existing = [split for split in splits if (out_root / split).exists()]
+def _splits_to_write(out_root: Path, splits: list[str], if_exists: str, remote: str | None) -> list[str]:
+    """The splits to write; an existing one (local, or remote with `remote`) is an error, kept or replaced."""
+    if if_exists == "overwrite":
+        return splits
+    existing = {split: where for split in splits if (where := existing_split(out_root, split, remote)) is not None}
     if existing and if_exists == "error":
-        raise UserError(already_exists(out_root / existing[0]))
-    if if_exists == "skip":
-        for split in existing:
-            print(f"keeping existing {out_root / split}")
-        return [split for split in splits if split not in existing]
-    return splits
+        raise UserError(already_exists(next(iter(existing.values()))))
+    for where in existing.values():
+        print(f"keeping existing {where}")
+    return [split for split in splits if split not in existing]
 
 
 def _load_tokenizer(name: str | None) -> Any:
