@@ -10,6 +10,7 @@ import psutil
 import pytest
 
 from mosaicbert.config import load_config
+from mosaicbert.data.text_dataset import ReleaseStreamingResources, StreamingTextDataset
 from mosaicbert.glue import job as glue_job
 from mosaicbert.glue.config import load_glue_config
 from mosaicbert.glue.demo_data import write_demo_tasks
@@ -53,3 +54,34 @@ def test_jobs_one_after_another_leak_nothing(clean_env, sample_root, tmp_path):
     assert last["tmp"] <= first["tmp"], last["tmp"] - first["tmp"]
     growth = (last["rss"] - first["rss"]) / 2**20
     assert growth < 150, f"resident memory grew by {growth:.0f} MiB over two rounds"
+
+
+def descriptors_on(prefix: int) -> int:
+    """This process's open descriptors on the shared-memory blocks of a Streaming prefix."""
+    targets = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            targets.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:  # the listing's own descriptor, closed by now
+            pass
+    return sum(target.startswith(f"/dev/shm/{prefix:06}_") for target in targets)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads open descriptors from Linux's /proc")
+def test_building_a_dataset_keeps_no_handle_on_other_runs_blocks(sample_root):
+    """Streaming looks at every prefix already taken to choose a free one; the handles it opens there (on
+    another run's blocks, here a dataset still in use) must not stay open for the life of the process."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(sample_root / "tokenizer")
+
+    def dataset() -> StreamingTextDataset:
+        return StreamingTextDataset(tokenizer, 64, pretokenized=False, mask_seed=0, fixed_masks=False,
+                                    local=str(sample_root), split="val_small", batch_size=4)
+
+    first = dataset()
+    own = descriptors_on(first._shm_prefix_int)
+    later = [dataset() for _ in range(3)]
+    assert descriptors_on(first._shm_prefix_int) == own
+    ReleaseStreamingResources([first, *later]).close(None, None)
+    assert all(descriptors_on(d._shm_prefix_int) == 0 for d in [first, *later])

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import atexit
+import gc
 import json
+import logging
 import signal
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ import torch
 from composer.core import Callback, DataSpec, State
 from composer.loggers import Logger
 from streaming import StreamingDataset
+from streaming.base.shared.memory import SharedMemory
 from torch.utils.data import DataLoader
 
 from mosaicbert.config import LoaderConfig
@@ -22,6 +25,8 @@ from mosaicbert.data.remote import RemoteStream, ReportsFailedDownloads
 from mosaicbert.errors import DataNotFoundError, UserError
 
 PREP_INFO = "mosaicbert_prep.json"  # written by data_prep next to index.json
+
+log = logging.getLogger(__name__)
 
 
 def _build_hint(local: str) -> str:
@@ -79,7 +84,14 @@ class StreamingTextDataset(ReportsFailedDownloads):
 
     def __init__(self, tokenizer, max_seq_len: int, pretokenized: bool, mask_seed: int, fixed_masks: bool,
                  **streaming_kwargs: Any):
+        before = {id(handle) for handle in streaming_handles()}
         super().__init__(**streaming_kwargs)
+        # Choosing a prefix opened a handle on a block of every prefix already taken (by other
+        # runs, other processes) and dropped it; Streaming's atexit registration keeps each one, a descriptor
+        # and a mapping for the life of the process per dataset built (tests/test_soak.py).
+        for handle in streaming_handles():
+            if id(handle) not in before and block_prefix(handle) != self._shm_prefix_int:
+                release(handle)
         self.tokenizer = tokenizer
         self.max_seq_len = max_seq_len
         self.pretokenized = pretokenized
@@ -134,10 +146,6 @@ class ReleaseStreamingResources(Callback):
         self.datasets = [d for d in datasets if isinstance(d, StreamingDataset)]
 
     def close(self, state: State, logger: Logger) -> None:
-        import gc
-
-        from streaming.base.shared.memory import SharedMemory
-
         for dataset in self.datasets:
             if hasattr(dataset, "_event"):
                 dataset._event.set()  # the prepare and ready threads of an unfinished epoch end their loops
@@ -148,18 +156,33 @@ class ReleaseStreamingResources(Callback):
         for dataset in self.datasets:  # the lock files beside the blocks ({prefix}_barrier_filelock, ...)
             for lock in Path(dataset._filelock_root).glob(f"{dataset._shm_prefix_int:06}_*filelock"):
                 lock.unlink(missing_ok=True)
-        # type(), not isinstance(): isinstance consults __class__, which some objects (torch's deprecated
-        # module attributes) answer with a warning.
-        for handle in [obj for obj in gc.get_objects() if type(obj) is SharedMemory]:
-            block = getattr(getattr(handle, "shm", None), "name", "") or ""
-            prefix = block.lstrip("/").split("_", 1)[0]
-            if not (prefix.isdigit() and int(prefix) in prefixes):
-                continue
-            atexit.unregister(handle.cleanup)
-            try:
-                handle.cleanup()
-            except BufferError:  # a view on the block is still alive somewhere: leave it to process exit
-                atexit.register(handle.cleanup)
+        for handle in streaming_handles():
+            if block_prefix(handle) in prefixes:
+                release(handle)
+
+
+def streaming_handles() -> list[Any]:
+    """Every Streaming shared-memory handle alive in this process (found through the garbage collector: the
+    handles that matter are referenced only by Streaming's atexit registration)."""
+    # type(), not isinstance(): isinstance consults __class__, which some objects (torch's deprecated
+    # module attributes) answer with a warning.
+    return [obj for obj in gc.get_objects() if type(obj) is SharedMemory]
+
+
+def block_prefix(handle: Any) -> int | None:
+    """The prefix number of the block a handle is on (`/000003_locals` -> 3)."""
+    block = getattr(getattr(handle, "shm", None), "name", "") or ""
+    prefix = block.lstrip("/").split("_", 1)[0]
+    return int(prefix) if prefix.isdigit() else None
+
+
+def release(handle: Any) -> None:
+    """Close a handle now (and unlink its block if this process created it) instead of at exit."""
+    atexit.unregister(handle.cleanup)
+    try:
+        handle.cleanup()
+    except BufferError:  # a view on the block is still alive somewhere: leave it to process exit
+        atexit.register(handle.cleanup)
 
 
 def count_real_tokens(batch: dict[str, torch.Tensor]) -> int:
@@ -175,16 +198,32 @@ def ignore_stop_signal(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def check_prep_info(info: dict[str, Any], where: str, cfg: LoaderConfig, vocab_size: int, max_seq_len: int) -> None:
+    """Refuse token ids from another vocabulary; warn where chunked documents do not fit the run's sequences."""
+    if cfg.pretokenized and info.get("tokenizer_vocab_size") not in (None, vocab_size):
+        raise UserError(
+            f"{where} was tokenized with a {info['tokenizer_vocab_size']}-token vocabulary "
+            f"({info.get('tokenizer')}) but the run uses {vocab_size} tokens; set pretokenized=false "
+            "or prepare the data with the run's tokenizer."
+        )
+    chunked_at = info.get("max_seq_len") if info.get("chunk") else None
+    if chunked_at is not None and chunked_at > max_seq_len:
+        log.warning("%s was cut into %d-token pieces (--chunk --max-seq-len %d) but the run's max_seq_len is %d: "
+                    "each piece loses its tokens past %d. Set max_seq_len=%d, or prepare again with "
+                    "--max-seq-len %d.", where, chunked_at - 2, chunked_at, max_seq_len, max_seq_len - 2,
+                    chunked_at, max_seq_len)
+    elif chunked_at is not None and chunked_at < max_seq_len and not cfg.packing:
+        log.warning("%s was cut into %d-token pieces but the run's max_seq_len is %d: most of each sequence is "
+                    "padding. Set packing=true on the loader (MosaicBERT), max_seq_len=%d, or prepare again with "
+                    "--max-seq-len %d.", where, chunked_at - 2, max_seq_len, chunked_at, max_seq_len)
+
+
 def build_mlm_dataloader(cfg: LoaderConfig, tokenizer, max_seq_len: int, device_batch_size: int, seed: int) -> DataSpec:
     if cfg.remote is None:
         check_local_split(cfg.local, cfg.split)
         info = read_prep_info(cfg.local, cfg.split)
-        if cfg.pretokenized and info is not None and info.get("tokenizer_vocab_size") not in (None, len(tokenizer)):
-            raise UserError(
-                f"{cfg.local}/{cfg.split} was tokenized with a {info['tokenizer_vocab_size']}-token vocabulary "
-                f"({info.get('tokenizer')}) but the run uses {len(tokenizer)} tokens; set pretokenized=false "
-                "or prepare the data with the run's tokenizer."
-            )
+        if info is not None:
+            check_prep_info(info, f"{cfg.local}/{cfg.split}", cfg, len(tokenizer), max_seq_len)
     # A remote split is downloaded into the cache <local>/<split> by a stream that reports failed downloads.
     source = {"local": cfg.local, "split": cfg.split} if cfg.remote is None else \
         {"streams": [RemoteStream(remote=cfg.remote, local=cfg.local, split=cfg.split)]}
