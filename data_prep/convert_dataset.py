@@ -59,8 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       "--max-seq-len tokens (less [CLS] and [SEP]) instead of letting training truncate it")
     text.add_argument("--max-seq-len", type=int, default=128, help="the training sequence length: --chunk cuts for it, "
                       "and the report says what share of tokens training reads with and without --chunk")
-    text.add_argument("--num-proc", type=int, default=len(os.sched_getaffinity(0)), help="worker processes for keying, filtering "
-                      "and tokenizing")
+    text.add_argument("--num-proc", type=int, default=len(os.sched_getaffinity(0)), help="processes that tokenize "
+                      "(default: the usable cores); without --tokenizer one process reads fastest")
     text.add_argument("--small-train-docs", type=int, default=prep.C4_SMALL_SIZES["train_small"])
     text.add_argument("--small-val-docs", type=int, default=prep.C4_SMALL_SIZES["val_small"])
     args = parser.parse_args(argv)

@@ -6,9 +6,9 @@
     python data_prep/train_tokenizer.py --hf-dataset NAME --out tokenizers/mine --algorithm unigram --cased
 
 Documents are read as the shard writer reads them (the same input options) and streamed into the
-trainer, so memory holds word counts, not the corpus; --max-docs trains on the first N training
-documents. BERT's special tokens ([PAD]=0, [UNK], [CLS], [SEP], [MASK]) and post-processor come with
-every algorithm. --vocab-size is rounded up to a multiple of 64, as the model rounds its vocabulary.
+trainer, so memory holds word counts, not the corpus; --max-docs N trains on N training documents
+drawn evenly from the whole corpus (by hash, in a first pass). BERT's special tokens ([PAD]=0, [UNK],
+[CLS], [SEP], [MASK]) and post-processor come with every algorithm. --vocab-size is rounded up to a multiple of 64, as the model rounds its vocabulary.
 
 Validation documents are the shard writer's (the input's own validation split where it names one,
 else --val-fraction of documents by hash) and are never trained on. On up to --max-eval-docs of them
@@ -19,13 +19,17 @@ the report gives fertility (tokens per whitespace-separated word) and the unknow
 from __future__ import annotations
 
 import argparse
+import heapq
 import itertools
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from mosaicbert.data.corpus_prep import PrepOptions, document_key, is_validation
+from tqdm import tqdm
+
+from mosaicbert.data.corpus_prep import PrepOptions
 from mosaicbert.data.prep import save_tokenizer_atomically
+from mosaicbert.data.prep_worker import document_key, split_role
 from mosaicbert.data.sources import (SPLIT_NAMES, Document, ReadOptions, ReadStats, add_source_arguments,
                                      corpus_from_args, open_hf_dataset, read_documents, resolve_inputs)
 from mosaicbert.data.tokenizer import (ALGORITHMS, VOCAB_MULTIPLE, TokenizerReport, TrainingRequest, load_tokenizer,
@@ -45,7 +49,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--val-fraction", type=float, default=PrepOptions.val_fraction,
                         help="share of documents held out by hash where the input names no validation split "
                              f"(default: {PrepOptions.val_fraction}, the shard writer's)")
-    parser.add_argument("--max-docs", type=int, default=None, help="train on at most this many documents")
+    parser.add_argument("--max-docs", type=int, default=None, help="train on this many documents, drawn "
+                        "from the whole corpus (by hash, in a first pass)")
     parser.add_argument("--max-eval-docs", type=int, default=TrainingRequest.max_eval_docs,
                         help="measure on at most this many validation documents (default: "
                              f"{TrainingRequest.max_eval_docs}; 0: do not measure)")
@@ -78,7 +83,7 @@ def train(args: argparse.Namespace) -> TokenizerReport:
     stats = ReadStats()
     corpus = corpus_from_args(args, stats)
     named = corpus.names_validation
-    texts = (d.text for d in corpus.documents if not is_held_out(d, named, args.val_fraction))
+    texts = training_texts(args, corpus.documents, named)
     request = TrainingRequest(args.vocab_size, args.algorithm, args.cased, args.max_docs, args.max_eval_docs)
     split = "as the input names it" if named else f"by hash, {args.val_fraction:.2%} of documents"
     reports = []
@@ -118,9 +123,28 @@ def check_out(out: Path, overwrite: bool) -> None:
 
 def is_held_out(document: Document, named: bool, val_fraction: float) -> bool:
     """The shard writer's rule: the input's own split where it names a validation split, else the hash."""
-    if named and document.split:
-        return document.split == "validation"
-    return is_validation(document_key(document.text), val_fraction)
+    return split_role(document.split if named else None, document_key(document.text), val_fraction) == "validation"
+
+
+def training_texts(args: argparse.Namespace, documents: Iterator[Document], named: bool) -> Iterator[str]:
+    """The training documents' texts; with --max-docs N, the N with the highest keys (validation has the
+    lowest): a sample spread over the whole corpus, found by a first pass that keeps N keys."""
+    keyed = keyed_training_documents(documents, named, args.val_fraction)
+    if args.max_docs is None:
+        return (text for text, _ in keyed)
+    recount = keyed_training_documents(corpus_from_args(args, ReadStats()).documents, named, args.val_fraction)
+    counted = tqdm((key for _, key in recount), desc="choosing training documents", unit="doc", dynamic_ncols=True)
+    highest = heapq.nlargest(args.max_docs, counted)
+    lowest_kept = highest[-1] if len(highest) == args.max_docs else 0
+    return (text for text, key in keyed if key >= lowest_kept)
+
+
+def keyed_training_documents(documents: Iterator[Document], named: bool,
+                             val_fraction: float) -> Iterator[tuple[str, int]]:
+    for document in documents:
+        key = document_key(document.text)
+        if split_role(document.split if named else None, key, val_fraction) == "train":
+            yield document.text, key
 
 
 def held_out_texts(args: argparse.Namespace) -> Iterator[str]:

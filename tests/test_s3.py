@@ -165,12 +165,18 @@ def documents(n: int) -> list[dict[str, str]]:
     return [{"text": f"document {i}: " + "words and more words " * 10} for i in range(n)]
 
 
+def uploading_split(s3, tmp_path: Path, count: int, shards: int) -> prep.StagedSplit:
+    """A train split being written to s3://.../corpus, once `shards` of its shards are uploaded."""
+    staged = prep.StagedSplit(tmp_path / "out", "train", {"text": "str"}, remote=s3.url("corpus"), size_limit=1000)
+    for sample in documents(count):
+        staged.write(sample)
+    wait_for(lambda: len(s3.objects("corpus/train")) >= shards, f"{shards} shard(s) to be uploaded")
+    return staged
+
+
 def test_interrupted_prep_leaves_no_remote_index_and_the_split_reads_as_missing(s3, tmp_path):
     remote = s3.url("corpus")
-    staged = prep.StagedSplit(tmp_path / "out", "train", {"text": "str"}, remote=remote, size_limit=1000)
-    for sample in documents(40):
-        staged.write(sample)
-    wait_for(lambda: len(s3.objects("corpus/train")) >= 2, "shards to be uploaded")
+    staged = uploading_split(s3, tmp_path, count=40, shards=2)
     staged.abandon()  # what write_split and write_corpus do on any exception (Ctrl-C, a bad document)
 
     time.sleep(0.5)  # uploads still in flight when it stopped may land: index.json must not
@@ -240,10 +246,7 @@ def test_no_cache_folder_or_an_unreachable_endpoint_is_one_clear_error(aws_env, 
 
 def test_endpoint_dying_during_prep_stops_it_with_one_clear_error(s3, tmp_path):
     remote = s3.url("corpus")
-    staged = prep.StagedSplit(tmp_path / "out", "train", {"text": "str"}, remote=remote, size_limit=1000)
-    for sample in documents(8):
-        staged.write(sample)
-    wait_for(lambda: len(s3.objects("corpus/train")) >= 1, "a shard to be uploaded")
+    staged = uploading_split(s3, tmp_path, count=8, shards=1)
     s3.server.kill()
     with pytest.raises(RemoteError, match=re.escape(f"could not upload to {remote}/train at {s3.server.url} (")):
         for sample in documents(2000):  # a failed upload stops the writing, at the latest when it finishes

@@ -8,6 +8,7 @@ import csv
 import gzip
 import hashlib
 import json
+import logging
 import lzma
 import subprocess
 import sys
@@ -22,8 +23,10 @@ import zstandard
 from streaming import LocalDataset
 
 import convert_dataset
+from mosaicbert.config import LoaderConfig
+from mosaicbert.data import corpus_prep
 from mosaicbert.data.corpus_prep import REPORT
-from mosaicbert.data.text_dataset import PREP_INFO
+from mosaicbert.data.text_dataset import PREP_INFO, check_prep_info
 from mosaicbert.errors import UserError
 
 from conftest import REPO
@@ -236,11 +239,51 @@ def test_tokenized_workers_match_one_process_and_chunks_cover_every_token(tmp_pa
     assert report["share_of_tokens_trained_unchunked"] < 0.9  # the long documents lose tokens to truncation
 
 
+def test_a_worker_imports_neither_torch_nor_transformers(sample_root):
+    """A spawned worker imports the worker module alone: it starts in a second, without torch's memory."""
+    code = ("import sys, pathlib\n"
+            "from mosaicbert.data.prep_worker import WorkerSetup, init_worker, process_documents\n"
+            "init_worker(WorkerSetup(chunk_tokens=4, tokenizer_json=pathlib.Path(sys.argv[1]).read_text(), "
+            "vocab_size=2048))\n"
+            "assert len(process_documents(['the river meets the hill at dawn, seven times'])[0].samples) > 1\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'streaming') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(sample_root / "tokenizer" / "tokenizer.json")],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_without_a_tokenizer_prep_runs_in_one_process(tmp_path, monkeypatch):
+    """Hashing and filtering are faster in the reading process than documents can be sent to workers."""
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a worker pool was started without a tokenizer")
+
+    monkeypatch.setattr(corpus_prep, "ProcessPoolExecutor", no_pool)
+    write(tmp_path / "a.txt", "\n".join(DOCS).encode())
+    convert_dataset.main(["text", "--num-proc", "2", "--input", str(tmp_path / "a.txt"), "--doc-boundary", "line",
+                          "--out-root", str(tmp_path / "out"), "--val-fraction", "0.2"])
+    assert all_texts(tmp_path / "out") == sorted(DOCS)
+
+
+@pytest.mark.parametrize("run_len, packing, warning", [
+    (128, False, "loses its tokens past 126. Set max_seq_len=256"),
+    (512, False, "most of each sequence is padding"),
+    (512, True, None),
+    (256, False, None),
+])
+def test_training_warns_when_chunked_pieces_do_not_fit_its_sequences(caplog, run_len, packing, warning):
+    info = {"chunk": True, "max_seq_len": 256, "tokenizer": "tok", "tokenizer_vocab_size": 2048}
+    cfg = LoaderConfig(split="train", local="data", pretokenized=True, packing=packing)
+    with caplog.at_level(logging.WARNING):
+        check_prep_info(info, "data/train", cfg, vocab_size=2048, max_seq_len=run_len)
+    assert (warning in caplog.text) if warning else not caplog.text
+    with pytest.raises(UserError, match="2048-token vocabulary"):
+        check_prep_info(info, "data/train", cfg, vocab_size=30528, max_seq_len=run_len)
+
+
 def test_interrupted_prep_leaves_no_split_and_existing_splits_are_kept(tmp_path, monkeypatch):
     write(tmp_path / "a.txt", "\n".join(DOCS).encode())
     args = ["--input", str(tmp_path / "a.txt"), "--out-root", str(tmp_path / "out"), "--doc-boundary", "line",
             "--val-fraction", "0.3"]
-    from mosaicbert.data import corpus_prep
 
     real = corpus_prep.process_documents
 

@@ -20,7 +20,7 @@ from transformers import AutoTokenizer
 
 import train_tokenizer
 from mosaicbert.data.mlm import IGNORE_INDEX, MLMCollator
-from mosaicbert.data.sources import ReadStats
+from mosaicbert.data.sources import ReadStats, corpus_from_args
 from mosaicbert.data.tokenizer import REPORT, SPECIAL_TOKENS, padded_vocab_size, train_tokenizer as train_backend
 from mosaicbert.model.mosaic_bert import build_mosaic_bert
 
@@ -149,13 +149,15 @@ def test_uncased_folds_case_and_accents_cased_keeps_them(corpus, tmp_path):
         assert json.loads((out / REPORT).read_text())["cased"] is cased
 
 
-def held_out_by_formula(texts: list[str], fraction: float) -> list[str]:
-    """The shard writer's validation rule, written out from its specification."""
-    def key(text: str) -> int:
-        normalised = " ".join(unicodedata.normalize("NFC", text).split())
-        return int.from_bytes(hashlib.blake2b(normalised.encode(), digest_size=8).digest(), "little")
+def key_by_formula(text: str) -> int:
+    """The shard writer's document key, written out from its specification."""
+    normalised = " ".join(unicodedata.normalize("NFC", text).split())
+    return int.from_bytes(hashlib.blake2b(normalised.encode(), digest_size=8).digest(), "little")
 
-    return [t for t in texts if key(t) < fraction * 2**64]
+
+def held_out_by_formula(texts: list[str], fraction: float) -> list[str]:
+    """The shard writer's validation rule."""
+    return [t for t in texts if key_by_formula(t) < fraction * 2**64]
 
 
 def test_unnamed_input_holds_out_the_shard_writers_hash_split(tmp_path):
@@ -175,6 +177,12 @@ def test_unnamed_input_holds_out_the_shard_writers_hash_split(tmp_path):
                "--max-docs", 50, "--max-eval-docs", 7) == 0
     report = json.loads((out / REPORT).read_text())
     assert report["documents"] == 50 and report["evaluation"][0]["documents"] == 7
+    args = train_tokenizer.parse_args(["--input", str(source), "--out", str(out), "--val-fraction", "0.2",
+                                       "--max-docs", "50"])
+    drawn = list(train_tokenizer.training_texts(args, corpus_from_args(args, ReadStats()).documents, False))
+    training = [t for t in texts if t not in validation]
+    assert sorted(drawn) == sorted(sorted(training, key=key_by_formula)[-50:])  # the 50 highest keys
+    assert max(map(texts.index, drawn)) > 0.9 * len(texts)  # from the whole file, not its first 50 documents
     assert report["evaluation"][0]["tokens"] == independent_counts(out / "tokenizer.json", validation[:7])[2]
 
 

@@ -13,12 +13,8 @@ corpus.
 
 from __future__ import annotations
 
-import hashlib
-import multiprocessing
 import os
-import signal
 import time
-import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -28,26 +24,17 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
-from mosaicbert.data.prep import C4_SMALL_SIZES, SPLITS, StagedSplit, already_exists, existing_split, token_columns
+from mosaicbert.data.prep import (C4_SMALL_SIZES, SPLITS, StagedSplit, already_exists, existing_split, split_specs,
+                                  token_columns)
+from mosaicbert.data.prep_worker import Processed, WorkerSetup, init_worker, process_documents, split_role
 from mosaicbert.data.sources import Corpus, Document, ReadStats
 from mosaicbert.errors import UserError
 from mosaicbert.files import write_json_atomically
 
 WORK_CHUNK = 256  # documents per task sent to a worker
 REPORT = "prep_report.json"
-
-
-def document_key(text: str) -> int:
-    """A 64-bit hash of the text with Unicode normalised (NFC) and every run of whitespace made one space."""
-    normalised = " ".join(unicodedata.normalize("NFC", text).split())
-    return int.from_bytes(hashlib.blake2b(normalised.encode(), digest_size=8).digest(), "little")
-
-
-def is_validation(key: int, val_fraction: float) -> bool:
-    return key < val_fraction * 2**64
 
 
 @dataclass(frozen=True)
@@ -64,84 +51,39 @@ class PrepOptions:
     remote: str | None = None
 
 
-@dataclass
-class Processed:
-    """One document after the workers: its key and its samples (one, or one per chunk)."""
-
-    key: int
-    chars: int
-    samples: list[dict[str, Any]]
-    tokens: int = 0
-
-
-# --------------------------------------------------------------------------- worker side
-
-_worker_tokenizer: Any = None
-
-
-def _init_worker(tokenizer_name: str | None) -> None:
-    global _worker_tokenizer
-    if multiprocessing.parent_process() is not None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle, once
-    if tokenizer_name is not None:
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism
-        from mosaicbert.data.tokenizer import build_tokenizer
-
-        _worker_tokenizer = build_tokenizer(tokenizer_name, max_seq_len=10**9)
-
-
-def process_documents(texts: list[str], min_chars: int, chunk_tokens: int | None) -> list[Processed | None]:
-    """Key, filter (None: shorter than `min_chars` once stripped), tokenize and chunk a batch of documents."""
-    kept = [text for text in texts if len(text.strip()) >= min_chars]
-    results: list[Processed] = [Processed(document_key(text), len(text), [{"text": text}]) for text in kept]
-    if _worker_tokenizer is not None:
-        _add_tokens(results, kept, chunk_tokens)
-    by_text = iter(results)
-    return [next(by_text) if len(text.strip()) >= min_chars else None for text in texts]
-
-
-def _add_tokens(results: list[Processed], texts: list[str], chunk_tokens: int | None) -> None:
-    tokenizer = _worker_tokenizer
-    _, id_dtype = token_columns(tokenizer)
-    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=chunk_tokens is not None)
-    for i, (result, text) in enumerate(zip(results, texts)):
-        ids = np.asarray(encoded["input_ids"][i], dtype=id_dtype)
-        result.tokens = len(ids)
-        if chunk_tokens is None or len(ids) <= chunk_tokens:
-            result.samples[0]["input_ids"] = ids
-            continue
-        offsets = encoded["offset_mapping"][i]
-        result.samples = [
-            # each piece keeps the text it was cut from, so a loader that re-tokenizes text sees the same piece
-            {"text": text[offsets[start][0]: offsets[min(start + chunk_tokens, len(ids)) - 1][1]],
-             "input_ids": ids[start: start + chunk_tokens]}
-            for start in range(0, len(ids), chunk_tokens)
-        ]
-
-
-# --------------------------------------------------------------------------- main side
-
-
-def processed_stream(documents: Iterable[Document], options: PrepOptions) -> Iterator[tuple[Document, Processed | None]]:
+def processed_stream(documents: Iterable[Document], options: PrepOptions,
+                     tokenizer: Any = None) -> Iterator[tuple[Document, Processed | None]]:
     """(document, result) in input order, from `num_proc` worker processes (or this one) with a bounded
-    number of batches in flight, so memory does not grow with the corpus."""
+    number of batches in flight, so memory does not grow with the corpus. Workers are used only to
+    tokenize: reading, hashing and filtering alone run faster in one process than documents can be sent
+    to others (27 vs 1.8 MB/s on two cores, docs/data.md)."""
     batches = _batches(documents, WORK_CHUNK)
-    args = (options.min_chars, options.max_seq_len - 2 if options.chunk else None)
-    if options.num_proc <= 1:
-        _init_worker(options.tokenizer)
+    setup = _worker_setup(options, tokenizer)
+    if options.num_proc <= 1 or tokenizer is None:
+        init_worker(setup)
         for batch in batches:
-            yield from zip(batch, process_documents([d.text for d in batch], *args))
+            yield from zip(batch, process_documents([d.text for d in batch]))
         return
-    with ProcessPoolExecutor(options.num_proc, mp_context=get_context("spawn"), initializer=_init_worker,
-                             initargs=(options.tokenizer,)) as pool:
+    with ProcessPoolExecutor(options.num_proc, mp_context=get_context("spawn"), initializer=init_worker,
+                             initargs=(setup,)) as pool:
         pending: list[tuple[list[Document], Future]] = []
         for batch in batches:
-            pending.append((batch, pool.submit(process_documents, [d.text for d in batch], *args)))
+            pending.append((batch, pool.submit(process_documents, [d.text for d in batch])))
             if len(pending) >= 2 * options.num_proc:
                 done, future = pending.pop(0)
                 yield from zip(done, future.result())
         for done, future in pending:
             yield from zip(done, future.result())
+
+
+def _worker_setup(options: PrepOptions, tokenizer: Any) -> WorkerSetup:
+    if tokenizer is None:
+        return WorkerSetup(options.min_chars)
+    if not tokenizer.is_fast:
+        raise UserError(f"--tokenizer {options.tokenizer} has no fast (Rust) tokenizer, which prep needs to "
+                        "tokenize in workers; give a tokenizer folder with a tokenizer.json (`make tokenizer`).")
+    return WorkerSetup(options.min_chars, options.max_seq_len - 2 if options.chunk else None,
+                       tokenizer.backend_tokenizer.to_str(), len(tokenizer))
 
 
 def _batches(documents: Iterable[Document], size: int) -> Iterator[list[Document]]:
@@ -216,7 +158,7 @@ def write_corpus(out_root: str | os.PathLike, corpus: Corpus, stats: ReadStats, 
     with ExitStack() as stack:
         staged = {split: StagedSplit(out_root, split, columns, remote=options.remote) for split in splits}
         stack.callback(lambda: [s.abandon() for s in staged.values()])  # after a commit the staging folder is gone
-        _route(corpus, processed_stream(corpus.documents, options), staged, options, report, stats)
+        _route(corpus, processed_stream(corpus.documents, options, tokenizer), staged, options, report, stats)
         report.seconds = time.perf_counter() - start
         _finish_report(report, stats, corpus)
         for split, writer in staged.items():
@@ -256,10 +198,7 @@ def _route(corpus: Corpus, results: Iterator[tuple[Document, Processed | None]],
            options: PrepOptions, report: PrepReport, stats: ReadStats) -> None:
     """De-duplicate and send each document's samples to its splits, with progress in bytes (or documents)."""
     seen: set[int] = set()
-    caps = {split: options.max_docs for split in staged}
-    for split, size in options.small_sizes.items():
-        if split in caps:
-            caps[split] = size if caps[split] is None else min(size, caps[split])
+    caps = {spec.name: spec.max_docs for spec in split_specs(staged, options.max_docs, options.small_sizes)}
     documents = Counter()
     kept_unchunked = 0  # tokens a document keeps when training truncates it
     named = corpus.names_validation
@@ -280,8 +219,7 @@ def _route(corpus: Corpus, results: Iterator[tuple[Document, Processed | None]],
                 report.duplicates_dropped += 1
                 continue
             seen.add(result.key)
-        role = document.split if named and document.split else (
-            "validation" if is_validation(result.key, options.val_fraction) else "train")
+        role = split_role(document.split if named else None, result.key, options.val_fraction)
         targets = [s for s in staged if s.startswith("val") == (role == "validation")
                    and (caps[s] is None or documents[s] < caps[s])]
         for split in targets:

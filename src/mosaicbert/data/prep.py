@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from mosaicbert.data.prep_worker import token_id_dtype
 from mosaicbert.data.remote import ShardWriter, remote_split_exists
 from mosaicbert.data.text_dataset import PREP_INFO
 from mosaicbert.errors import UserError
@@ -57,7 +58,7 @@ def token_columns(tokenizer: Any) -> tuple[dict[str, str], Any]:
     """MDS columns for documents (and their token ids when a tokenizer is given), and the id dtype."""
     if tokenizer is None:
         return {"text": "str"}, None
-    id_dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max + 1 else np.uint32
+    id_dtype = token_id_dtype(len(tokenizer))
     return {"text": "str", "input_ids": f"ndarray:{np.dtype(id_dtype).name}"}, id_dtype
 
 
