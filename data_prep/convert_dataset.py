@@ -20,9 +20,13 @@ import os
 import sys
 from pathlib import Path
 
-from mosaicbert.data import corpus_prep, prep, sources
-from mosaicbert.data.tokenizer import build_tokenizer, train_wordpiece_tokenizer
 from mosaicbert.errors import UserError
+
+# A spawned tokenizing worker runs this script again as __mp_main__ and uses none of it (it runs
+# mosaicbert.data.prep_worker): without these imports it starts without torch, in about a second.
+if __name__ != "__mp_main__":
+    from mosaicbert.data import corpus_prep, prep, sources
+    from mosaicbert.data.tokenizer import build_tokenizer, train_wordpiece_tokenizer
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -59,8 +63,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       "--max-seq-len tokens (less [CLS] and [SEP]) instead of letting training truncate it")
     text.add_argument("--max-seq-len", type=int, default=128, help="the training sequence length: --chunk cuts for it, "
                       "and the report says what share of tokens training reads with and without --chunk")
-    text.add_argument("--num-proc", type=int, default=len(os.sched_getaffinity(0)), help="processes that tokenize "
-                      "(default: the usable cores); without --tokenizer one process reads fastest")
+    text.add_argument("--num-proc", type=int, default=len(os.sched_getaffinity(0)), help="worker processes that "
+                      "key, filter and tokenize (default: the usable cores); with 1, this process does, the Rust "
+                      "tokenizer using every core (docs/data.md). Without --tokenizer, this process always does")
     text.add_argument("--small-train-docs", type=int, default=prep.C4_SMALL_SIZES["train_small"])
     text.add_argument("--small-val-docs", type=int, default=prep.C4_SMALL_SIZES["val_small"])
     args = parser.parse_args(argv)

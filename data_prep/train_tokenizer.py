@@ -5,10 +5,11 @@
         --compare bert-base-uncased
     python data_prep/train_tokenizer.py --hf-dataset NAME --out tokenizers/mine --algorithm unigram --cased
 
-Documents are read as the shard writer reads them (the same input options) and streamed into the
-trainer, so memory holds word counts, not the corpus; --max-docs N trains on N training documents
-drawn evenly from the whole corpus (by hash, in a first pass). BERT's special tokens ([PAD]=0, [UNK],
-[CLS], [SEP], [MASK]) and post-processor come with every algorithm. --vocab-size is rounded up to a multiple of 64, as the model rounds its vocabulary.
+Documents are read as the shard writer reads them (the same input options, exact duplicates once) and
+streamed into the trainer, so memory holds word counts, not the corpus; --max-docs N trains on N
+training documents drawn evenly from the whole corpus (by hash; it reads the corpus twice). BERT's
+special tokens ([PAD]=0, [UNK], [CLS], [SEP], [MASK]) and post-processor come with every algorithm.
+--vocab-size is rounded up to a multiple of 64, as the model rounds its vocabulary.
 
 Validation documents are the shard writer's (the input's own validation split where it names one,
 else --val-fraction of documents by hash) and are never trained on. On up to --max-eval-docs of them
@@ -50,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="share of documents held out by hash where the input names no validation split "
                              f"(default: {PrepOptions.val_fraction}, the shard writer's)")
     parser.add_argument("--max-docs", type=int, default=None, help="train on this many documents, drawn "
-                        "from the whole corpus (by hash, in a first pass)")
+                        "from the whole corpus by hash (which reads it twice)")
     parser.add_argument("--max-eval-docs", type=int, default=TrainingRequest.max_eval_docs,
                         help="measure on at most this many validation documents (default: "
                              f"{TrainingRequest.max_eval_docs}; 0: do not measure)")
@@ -141,9 +142,12 @@ def training_texts(args: argparse.Namespace, documents: Iterator[Document], name
 
 def keyed_training_documents(documents: Iterator[Document], named: bool,
                              val_fraction: float) -> Iterator[tuple[str, int]]:
+    """(text, key) of each training document, without exact duplicates, as the shard writer keeps them."""
+    seen: set[int] = set()
     for document in documents:
         key = document_key(document.text)
-        if split_role(document.split if named else None, key, val_fraction) == "train":
+        if key not in seen and split_role(document.split if named else None, key, val_fraction) == "train":
+            seen.add(key)
             yield document.text, key
 
 

@@ -25,7 +25,8 @@ from streaming import LocalDataset
 import convert_dataset
 from mosaicbert.config import LoaderConfig
 from mosaicbert.data import corpus_prep
-from mosaicbert.data.corpus_prep import REPORT
+from mosaicbert.data.corpus_prep import REPORT, PrepOptions
+from mosaicbert.data.sources import Document
 from mosaicbert.data.text_dataset import PREP_INFO, check_prep_info
 from mosaicbert.errors import UserError
 
@@ -241,15 +242,29 @@ def test_tokenized_workers_match_one_process_and_chunks_cover_every_token(tmp_pa
 
 def test_a_worker_imports_neither_torch_nor_transformers(sample_root):
     """A spawned worker imports the worker module alone: it starts in a second, without torch's memory."""
-    code = ("import sys, pathlib\n"
+    code = ("import runpy, sys, pathlib\n"
+            "runpy.run_path('data_prep/convert_dataset.py', run_name='__mp_main__')  # what spawn runs first\n"
             "from mosaicbert.data.prep_worker import WorkerSetup, init_worker, process_documents\n"
             "init_worker(WorkerSetup(chunk_tokens=4, tokenizer_json=pathlib.Path(sys.argv[1]).read_text(), "
             "vocab_size=2048))\n"
             "assert len(process_documents(['the river meets the hill at dawn, seven times'])[0].samples) > 1\n"
             "print(sorted(m for m in ('torch', 'transformers', 'streaming') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code, str(sample_root / "tokenizer" / "tokenizer.json")],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("split_special_tokens", [False, True])
+def test_prep_tokenizes_as_transformers_does(sample_root, split_special_tokens):
+    """Prep tokenizes with the Rust tokenizer rebuilt from its JSON; transformers' call is the reference."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(sample_root / "tokenizer", split_special_tokens=split_special_tokens)
+    texts = ["The river [MASK] meets the hill at dawn [SEP] café", DOCS[5]]
+    stream = corpus_prep.processed_stream([Document(t, None) for t in texts], PrepOptions(tokenizer="sample"), tokenizer)
+    for (document, result), text in zip(stream, texts):
+        expected = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert result.samples[0]["input_ids"].tolist() == expected and result.tokens == len(expected)
 
 
 def test_without_a_tokenizer_prep_runs_in_one_process(tmp_path, monkeypatch):

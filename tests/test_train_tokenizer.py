@@ -20,7 +20,7 @@ from transformers import AutoTokenizer
 
 import train_tokenizer
 from mosaicbert.data.mlm import IGNORE_INDEX, MLMCollator
-from mosaicbert.data.sources import ReadStats, corpus_from_args
+from mosaicbert.data.sources import Document, ReadStats, corpus_from_args
 from mosaicbert.data.tokenizer import REPORT, SPECIAL_TOKENS, padded_vocab_size, train_tokenizer as train_backend
 from mosaicbert.model.mosaic_bert import build_mosaic_bert
 
@@ -183,6 +183,8 @@ def test_unnamed_input_holds_out_the_shard_writers_hash_split(tmp_path):
     training = [t for t in texts if t not in validation]
     assert sorted(drawn) == sorted(sorted(training, key=key_by_formula)[-50:])  # the 50 highest keys
     assert max(map(texts.index, drawn)) > 0.9 * len(texts)  # from the whole file, not its first 50 documents
+    doubled = [Document(text, None) for text in texts + texts]  # exact copies are trained on once
+    assert sorted(train_tokenizer.training_texts(args, iter(doubled), False)) == sorted(drawn)
     assert report["evaluation"][0]["tokens"] == independent_counts(out / "tokenizer.json", validation[:7])[2]
 
 

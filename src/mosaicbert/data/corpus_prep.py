@@ -54,9 +54,10 @@ class PrepOptions:
 def processed_stream(documents: Iterable[Document], options: PrepOptions,
                      tokenizer: Any = None) -> Iterator[tuple[Document, Processed | None]]:
     """(document, result) in input order, from `num_proc` worker processes (or this one) with a bounded
-    number of batches in flight, so memory does not grow with the corpus. Workers are used only to
-    tokenize: reading, hashing and filtering alone run faster in one process than documents can be sent
-    to others (27 vs 1.8 MB/s on two cores, docs/data.md)."""
+    number of batches in flight, so memory does not grow with the corpus. Workers start only with a
+    tokenizer: hashing and filtering alone run faster here than documents can be sent to others. Alone,
+    this process tokenizes on every core too (the Rust tokenizer's threads), but its reading, hashing and
+    writing leave them waiting: two workers were 1.18 times as fast on two cores (docs/data.md)."""
     batches = _batches(documents, WORK_CHUNK)
     setup = _worker_setup(options, tokenizer)
     if options.num_proc <= 1 or tokenizer is None:
@@ -79,11 +80,14 @@ def processed_stream(documents: Iterable[Document], options: PrepOptions,
 def _worker_setup(options: PrepOptions, tokenizer: Any) -> WorkerSetup:
     if tokenizer is None:
         return WorkerSetup(options.min_chars)
-    if not tokenizer.is_fast:
-        raise UserError(f"--tokenizer {options.tokenizer} has no fast (Rust) tokenizer, which prep needs to "
-                        "tokenize in workers; give a tokenizer folder with a tokenizer.json (`make tokenizer`).")
-    return WorkerSetup(options.min_chars, options.max_seq_len - 2 if options.chunk else None,
-                       tokenizer.backend_tokenizer.to_str(), len(tokenizer))
+    try:
+        definition = tokenizer.backend_tokenizer.to_str()
+    except Exception as err:  # noqa: BLE001  (a slow tokenizer has no backend; a custom Python part has no JSON)
+        raise UserError(f"--tokenizer {options.tokenizer} is not a fast (Rust) tokenizer that can be saved as "
+                        f"JSON ({err.__class__.__name__}), which prep tokenizes with; give a folder with a "
+                        "tokenizer.json (`make tokenizer` trains one).") from None
+    return WorkerSetup(options.min_chars, options.max_seq_len - 2 if options.chunk else None, definition,
+                       len(tokenizer), bool(getattr(tokenizer, "split_special_tokens", False)))
 
 
 def _batches(documents: Iterable[Document], size: int) -> Iterator[list[Document]]:

@@ -56,6 +56,7 @@ class WorkerSetup:
     chunk_tokens: int | None = None  # cut tokenized documents into pieces of at most this many tokens
     tokenizer_json: str | None = None  # the fast tokenizer's definition (`backend_tokenizer.to_str()`)
     vocab_size: int = 0
+    split_special_tokens: bool = False  # transformers sets this per call; the JSON does not keep it
 
 
 _setup = WorkerSetup()
@@ -76,6 +77,7 @@ def init_worker(setup: WorkerSetup) -> None:
         _tokenizer = Tokenizer.from_str(setup.tokenizer_json)
         _tokenizer.no_truncation()  # whole documents: truncation happens at training, chunking here
         _tokenizer.no_padding()
+        _tokenizer.encode_special_tokens = setup.split_special_tokens
 
 
 def process_documents(texts: list[str]) -> list[Processed | None]:
