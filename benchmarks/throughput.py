@@ -31,9 +31,16 @@ if __name__ == "__main__":
 import torch  # noqa: E402
 
 from mosaicbert.bench import lengths as length_profiles  # noqa: E402
-from mosaicbert.bench.measure import MODELS, PRESETS  # noqa: E402
+from mosaicbert.bench.measure import MODELS, PRESETS, uncounted_attention  # noqa: E402
 from mosaicbert.bench.report import relative_lines, render_result, update_docs, write_bar_chart  # noqa: E402
-from mosaicbert.bench.throughput import environment, measure_peak, run_case  # noqa: E402
+from mosaicbert.bench.throughput import (  # noqa: E402
+    CPU_BATCH_SIZE,
+    GPU_BATCH_SIZE,
+    default_batch_size,
+    environment,
+    measure_peak,
+    run_case,
+)
 from mosaicbert.errors import UserError  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,7 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="length distributions, one case each (default: corpus, c4 where its profile is "
                         "stored, and full)")
     parser.add_argument("--data-root", default=str(REPO / "data" / "sample"), help="corpus for --lengths corpus")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int,
+                        help=f"sequences per batch (default: {GPU_BATCH_SIZE} on GPU, the recipe's microbatch; "
+                        f"{CPU_BATCH_SIZE} on CPU)")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batches", type=int, default=4, help="distinct batches; a round is one pass over them")
     parser.add_argument("--rounds", type=int, default=5)
@@ -111,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
+    batch_size = default_batch_size(device) if args.batch_size is None else args.batch_size
     dims = {**PRESETS[args.preset], **{d: getattr(args, d) for d in DIMENSIONS if getattr(args, d) is not None}}
     if dims["hidden_size"] % dims["num_attention_heads"]:
         raise UserError(f"hidden size {dims['hidden_size']} is not a multiple of {dims['num_attention_heads']} heads")
@@ -120,23 +130,25 @@ def main(argv: list[str] | None = None) -> None:
 
     precision = "bf16 autocast" if bf16 else "fp32"
     peak = measure_peak(device, torch.bfloat16 if bf16 else torch.float32)
+    uncounted = uncounted_attention(device)
     result = {
         "command": recorded_command(argv if argv is not None else sys.argv[1:]),
         "label": args.label,
         "environment": {**environment(device, precision), "malloc_tuning": malloc_tuning_active()},
         "peak_flops": peak,
-        "setup": {"preset": args.preset, "dims": dims, "vocab_size": args.vocab_size, "batch_size": args.batch_size,
+        "setup": {"preset": args.preset, "dims": dims, "vocab_size": args.vocab_size, "batch_size": batch_size,
                   "seq_len": args.seq_len, "models": args.models},
         "cases": [],
     }
     print(f"{result['environment']['device']}; {precision}; matmul peak {peak / 1e9:,.1f} GFLOP/s")
+    if uncounted:
+        print(uncounted)
     for profile in profiles:
         result["cases"].append(run_case(
-            args.models, dims, profile, batch_size=args.batch_size, seq_len=args.seq_len, vocab_size=args.vocab_size,
+            args.models, dims, profile, batch_size=batch_size, seq_len=args.seq_len, vocab_size=args.vocab_size,
             num_batches=args.batches, rounds=args.rounds, warmup=args.warmup, device=device,
             autocast_dtype=torch.bfloat16 if bf16 else None, peak_flops=peak, compile_models=args.compile,
-            packing=args.packing,
-            ops_folder=out, seed=args.seed))
+            packing=args.packing, with_flops=uncounted is None, ops_folder=out, seed=args.seed))
 
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "results.md").write_text(render_result(result) + "\n")

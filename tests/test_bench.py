@@ -6,16 +6,22 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
+from composer.core import Event, Precision
 
 from conftest import REPO
-from mosaicbert.bench import lengths, measure, report
+from mosaicbert.bench import lengths, measure, report, throughput
 from mosaicbert.bench.throughput import run_case
+from mosaicbert.builders import build_section
+from mosaicbert.config import load_config
 
 TINY = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+RECIPE = REPO / "yamls" / "base.yaml"
 
 
 def test_batches_follow_the_profile_cut_at_the_sequence_length():
@@ -107,6 +113,83 @@ def test_attention_flops_are_counted_for_the_cpu_kernel_and_flash_varlen():
     per_sequence = sum(4 * n * n * h * d for n in (5, 11, 24))
     assert measure.flash_varlen_flops((40, h, d), cu_seqlens, backward=False) == per_sequence
     assert measure.flash_varlen_flops((40, h, d), cu_seqlens, backward=True) == 5 * per_sequence // 2
+
+
+def test_sliding_window_attention_counts_only_the_pairs_in_the_window():
+    """ModernBERT's local layers: FlashAttention's window (left, right) lets query i see keys i-left .. i+right."""
+    h, d = 3, 8
+    cu_seqlens = torch.tensor([0, 5, 16], dtype=torch.int32)  # sequences of 5 and 11 tokens
+    # Keys each query sees, by hand. Window (2, 2): 5 tokens 3 4 5 4 3; 11 tokens 3 4 5 5 5 5 5 5 5 4 3.
+    pairs = (3 + 4 + 5 + 4 + 3) + (3 + 4 + 7 * 5 + 4 + 3)
+    assert measure.flash_varlen_flops((16, h, d), cu_seqlens, backward=False, window=(2, 2)) == 4 * pairs * h * d
+    assert measure.flash_varlen_flops((16, h, d), cu_seqlens, backward=True, window=(2, 2)) == 10 * pairs * h * d
+    # Window (3, 0), keys behind only: 5 tokens 1 2 3 4 4; 11 tokens 1 2 3 4 4 4 4 4 4 4 4.
+    assert measure.attended_pairs(cu_seqlens.diff(), (3, 0)) == (1 + 2 + 3 + 4 + 4) + (1 + 2 + 3 + 8 * 4)
+    # A window wider than the sequence, or none (-1: a global layer), is full attention.
+    assert measure.attended_pairs(cu_seqlens.diff(), (64, 64)) == measure.attended_pairs(cu_seqlens.diff()) == 25 + 121
+
+
+def test_flash_attn_ops_are_counted_with_their_window(monkeypatch):
+    """The formulas read flash-attn's op arguments as torch passes them: by position, trailing defaults left out."""
+    monkeypatch.setattr(measure, "flash_varlen_ops", lambda: ("forward-op", "backward-op"))
+    formulas = measure.flop_formulas()
+    q = torch.empty(16, 3, 8)
+    cu_seqlens = torch.tensor([0, 5, 16], dtype=torch.int32)
+    full, windowed = (measure.flash_varlen_flops(q.shape, cu_seqlens, False, w) for w in ((-1, -1), (2, 2)))
+    common = (q, q, q, cu_seqlens, cu_seqlens, 11, 11, 0.0, 0.35, False)
+    assert formulas["forward-op"](*common, out_val=None) == full
+    assert formulas["forward-op"](*common, 2, 2, 0.0, None, out_val=None) == windowed
+    # dout, q, k, v, out, softmax_lse, dq, dk, dv; cu_seqlens .. causal as the forward's; window, softcap, alibi_slopes,
+    # deterministic
+    backward = (q, q, q, q, q, None, None, None, None, *common[3:], 2, 2, 0.0, None, False)
+    assert formulas["backward-op"](*backward, out_val=None) == 5 * windowed // 2
+
+
+def test_mfu_is_refused_in_one_line_when_flash_attn_has_no_op(monkeypatch):
+    monkeypatch.setattr(measure, "flash_attn_version", lambda: "2.6.3")  # before 2.7: no `flash_attn::` ops
+    line = measure.uncounted_attention(torch.device("cuda"))
+    assert line.startswith("MFU not reported: flash-attn 2.6.3 ") and "flash-attn>=2.7" in line and "\n" not in line
+    assert measure.uncounted_attention(torch.device("cpu")) is None  # flash-attn does not run on CPU
+    monkeypatch.setattr(measure, "flash_attn_version", lambda: None)
+    assert measure.uncounted_attention(torch.device("cuda")) is None
+
+
+def layernorm_types(model: torch.nn.Module) -> list[type]:
+    return [type(m) for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+
+
+def recipe_layernorm_types(device: str) -> list[type]:
+    """The LayerNorm classes of MosaicBERT as yamls/base.yaml trains it on `device`: its algorithms applied at INIT
+    with the run's precision, as Composer's Trainer does."""
+    from mosaicbert.model import MosaicBertConfig, MosaicBertForMaskedLM
+
+    with mock.patch.object(torch.cuda, "is_available", return_value=True):
+        config = load_config(RECIPE, [f"device={device}"])
+    model = MosaicBertForMaskedLM(MosaicBertConfig(vocab_size=128, **TINY))
+    state = SimpleNamespace(model=model, optimizers=None, _precision=Precision(config.precision))
+    for algorithm in build_section(config, "algorithms"):
+        if algorithm.match(Event.INIT, state):
+            algorithm.apply(Event.INIT, state, None)
+    return layernorm_types(model)
+
+
+@pytest.mark.filterwarnings("ignore:Low Precision LayerNorm only applies")  # what CPU training warns too
+@pytest.mark.parametrize("device, autocast_dtype", [("cpu", None), ("cpu", torch.bfloat16), ("cuda", torch.bfloat16)])
+def test_mosaicbert_has_the_layernorm_its_recipe_trains_with(monkeypatch, device, autocast_dtype):
+    from composer.algorithms.low_precision_layernorm.low_precision_layernorm import LPLayerNorm
+
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *args, **kwargs: self)  # no GPU here
+    model, note = measure.build_model("mosaicbert", TINY, 128, 32, torch.device(device), autocast_dtype)
+    expected = recipe_layernorm_types("gpu" if device == "cuda" else "cpu")
+    assert layernorm_types(model) == expected
+    assert set(expected) == ({LPLayerNorm} if device == "cuda" else {torch.nn.LayerNorm})
+    assert ("low-precision LayerNorm" in note) == (device == "cuda")
+
+
+def test_gpu_batch_is_the_recipes_microbatch():
+    recipe = load_config(RECIPE, ["device=cpu"])
+    assert throughput.default_batch_size(torch.device("cuda")) == recipe.device_train_microbatch_size == 128
+    assert throughput.default_batch_size(torch.device("cpu")) == 32
 
 
 def test_sparse_modernbert_gives_transformers_sparse_loss():
@@ -225,7 +308,7 @@ def test_cli_smoke_writes_table_json_chart_and_profiles(sample_root, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((out / "results.json").read_text())
     assert [c["lengths"] for c in result["cases"]] == ["corpus", "full"]
-    assert result["setup"]["dims"]["hidden_size"] == 64
+    assert result["setup"]["dims"]["hidden_size"] == 64 and result["setup"]["batch_size"] == 4
     assert result["environment"]["malloc_tuning"] is True  # the script re-executed itself with the tunables
     assert (out / "throughput.png").is_file() and (out / "results.md").is_file()
     assert len(list(out.glob("ops-*.txt"))) == 6

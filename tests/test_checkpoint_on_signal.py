@@ -18,13 +18,13 @@ from test_train import checkpoint_weights, run
 
 
 class SignalAtBatch(Callback):
-    """Sends this process SIGTERM at the end of batch `batch`, as Slurm would before a time limit."""
+    """Sends this process SIGTERM during step `batch` (after its backward), as Slurm would before a time limit."""
 
     def __init__(self, batch: int):
         self.batch = batch
 
-    def batch_end(self, state, logger):
-        if int(state.timestamp.batch) == self.batch:
+    def after_backward(self, state, logger):
+        if int(state.timestamp.batch) + 1 == self.batch:  # the timestamp counts finished steps
             os.kill(os.getpid(), signal.SIGTERM)
 
 

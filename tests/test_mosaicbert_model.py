@@ -335,37 +335,76 @@ def test_bf16_model_runs_on_cpu_with_finite_outputs():
     assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.loss)
 
 
-def test_no_host_sync_after_the_encoder_starts():
-    """Every index the head and loss need is computed from the inputs before the first layer, so on
-    a GPU the host queues the whole step without waiting. CPU stand-in: no data-dependent op
-    (nonzero, boolean indexing, .item(), bool()) runs once the encoder has been entered."""
-    from torch.overrides import TorchFunctionMode
+def packed_batch():
+    """Rows of several documents (mask values 1, 2, ...), a gap inside one, and an empty row."""
+    mask = torch.tensor([[1, 1, 1, 2, 2, 0, 0, 0], [1, 1, 0, 0, 1, 2, 3, 3], [0] * 8, [1] * 8])
+    ids = torch.randint(5, VOCAB, mask.shape, generator=torch.Generator().manual_seed(1)) * (mask != 0)
+    return ids, mask, torch.zeros_like(ids)
 
-    syncing = {"nonzero", "item", "tolist", "__bool__", "masked_select", "unique", "argwhere"}
-    seen: list[str] = []
-    entered = []
 
-    class Watch(TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            name = getattr(func, "__name__", str(func))
-            if entered:
-                boolean_index = name == "__getitem__" and any(
-                    isinstance(a, torch.Tensor) and a.dtype == torch.bool for a in args[1:])
-                if name in syncing or boolean_index:
-                    seen.append(name)
-            return func(*args, **(kwargs or {}))
+@pytest.mark.parametrize("batch", [heavily_padded_batch, packed_batch])
+def test_unpad_matches_a_loop_over_each_row(batch):
+    """Sequences are runs of one mask value in a row (padding between them closes up), checked against a loop."""
+    from mosaicbert.model.modeling_mosaicbert import unpad
+
+    _, mask, _ = batch()
+    subset = torch.rand(mask.shape, generator=torch.Generator().manual_seed(2)) < 0.5
+    indices, sequences, positions, subset_rows = [], [], [], []
+    for r, row in enumerate(mask.tolist()):
+        previous = None
+        for c, value in enumerate(row):
+            if value == 0:
+                continue
+            if value != previous:
+                sequences.append([])
+            previous = value
+            positions.append(len(sequences[-1]))
+            sequences[-1].append(r * mask.shape[1] + c)
+            if subset[r, c]:
+                subset_rows.append(len(indices))
+            indices.append(r * mask.shape[1] + c)
+    lengths = [len(s) for s in sequences]
+    unpadded = unpad(mask, subset)
+    assert unpadded.indices.tolist() == indices
+    assert unpadded.seqlens.tolist() == lengths and unpadded.batch_size == len(lengths)
+    assert unpadded.cu_seqlens.tolist() == [sum(lengths[:i]) for i in range(len(lengths) + 1)]
+    assert unpadded.cu_seqlens.dtype == torch.int32 and unpadded.max_seqlen == max(lengths)
+    assert unpadded.positions.tolist() == positions
+    assert unpadded.sequence_ids.tolist() == [i for i, n in enumerate(lengths) for _ in range(n)]
+    assert unpadded.subset_idx.tolist() == subset_rows
+
+
+def test_a_training_step_reads_the_device_once_in_the_forward_and_never_after():
+    """MLM forward, loss and backward, and a classifier's: the one host sync is `unpad`'s read of the
+    counts that size the indices; nothing else waits for the device (tests/sync_spy.py)."""
+    from mosaicbert.model.mosaic_bert import ComposerMosaicBert
+    from sync_spy import host_syncs
 
     torch.manual_seed(0)
-    for model in (MosaicBertForMaskedLM(tiny_config()), MosaicBertForSequenceClassification(tiny_config(num_labels=2))):
-        model.bert.encoder.register_forward_pre_hook(lambda *_: entered.append(True))
-        ids, mask, types = heavily_padded_batch()
-        labels = torch.where(mask.bool() & (torch.rand(ids.shape) < 0.3), ids, -100)
-        if isinstance(model, MosaicBertForSequenceClassification):
-            labels = torch.tensor([0, 1, 1, 0, 1])
-        with Watch():
-            model(ids, mask, types, labels=labels).loss.backward()
-        entered.clear()
-    assert not seen, f"host syncs after the encoder started: {seen}"
+    ids, mask, types = packed_batch()
+    labels = torch.where((mask != 0) & (torch.rand(ids.shape) < 0.4), ids, -100)
+    composer_model = ComposerMosaicBert(MosaicBertForMaskedLM(tiny_config()), tokenizer=None)
+    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "labels": labels}
+    classifier = MosaicBertForSequenceClassification(tiny_config(num_labels=2))
+    ids, mask, types = heavily_padded_batch()
+    with host_syncs() as mlm:
+        composer_model.loss(composer_model(batch), batch).backward()
+    with host_syncs() as classification:
+        classifier(ids, mask, types, labels=torch.tensor([0, 1, 1, 0, 1])).loss.backward()
+    assert mlm == [("tolist", "modeling_mosaicbert.py:unpad")]
+    assert classification == [("tolist", "modeling_mosaicbert.py:unpad")]
+
+
+def test_the_sync_spy_sees_what_would_sync():
+    """The spy above would have listed the syncs this model used to have."""
+    from sync_spy import host_syncs
+
+    x = torch.tensor([0, 1, 2, 0])
+    with host_syncs() as seen:
+        torch.nonzero(x), torch.bincount(x), x[x > 0], bool(x.any()), int(x.max()), x.tolist()
+        x.repeat_interleave(x), torch.nonzero_static(x, size=2), x.cumsum(0)
+    assert [op for op, _ in seen] == ["nonzero", "bincount", "index[bool index]", "__bool__", "__int__", "tolist",
+                                      "repeat_interleave"]
 
 
 def test_masked_lm_head_runs_on_masked_tokens_only():

@@ -92,3 +92,31 @@ def test_unknown_action_is_a_config_error(clean_env, sample_root, tmp_path, caps
     overrides = tiny_overrides(sample_root, tmp_path / "run", **{f"{GUARD}.action": "ignore"})
     assert main([str(DEMO_YAML), *overrides]) == 2
     assert "action must be one of stop, skip, rollback" in capsys.readouterr().err
+
+
+def test_the_guard_and_the_signal_handler_read_the_device_once_per_batch(tmp_path):
+    """Two microbatches' checks stay on the device; after the batch one read serves both callbacks, and
+    the signal handler uses the flag the guard's all-reduce carried (tests/sync_spy.py)."""
+    from types import SimpleNamespace
+
+    from composer.core import Precision
+    from composer.devices import DeviceCPU
+
+    from mosaicbert.callbacks.checkpoint_on_signal import CheckpointOnSignal
+    from mosaicbert.callbacks.nonfinite_guard import NonFiniteGuard
+    from sync_spy import host_syncs
+
+    model = torch.nn.Linear(3, 1)
+    guard, on_signal = NonFiniteGuard(str(tmp_path)), CheckpointOnSignal()
+    state = SimpleNamespace(model=model, precision=Precision.AMP_BF16, timestamp=SimpleNamespace(batch=4),
+                            callbacks=[guard, on_signal], loss=None, device=DeviceCPU())
+    with host_syncs() as seen:
+        guard.before_train_batch(state, None)
+        for _ in range(2):  # microbatches
+            state.loss = model(torch.ones(2, 3)).sum()
+            state.loss.backward()
+            guard.after_backward(state, None)
+        guard.after_train_batch(state, None)
+        state.timestamp.batch = 5
+        on_signal.batch_checkpoint(state, None)  # no signal: returns
+    assert seen == [("tolist", "nonfinite_guard.py:after_train_batch")]

@@ -153,6 +153,39 @@ def test_slurm_scripts_for_a_multi_node_gpu_sweep(tmp_path, sample_root, in_repo
         assert checked.returncode == 0, f"{name}: {checked.stderr}"
 
 
+def sbatch_options(plan) -> dict[str, list[str]]:
+    """Each batch script's #SBATCH options, but its log path."""
+    scripts = slurm_scripts(plan, plan.runs, str(REPO))
+    return {name: [line.removeprefix("#SBATCH ") for line in scripts[name].splitlines()
+                   if line.startswith("#SBATCH") and not line.startswith("#SBATCH --output=")]
+            for name in ("pretrain.sbatch", "evaluate.sbatch", "report.sbatch")}
+
+
+def test_slurm_jobs_of_the_shipped_sweep_ask_for_what_they_use(in_repo, clean_env):
+    shipped = REPO / "yamls" / "sweeps" / "pareto-base.yaml"
+    options = sbatch_options(make_plan(read_sweep(shipped, ["evaluation.kind=mlm"])))
+    one_node = ["--nodes=1", "--ntasks-per-node=1"]
+    assert options["pretrain.sbatch"] == ["--job-name=pareto-base-pretrain", *one_node, "--time=16:00:00",
+                                          "--gpus-per-node=8", "--exclusive", "--array=0-1", "--signal=TERM@600",
+                                          "--requeue", "--open-mode=append"]
+    # The MLM scorer uses one device, and the report none: neither holds a whole node.
+    assert options["evaluate.sbatch"] == ["--job-name=pareto-base-evaluate", *one_node, "--time=48:00:00", "--gpus-per-node=1"]
+    assert options["report.sbatch"] == ["--job-name=pareto-base-report", *one_node, "--time=00:30:00", "--cpus-per-task=2"]
+    glue = sbatch_options(make_plan(read_sweep(shipped)))["evaluate.sbatch"]  # a GLUE job on every GPU
+    assert glue == ["--job-name=pareto-base-evaluate", *one_node, "--time=48:00:00", "--gpus-per-node=8", "--exclusive"]
+
+
+def test_whole_node_options_go_only_to_jobs_that_use_whole_nodes(in_repo, clean_env):
+    whole = ["--exclusive=user", "--mem 0", "--mem=0G"]
+    shared = ["--account=proj", "--partition=gpu", "--qos=normal", "--constraint=a100", "--mem=64G"]
+    settings = ["evaluation.kind=mlm", "slurm.cpus_per_task=64", "slurm.account=proj", "slurm.partition=gpu",
+                f"slurm.extra_sbatch=[{','.join(whole + shared[2:])}]"]
+    options = sbatch_options(make_plan(read_sweep(REPO / "yamls" / "sweeps" / "pareto-base.yaml", settings)))
+    assert options["pretrain.sbatch"][4:-4] == ["--gpus-per-node=8", "--cpus-per-task=64", *shared[:2], *whole, *shared[2:]]
+    assert options["evaluate.sbatch"][4:] == ["--gpus-per-node=1", "--cpus-per-task=8", *shared]  # a GPU's share of the CPUs
+    assert options["report.sbatch"][4:] == ["--cpus-per-task=2", *shared]
+
+
 # --------------------------------------------------------------------------- a real local sweep
 
 

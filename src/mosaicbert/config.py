@@ -79,7 +79,7 @@ class TrainConfig:
     device_eval_batch_size: int | None = None  # None: the train microbatch size
 
     device: str | None = None  # None: gpu when CUDA is available, else cpu
-    precision: str | None = None  # None: amp_bf16 on GPU, fp32 on CPU
+    precision: str | None = None  # None: amp_bf16 on GPU (amp_fp16 before Ampere), fp32 on CPU
     # torch.compile's keyword arguments, which Composer applies to the model ({} for the defaults,
     # e.g. {dynamic: true}); null trains eagerly. See docs/benchmarks.md for where it helps.
     compile_config: dict[str, Any] | None = None
@@ -299,8 +299,9 @@ def finalize(config: TrainConfig, world_size: int | None = None) -> TrainConfig:
         raise ConfigError("device=gpu but CUDA is not available here; use device=cpu (or leave it unset).")
 
     if config.precision is None:
-        config.precision = "amp_bf16" if config.device == "gpu" else "fp32"
-        filled["precision"] = config.precision
+        from mosaicbert.precision import default_gpu_precision  # torch, imported only when a config is finalised
+
+        config.precision, filled["precision"] = default_gpu_precision() if config.device == "gpu" else ("fp32",) * 2
     elif config.precision not in GPU_PRECISIONS:
         raise ConfigError(f"precision '{config.precision}' is unknown; use one of {', '.join(GPU_PRECISIONS)}.")
     elif config.device == "cpu" and config.precision not in CPU_PRECISIONS:

@@ -1,4 +1,4 @@
-"""Child processes of the GLUE and sweep runners, stopped with their parent.
+"""Child processes of the GLUE and sweep runners: given the parent's GPUs, and stopped with their parent.
 
 A runner (`src/glue.py`, `src/sweep.py --launcher local`) starts each job as its own process. Stopping
 the runner must stop them: Slurm and Kubernetes send SIGTERM to the runner only, and a job left
@@ -8,6 +8,9 @@ while active, answers SIGTERM and SIGINT by sending SIGTERM to every child's who
 signals every process of a job step: `composer -n` launchers and their training ranks alike, which
 checkpoint and stop (callbacks/checkpoint_on_signal.py). The runner sees `received`, starts nothing
 new, waits until each group has exited (up to `grace_seconds`, then SIGKILL), and ends with `Stopped`.
+
+A child's CUDA_VISIBLE_DEVICES names physical GPUs, not positions in its parent's list: `visible_gpus`
+gives the names a runner can hand on, so a runner started on GPUs 4,5 starts its jobs on 4 and 5.
 """
 
 from __future__ import annotations
@@ -22,6 +25,19 @@ from typing import Any
 from mosaicbert.errors import Stopped
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT)
+
+
+def visible_gpus() -> list[str]:
+    """This process's GPUs as CUDA_VISIBLE_DEVICES entries for its children: the entries of its own list
+    (indices, GPU-/MIG- UUIDs, kept as written) or, without one, 0..n-1. CUDA stops at the first entry
+    it cannot find, so only the first `device_count()` entries name devices; an empty list means no GPU."""
+    import torch
+
+    count = torch.cuda.device_count()
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        return [str(index) for index in range(count)]
+    return [entry.strip() for entry in listed.split(",") if entry.strip()][:count]
 
 
 class ChildProcesses:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from composer.algorithms.low_precision_layernorm.low_precision_layernorm import apply_low_precision_layernorm
+from composer.core import Precision
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop, sdpa_flop
 from transformers.modeling_outputs import MaskedLMOutput
 
@@ -29,15 +31,31 @@ MODELS = ("mosaicbert", "bert", "modernbert")
 BASELINE = "bert"
 
 
-def build_model(name: str, dims: dict, vocab_size: int, seq_len: int, device: torch.device) -> tuple[torch.nn.Module, str]:
+def training_precision(device: torch.device, autocast_dtype: torch.dtype | None) -> Precision:
+    """The precision a training run would have here: mixed precision is for CUDA only (config.finalize runs CPU
+    recipes in fp32), so a CPU benchmark under autocast still builds what CPU training builds."""
+    if device.type != "cuda" or autocast_dtype is None:
+        return Precision.FP32
+    return {torch.bfloat16: Precision.AMP_BF16, torch.float16: Precision.AMP_FP16}[autocast_dtype]
+
+
+def build_model(name: str, dims: dict, vocab_size: int, seq_len: int, device: torch.device,
+                autocast_dtype: torch.dtype | None = None) -> tuple[torch.nn.Module, str]:
     """The model and a line saying how it was built: each with its own design, at its fastest settings
     that keep that design (no attention dropout for any of them: it forces SDPA off its fused kernels)."""
     if name == "mosaicbert":
         from mosaicbert.model import MosaicBertConfig, MosaicBertForMaskedLM
 
         config = MosaicBertConfig(vocab_size=vocab_size, attention_probs_dropout_prob=0.0, **dims)
+        model = MosaicBertForMaskedLM(config)
         note = "padding removed, sparse MLM head, GeGLU, ALiBi; attention_backend=auto; dropout 0.1, attention 0"
-        return MosaicBertForMaskedLM(config).to(device), note
+        precision = training_precision(device, autocast_dtype)
+        if precision is not Precision.FP32:
+            # The recipe's algorithms.low_precision_layernorm (yamls/base.yaml), the surgery Composer does at INIT:
+            # under autocast nn.LayerNorm computes and returns fp32, and with it the residual stream.
+            apply_low_precision_layernorm(model, precision)
+            note += "; Composer's low-precision LayerNorm, as the recipe"
+        return model.to(device), note
     if name == "bert":
         from transformers import BertConfig, BertForMaskedLM
 
@@ -49,7 +67,7 @@ def build_model(name: str, dims: dict, vocab_size: int, seq_len: int, device: to
     if name == "modernbert":
         from transformers import ModernBertConfig, ModernBertForMaskedLM
 
-        flash = device.type == "cuda" and _flash_attn_installed()
+        flash = device.type == "cuda" and flash_attn_version() is not None
         # Its own design (GeGLU of the same width, RoPE, alternating local/global attention, no biases,
         # no dropout) and its sparse MLM head; unpadding needs FlashAttention-2, so on CPU it runs padded
         # SDPA. Eager like the others (reference_compile would compile its MLP and head on GPU, where the
@@ -83,12 +101,12 @@ class SparseModernBert(torch.nn.Module):
         return MaskedLMOutput(loss=F.cross_entropy(logits.float(), labels[is_masked]), logits=logits)
 
 
-def _flash_attn_installed() -> bool:
+def flash_attn_version() -> str | None:
     try:
-        import flash_attn  # noqa: F401
+        import flash_attn
     except ImportError:
-        return False
-    return True
+        return None
+    return flash_attn.__version__
 
 
 @dataclass
@@ -142,22 +160,67 @@ def time_rounds(contenders: list[Contender], rounds: int, device: torch.device,
         progress(f"  round {r + 1}/{rounds}: " + ", ".join(f"{c.key} {c.round_seconds[-1]:.2f}s" for c in contenders))
 
 
-def flash_varlen_flops(q_shape, cu_seqlens: torch.Tensor, backward: bool) -> int:
-    """FLOPs of FlashAttention's varlen kernel: per sequence of s tokens, QK^T and PV are 2 * 2 * s^2 * heads
-    * head_dim; the backward's five products (the scores recomputed) 2.5 times that, torch's count for SDPA."""
+def attended_pairs(seqlens: torch.Tensor, window: tuple[int, int] = (-1, -1)) -> int:
+    """The (query, key) pairs attention scores over sequences of `seqlens` tokens. FlashAttention's sliding window
+    (left, right) lets query i see keys i - left .. i + right (-1: no limit, ModernBERT's global layers), so a
+    sequence of s tokens loses, on each limited side, 1 + 2 + ... + (s - 1 - limit) of its s^2 pairs."""
+    s = seqlens.long()
+    pairs = s * s
+    for limit in window:
+        if limit >= 0:
+            beyond = (s - 1 - limit).clamp(min=0)
+            pairs = pairs - beyond * (beyond + 1) // 2
+    return int(pairs.sum())
+
+
+def flash_varlen_flops(q_shape, cu_seqlens: torch.Tensor, backward: bool, window: tuple[int, int] = (-1, -1)) -> int:
+    """FLOPs of FlashAttention's varlen kernel: QK^T and PV are 2 * 2 * heads * head_dim per attended pair; the
+    backward's five products (the scores recomputed) 2.5 times that, torch's count for SDPA."""
     heads, head_dim = q_shape[-2], q_shape[-1]
-    squares = int((cu_seqlens.diff().long() ** 2).sum())
-    forward = 4 * squares * heads * head_dim
+    forward = 4 * attended_pairs(cu_seqlens.diff(), window) * heads * head_dim
     return 5 * forward // 2 if backward else forward
 
 
 def _raw(formula: Callable) -> Callable:
-    """torch's own formulas come wrapped already (tensors to shapes); marked raw, they are not wrapped twice."""
+    """A formula FlopCounterMode calls with the op's own arguments, not their shapes: torch's own formulas come
+    wrapped already (tensors to shapes), and the varlen ones read the values of `cu_seqlens`."""
     def counted(*args, **kwargs):
         return formula(*args, **kwargs)
 
     counted._get_raw = True
     return counted
+
+
+def flash_varlen_ops() -> tuple | None:
+    """flash-attn's varlen forward and backward ops, which flash-attn >= 2.7 registers as `flash_attn::` torch ops
+    on import; None without flash-attn, or with an older one, whose kernels FlopCounterMode cannot see."""
+    if flash_attn_version() is None or not hasattr(torch.ops.flash_attn, "_flash_attn_varlen_forward"):
+        return None
+    return torch.ops.flash_attn._flash_attn_varlen_forward, torch.ops.flash_attn._flash_attn_varlen_backward
+
+
+def uncounted_attention(device: torch.device) -> str | None:
+    """Why FLOPs (and so MFU) cannot be counted on `device`, or None: flash-attn runs there (CUDA) but registers
+    no op, so its attention would count 0 FLOPs."""
+    version = flash_attn_version() if device.type == "cuda" else None
+    if version is None or flash_varlen_ops() is not None:
+        return None
+    return (f"MFU not reported: flash-attn {version} registers no torch op for FlopCounterMode to count its "
+            "attention FLOPs; flash-attn>=2.7 does")
+
+
+def varlen_forward_flops(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
+                         causal, window_size_left=-1, window_size_right=-1, *args, **kwargs) -> int:
+    """`flash_attn::_flash_attn_varlen_forward`'s FLOPs. The arguments are its schema's, so the window is found
+    whether it comes by position or by name, or not at all (torch leaves out trailing defaults: -1, -1)."""
+    return flash_varlen_flops(q.shape, cu_seqlens_q, False, (window_size_left, window_size_right))
+
+
+def varlen_backward_flops(dout, q, k, v, out, softmax_lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                          max_seqlen_k, dropout_p, softmax_scale, causal, window_size_left, window_size_right,
+                          *args, **kwargs) -> int:
+    """`flash_attn::_flash_attn_varlen_backward`'s FLOPs, from its arguments."""
+    return flash_varlen_flops(q.shape, cu_seqlens_q, True, (window_size_left, window_size_right))
 
 
 def flop_formulas() -> dict:
@@ -166,18 +229,9 @@ def flop_formulas() -> dict:
     aten = torch.ops.aten
     formulas = {aten._scaled_dot_product_flash_attention_for_cpu: _raw(sdpa_flop),
                 aten._scaled_dot_product_flash_attention_for_cpu_backward: _raw(sdpa_backward_flop)}
-    def forward(q, k, v, cu_seqlens_q, *args, out_shape=None, **kwargs):
-        return flash_varlen_flops(q.shape, cu_seqlens_q, backward=False)
-
-    def backward(dout, q, k, v, out, softmax_lse, dq, dk, dv, cu_seqlens_q, *args, out_shape=None, **kwargs):
-        return flash_varlen_flops(q.shape, cu_seqlens_q, backward=True)
-
-    forward._get_raw = backward._get_raw = True  # FlopCounterMode passes tensors, not shapes
-    for namespace in ("flash_attn", "flashattn"):  # flash-attn's custom ops, older and newer releases
-        ops = getattr(torch.ops, namespace, None)
-        if ops is not None and hasattr(ops, "_flash_attn_varlen_forward"):
-            formulas[ops._flash_attn_varlen_forward] = forward
-            formulas[ops._flash_attn_varlen_backward] = backward
+    ops = flash_varlen_ops()
+    if ops is not None:
+        formulas.update(zip(ops, (_raw(varlen_forward_flops), _raw(varlen_backward_flops))))
     return formulas
 
 

@@ -27,6 +27,17 @@ from mosaicbert.bench.measure import (
 )
 
 
+# On a GPU, the recipe's microbatch (yamls/base.yaml: device_train_microbatch_size 128 at max_seq_len 128), what
+# a training step runs per device; at 32 x 128 an H100 step is bound by kernel launches, not compute. On CPU, 32,
+# the stored `cpu-small*` runs' batch.
+GPU_BATCH_SIZE = 128
+CPU_BATCH_SIZE = 32
+
+
+def default_batch_size(device: torch.device) -> int:
+    return GPU_BATCH_SIZE if device.type == "cuda" else CPU_BATCH_SIZE
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -59,10 +70,10 @@ def percentile(values: list[float], q: float) -> float:
 def run_case(models: list[str], dims: dict, profile: LengthProfile, *, batch_size: int, seq_len: int,
              vocab_size: int, num_batches: int, rounds: int, warmup: int, device: torch.device,
              autocast_dtype: torch.dtype | None, peak_flops: float, compile_models: bool = False,
-             packing: bool = False, ops_folder: Path | None = None, seed: int = 0,
+             packing: bool = False, with_flops: bool = True, ops_folder: Path | None = None, seed: int = 0,
              progress: Callable[[str], None] = print) -> dict:
     """Time every model (and, with `compile_models`, each compiled; with `packing`, MosaicBERT on the same
-    documents packed into rows) on the same batches drawn from `profile`."""
+    documents packed into rows) on the same batches drawn from `profile`; without `with_flops`, no FLOPs or MFU."""
     batches = make_batches(profile, num_batches, batch_size, seq_len, vocab_size, mlm_probability=0.3, seed=seed)
     real_tokens = sum(count_real_tokens(b) for b in batches)
     padding = 1 - real_tokens / (len(batches) * batch_size * seq_len)
@@ -75,7 +86,7 @@ def run_case(models: list[str], dims: dict, profile: LengthProfile, *, batch_siz
     contenders = []
     for name, compiled, packed in variants:
         torch.manual_seed(seed)
-        model, note = build_model(name, dims, vocab_size, seq_len, device)
+        model, note = build_model(name, dims, vocab_size, seq_len, device, autocast_dtype)
         key = name
         if compiled:
             model, key, note = torch.compile(model, dynamic=True), f"{name}+compile", note + "; torch.compile(dynamic=True)"
@@ -93,7 +104,7 @@ def run_case(models: list[str], dims: dict, profile: LengthProfile, *, batch_siz
             for batch in contender.batches:
                 contender.step(batch)
         # FlopCounterMode does not see inside compiled graphs; a compiled model's FLOPs are its eager twin's.
-        flops = None if contender.key.endswith("+compile") else count_flops(contender)
+        flops = count_flops(contender) if with_flops and not contender.key.endswith("+compile") else None
         # Memory follows the real tokens for MosaicBERT: profile the batch with the most.
         largest = max(contender.batches, key=count_real_tokens)
         ops, transient = profile_step(contender, largest, device)

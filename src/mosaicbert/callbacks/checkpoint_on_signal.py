@@ -4,6 +4,9 @@ The handler only raises a flag; at the end of the current step every rank agrees
 all-reduce, so all ranks stop at the same step), the checkpoint saver writes a checkpoint of that
 step unless it just did, and training ends with `Interrupted`. The entry script exits with 128 +
 the signal number; the same command with autoresume=true continues from the checkpoint.
+
+With `nonfinite_guard` in the run, the flag rides in the guard's all-reduce after the backward, so a
+batch has one all-reduce for both; a signal that arrives after it stops the run one step later.
 """
 
 from __future__ import annotations
@@ -35,10 +38,16 @@ class CheckpointOnSignal(Callback):
             for signum in self.signals:
                 self._previous[signum] = signal.signal(signum, self._handle)
 
+    def agreed(self, batch: int, signum: int) -> None:
+        """The ranks' agreed signal for `batch`, from `nonfinite_guard`'s all-reduce (one per batch for both)."""
+        self._agreed = (batch, signum)
+
     def batch_checkpoint(self, state: State, logger: Logger) -> None:
-        flag = state.device.tensor_to_device(torch.tensor([self.received or 0], dtype=torch.int64))
-        dist.all_reduce(flag, reduce_operation="MAX")
-        signum = int(flag.item())
+        batch, signum = getattr(self, "_agreed", (None, 0))
+        if batch != int(state.timestamp.batch) - 1:  # no guard agreed on this batch: agree here
+            flag = torch.full((1,), self.received or 0, dtype=torch.int64, device=next(state.model.parameters()).device)
+            dist.all_reduce(flag, reduce_operation="MAX")
+            signum = int(flag.item())
         if not signum:
             return
         saver = next((cb for cb in state.callbacks if isinstance(cb, CheckpointSaver)), None)

@@ -32,6 +32,7 @@ from composer.core import Callback, Precision, State
 from composer.loggers import Logger
 from composer.utils import dist
 
+from mosaicbert.callbacks.checkpoint_on_signal import CheckpointOnSignal
 from mosaicbert.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class NonFiniteGuard(Callback):
         self.action, self.max_skips, self.skip_before = action, max_skips, skip_before
         self.record = os.path.join(run_folder, RECORD_FILE)
         self.skips = 0
-        self._loss_finite = True
+        self._loss_finite: torch.Tensor | bool = True  # a device tensor once a loss is seen: read once per batch
 
     def recorded(self) -> list[int]:
         """Steps recorded by an earlier attempt of this run (rollback mode)."""
@@ -88,24 +89,33 @@ class NonFiniteGuard(Callback):
         # this microbatch's (a tensor, or a dict of them).
         losses = state.loss.values() if isinstance(state.loss, dict) else \
             state.loss if isinstance(state.loss, (list, tuple)) else [state.loss]
+        # On the device, and no `bool()`: reading it here would make the host wait for every microbatch's
+        # backward before it can queue the next microbatch. It is read once, after the last one.
         for loss in losses:
-            if isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss.detach()).all()):
-                self._loss_finite = False
+            if isinstance(loss, torch.Tensor):
+                self._loss_finite = torch.isfinite(loss.detach()).all() & self._loss_finite
 
     def after_train_batch(self, state: State, logger: Logger) -> None:
         batch = int(state.timestamp.batch) + 1  # the step being trained (the timestamp moves on after it)
+        device = next(state.model.parameters()).device
         grads = [p.grad for p in state.model.parameters() if p.grad is not None]
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros((), device=device)
+        loss_finite = self._loss_finite if isinstance(self._loss_finite, torch.Tensor) else torch.full((), True, device=device)
         # Under amp_fp16 an overflowing gradient is routine while the loss scale settles: GradScaler skips that
         # step and lowers the scale by itself. Only the loss is checked there.
         check_gradients = state.precision != Precision.AMP_FP16
         recorded = any(b - self.skip_before <= batch <= b for b in getattr(self, "_recorded", []))
-        flags = torch.stack([torch.tensor(float(not self._loss_finite), device=norm.device),
-                             (~torch.isfinite(norm)).float() * float(check_gradients),
-                             torch.tensor(float(recorded), device=norm.device)])
-        flags = state.device.tensor_to_device(flags)
+        signal = next((cb for cb in state.callbacks if isinstance(cb, CheckpointOnSignal)), None)
+        # Host values as fills (`torch.full`), not copies; the signal flag rides along, so a batch has one
+        # all-reduce and one read for both callbacks.
+        flags = torch.stack([~loss_finite,
+                             ~torch.isfinite(norm) & check_gradients,
+                             torch.full((), recorded, device=device),
+                             torch.full((), 0 if signal is None else signal.received or 0, device=device)]).long()
         dist.all_reduce(flags, reduce_operation="MAX")
-        bad_loss, bad_grad, skip_recorded = (bool(v) for v in flags.tolist())
+        bad_loss, bad_grad, skip_recorded, signum = flags.tolist()  # the batch's one read of the device
+        if signal is not None:
+            signal.agreed(int(state.timestamp.batch), signum)
         if skip_recorded:
             self._drop_gradients(state)
             log.warning("nonfinite_guard: skipping step %d, recorded as non-finite by an earlier attempt", batch)

@@ -5,7 +5,7 @@ microbatch is a number of rows of `max_seq_len` token slots, filled by best fit,
 a token budget rather than a sequence count. Documents keep their own masks (masking happens before
 packing) and never attend to each other: the attention mask numbers a row's documents 1, 2, 3, ...
 and MosaicBERT's unpadded path treats each as a sequence of its own (model/modeling_mosaicbert.py,
-`sequence_lengths`). Models that read the mask as 0/1 would attend across documents, so the training
+`sequence_starts`). Models that read the mask as 0/1 would attend across documents, so the training
 config allows packing for MosaicBERT only.
 """
 
@@ -80,6 +80,6 @@ class PackingCollator:
 
 def count_documents(batch: dict[str, torch.Tensor]) -> int:
     """Documents in a (packed or plain) batch: the runs of one mask value in each row."""
-    from mosaicbert.model.modeling_mosaicbert import sequence_lengths
+    from mosaicbert.model.modeling_mosaicbert import unpad
 
-    return len(sequence_lengths(batch["attention_mask"])[2])
+    return unpad(batch["attention_mask"]).batch_size

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mosaicbert.precision import autocast, default_gpu_precision
 from mosaicbert.files import write_json_atomically
 
 
@@ -58,10 +59,11 @@ class Job:
 
 def resolve_precision(requested: str | None, regression: bool) -> str:
     """The precision a job trains in, decided when it is planned so the result cache keys on it: fp32 on
-    CPU and for regression (STS-B, as the reference's STSBJob), else the config's choice or amp_bf16."""
+    CPU and for regression (STS-B, as the reference's STSBJob), else the config's choice or the GPU's default
+    (amp_bf16 from Ampere on, amp_fp16 before it)."""
     if regression or not torch.cuda.is_available():
         return "fp32"
-    return requested or "amp_bf16"
+    return requested or default_gpu_precision()[0]
 
 
 def fp32_attention(model: torch.nn.Module, precision: str) -> None:
@@ -69,10 +71,7 @@ def fp32_attention(model: torch.nn.Module, precision: str) -> None:
     (which refuses to fall back) computes the same attention through SDPA when the job trains in fp32."""
     if precision == "fp32" and getattr(model.config, "attention_backend", None) == "flash_attn":
         print("attention_backend flash_attn -> auto: this job trains in fp32, which FlashAttention cannot", flush=True)
-        model.config.attention_backend = "auto"
-        for module in model.modules():
-            if hasattr(module, "backend"):
-                module.backend = "auto"
+        model.config.attention_backend = "auto"  # the model reads it at every forward
 
 
 def run(job: Job) -> dict[str, Any]:
@@ -183,7 +182,7 @@ def predict(model, loader, regression: bool, precision: str) -> tuple[np.ndarray
     outputs, labels = [], []
     for batch in loader:
         batch = {k: v.to(device) for k, v in batch.items()}
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "amp_bf16"):
+        with autocast(precision, device):
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                            token_type_ids=batch["token_type_ids"]).logits.float()
         outputs.append(logits.squeeze(-1) if regression else logits.argmax(dim=-1))

@@ -23,7 +23,7 @@ from mosaicbert.files import write_json_atomically
 from mosaicbert.glue.job import Job, resolve_precision
 from mosaicbert.glue.report import build_report, write_report
 from mosaicbert.glue.tasks import ROUND_1, ROUND_2, TASKS
-from mosaicbert.processes import ChildProcesses
+from mosaicbert.processes import ChildProcesses, visible_gpus
 
 
 # Job fields outside its specification: where its outputs go, and the hash of the rest.
@@ -146,12 +146,11 @@ def reuse_mnli_ticket(config: GlueConfig, mnli: Job | None, round_2: list[Job], 
 
 
 def gpu_slots(config: GlueConfig) -> list[str | None]:
-    import torch
-
-    count = torch.cuda.device_count()
-    if count == 0:
+    """The CUDA_VISIBLE_DEVICES of each job slot: one of this process's GPUs each, or [None] (CPU)."""
+    gpus = visible_gpus()
+    if not gpus:
         return [None]
-    return [str(i) for i in range(count if config.parallel else 1)]
+    return gpus if config.parallel else gpus[:1]
 
 
 def execute(jobs: list[Job], slots: list[str | None], done_before: int, total: int,

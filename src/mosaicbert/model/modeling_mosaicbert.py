@@ -47,6 +47,53 @@ def _announce_backend(name: str, reason: str) -> None:
         log.info("MosaicBERT attention backend: %s (%s)", name, reason)
 
 
+FLASH_MAX_HEAD_DIM = 256  # FlashAttention-2's kernels (flash_attn_interface: "head dimension at most 256")
+FLASH_MIN_CAPABILITY = (8, 0)  # Ampere: FlashAttention-2 has no kernels for Turing (T4) or Volta (V100)
+
+
+def flash_attention_problems(device: torch.device, dtype: torch.dtype, head_dim: int) -> list[str]:
+    """Why FlashAttention-2 cannot run attention on `dtype` tensors on `device` (empty when it can)."""
+    problems = []
+    if flash_attn_varlen_qkvpacked_func is None:
+        problems.append("flash-attn is not installed (pip install '.[gpu]')")
+    if device.type != "cuda":
+        problems.append("tensors are not on a CUDA device")
+    elif torch.cuda.get_device_capability(device) < FLASH_MIN_CAPABILITY:
+        major, minor = torch.cuda.get_device_capability(device)
+        problems.append(f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor}) is older than "
+                        "Ampere (8.0)")
+    if dtype not in (torch.float16, torch.bfloat16):
+        problems.append(f"tensors are {dtype}, not fp16/bf16 (use precision=amp_bf16, or amp_fp16 before Ampere)")
+    if head_dim > FLASH_MAX_HEAD_DIM:
+        problems.append(f"head dimension {head_dim} is over {FLASH_MAX_HEAD_DIM}")
+    return problems
+
+
+def choose_attention_backend(requested: str, device: torch.device, dtype: torch.dtype, head_dim: int) -> str:
+    """The one decision of which kernel a forward's layers use: `flex` and `sdpa` as asked; `flash_attn` when
+    FlashAttention-2 can run (an error naming why when it cannot); `auto` falls back to SDPA, saying why once."""
+    if requested in ("flex", "sdpa"):
+        _announce_backend(requested, "FlexAttention, ALiBi score_mod and a per-sequence block mask"
+                          if requested == "flex" else "attention_backend=sdpa")
+        return requested
+    problems = flash_attention_problems(device, dtype, head_dim)
+    if not problems:
+        _announce_backend("flash_attn", "FlashAttention-2 varlen with ALiBi slopes")
+        return "flash_attn"
+    if requested == "flash_attn":
+        raise RuntimeError("attention_backend=flash_attn cannot run: " + "; ".join(problems))
+    _announce_backend("sdpa", "auto: " + "; ".join(problems))
+    return "sdpa"
+
+
+def compute_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype `module`'s linear layers produce here: autocast's when it is on for the module's device."""
+    weight = next(module.parameters())
+    if torch.is_autocast_enabled(weight.device.type):
+        return torch.get_autocast_dtype(weight.device.type)
+    return weight.dtype
+
+
 # --------------------------------------------------------------------------- ALiBi
 
 
@@ -93,6 +140,7 @@ class Unpadded:
     indices: flat positions of real tokens in the `[batch * seq]` input, row-major.
     cu_seqlens: int32 `[num_sequences + 1]`, 0 then cumulative sequence lengths (FlashAttention's layout).
     packed_indices: positions of the same tokens in a `[num_sequences * max_seqlen]` layout, for SDPA.
+    subset_idx: with a subset mask, the rows of the `[num_real_tokens, hidden]` matrix in the subset.
     """
 
     indices: torch.Tensor
@@ -103,37 +151,59 @@ class Unpadded:
     packed_indices: torch.Tensor
     sequence_ids: torch.Tensor  # which sequence each real token belongs to
     positions: torch.Tensor  # each real token's position within its sequence
+    subset_idx: torch.Tensor | None = None
+    subset_has_every_first_token: bool = True  # every row's first token is real and in the subset
+    backend: str = "sdpa"  # the attention kernel of every layer (`choose_attention_backend`)
     # Built by the first layer that needs them and reused by the others (layers with the same heads
     # share one SDPA bias; every layer shares FlexAttention's document mask).
     sdpa_bias: dict[tuple[int, ...], torch.Tensor] = field(default_factory=dict)
     block_mask: Any = None
 
 
-def sequence_lengths(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(indices of real tokens, each one's sequence number, int32 length of every sequence).
+def sequence_starts(attention_mask: torch.Tensor) -> torch.Tensor:
+    """`[batch, seq]` bool: the real tokens that start a sequence.
 
     A sequence is a run of real tokens of one row with one mask value: a 0/1 mask gives one per
     non-empty row; a packed row (documents numbered 1, 2, ...) gives one per document. Padding
-    between a row's tokens closes up (the run goes on while the value stays the same)."""
-    flat = attention_mask.flatten()
-    indices = torch.nonzero(flat, as_tuple=False).flatten()
-    values, rows = flat.index_select(0, indices), torch.div(indices, attention_mask.shape[-1], rounding_mode="floor")
-    starts = torch.ones_like(indices, dtype=torch.bool)
-    starts[1:] = (rows[1:] != rows[:-1]) | (values[1:] != values[:-1])
-    sequence_ids = torch.cumsum(starts, dim=0) - 1
-    return indices, sequence_ids, torch.bincount(sequence_ids).to(torch.int32)
+    between a row's tokens closes up: a token starts a sequence when the previous real token of its
+    row has another value, or there is none."""
+    real = attention_mask != 0
+    column = torch.arange(attention_mask.shape[-1], device=attention_mask.device).expand_as(attention_mask)
+    last_real_so_far = torch.cummax(torch.where(real, column, -1), dim=-1).values
+    previous_real = F.pad(last_real_so_far[:, :-1], (1, 0), value=-1)
+    previous_value = torch.where(previous_real >= 0, attention_mask.gather(-1, previous_real.clamp_min(0)), 0)
+    return real & (attention_mask != previous_value)
 
 
-def unpad(attention_mask: torch.Tensor) -> Unpadded:
-    """The host syncs of a forward (`nonzero`, the sequence count, `max_seqlen`), before any layer is launched."""
-    indices, sequence_ids, seqlens = sequence_lengths(attention_mask)
-    num_sequences = len(seqlens)
-    cu_seqlens = F.pad(torch.cumsum(seqlens, dim=0, dtype=torch.int32), (1, 0))
-    max_seqlen = int(seqlens.max()) if num_sequences else 0
+def unpad(attention_mask: torch.Tensor, subset_mask: torch.Tensor | None = None) -> Unpadded:
+    """Every index of a forward, computed before any layer is launched, with one host sync.
+
+    The sizes of the index tensors (real tokens, sequences, subset tokens) and `max_seqlen` depend on
+    the data, so the host must learn them: they travel together in one copy, and every index is then
+    computed on the device at a size the host already knows (`nonzero_static`). Nothing after this
+    waits for the device."""
+    real, starts = (attention_mask != 0).flatten(), sequence_starts(attention_mask).flatten()
+    row = torch.cumsum(real, dim=0) - 1  # each real token's row in the [num_real_tokens, hidden] matrix
+    start_row = torch.cummax(torch.where(starts, row, -1), dim=0).values  # the row its sequence starts at
+    position = row - start_row
+    in_subset = real if subset_mask is None else real & subset_mask.flatten().bool()
+    first_tokens = in_subset.view_as(attention_mask)[:, 0].all()
+    counts = torch.stack([real.sum(), starts.sum(), torch.where(real, position + 1, 0).amax(), in_subset.sum(),
+                          first_tokens.long()])
+    num_tokens, num_sequences, max_seqlen, num_subset, has_first_tokens = counts.tolist()  # the one sync
+
+    indices = torch.nonzero_static(real, size=num_tokens).flatten()
+    start_rows = row.index_select(0, torch.nonzero_static(starts, size=num_sequences).flatten())
+    cu_seqlens = F.pad(start_rows, (0, 1), value=num_tokens).to(torch.int32)
+    sequence_ids = (torch.cumsum(starts, dim=0) - 1).index_select(0, indices)
+    positions = position.index_select(0, indices)
+    subset_idx = None
+    if subset_mask is not None:
+        subset_idx = torch.nonzero_static(in_subset.index_select(0, indices), size=num_subset).flatten()
     # A sequence's real tokens, packed to the left of its row of the [num_sequences, max_seqlen] layout.
-    offsets = torch.arange(len(indices), device=indices.device) - cu_seqlens[sequence_ids].long()
-    packed_indices = sequence_ids * max_seqlen + offsets
-    return Unpadded(indices, cu_seqlens, seqlens, max_seqlen, num_sequences, packed_indices, sequence_ids, offsets)
+    packed_indices = sequence_ids * max_seqlen + positions
+    return Unpadded(indices, cu_seqlens, cu_seqlens.diff(), max_seqlen, num_sequences, packed_indices, sequence_ids,
+                    positions, subset_idx, bool(has_first_tokens))
 
 
 def document_block_mask(sequence_ids: torch.Tensor, cu_seqlens: torch.Tensor, mask_mod: Callable,
@@ -224,7 +294,6 @@ class MosaicBertAttention(nn.Module):
         self.dropout = Dropout(config.hidden_dropout_prob)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.attention_dropout = config.attention_probs_dropout_prob
-        self.backend = config.attention_backend
         # Each kept head keeps its original slope, so pruned models attend as before. `head_indices`
         # (the original head numbers) names the slope set, so layers with the same heads share one bias.
         self.head_indices = tuple(heads)
@@ -242,36 +311,13 @@ class MosaicBertAttention(nn.Module):
 
     def forward(self, hidden: torch.Tensor, unpadded: Unpadded, subset_idx: torch.Tensor | None = None) -> torch.Tensor:
         qkv = self.Wqkv(hidden).view(-1, 3, self.num_heads, self.head_dim)
-        if self.backend == "flex":
-            context = self._flex(qkv, unpadded)
-        elif self._flash_can_run(qkv):
-            context = self._flash(qkv, unpadded)
-        else:
-            context = self._sdpa(qkv, unpadded)
+        attention = {"flex": self._flex, "flash_attn": self._flash, "sdpa": self._sdpa}[unpadded.backend]
+        context = attention(qkv, unpadded)
         if self.head_coef is not None:
             context = (context.view(-1, self.num_heads, self.head_dim) * self.head_coef[:, None]).flatten(1)
         if subset_idx is not None:  # last layer: keys and values used every token; the rest runs on the subset
             context, hidden = context[subset_idx], hidden[subset_idx]
         return self.LayerNorm(self.dropout(self.dense(context)) + hidden)
-
-    def _flash_can_run(self, qkv: torch.Tensor) -> bool:
-        if self.backend == "sdpa":
-            _announce_backend("sdpa", "attention_backend=sdpa")
-            return False
-        problems = []
-        if flash_attn_varlen_qkvpacked_func is None:
-            problems.append("flash-attn is not installed (pip install '.[gpu]')")
-        if not qkv.is_cuda:
-            problems.append("tensors are not on a CUDA device")
-        if qkv.dtype not in (torch.float16, torch.bfloat16):
-            problems.append(f"tensors are {qkv.dtype}, not fp16/bf16 (use precision=amp_bf16)")
-        if not problems:
-            _announce_backend("flash_attn", "FlashAttention-2 varlen with ALiBi slopes")
-            return True
-        if self.backend == "flash_attn":
-            raise RuntimeError("attention_backend=flash_attn cannot run: " + "; ".join(problems))
-        _announce_backend("sdpa", "auto: " + "; ".join(problems))
-        return False
 
     def _flash(self, qkv: torch.Tensor, unpadded: Unpadded) -> torch.Tensor:
         context = flash_attn_varlen_qkvpacked_func(
@@ -288,7 +334,6 @@ class MosaicBertAttention(nn.Module):
         if self.training and self.attention_dropout > 0:
             raise RuntimeError("attention_backend=flex has no attention dropout; set attention_probs_dropout_prob=0 "
                                "or use another backend")
-        _announce_backend("flex", "FlexAttention, ALiBi score_mod and a per-sequence block mask")
         positions, sequence_ids, slopes = unpadded.positions, unpadded.sequence_ids, self.alibi_slopes
 
         def alibi(score, batch, head, q_idx, kv_idx):
@@ -519,24 +564,27 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        unpadded: Unpadded | None = None,
         **kwargs,
     ) -> MosaicBertModelOutput | tuple:
         """`subset_mask` (`[batch, seq]` bool) limits the last layer after attention to those tokens;
-        with a pooler, the first token of every sequence must be among them."""
+        with a pooler, the first token of every sequence must be among them. `unpadded` is
+        `unpad(attention_mask, subset_mask)` when a head has computed it already (it needs the indices too)."""
         _check_unsupported(output_attentions, kwargs)
         output_hidden_states = bool(output_hidden_states if output_hidden_states is not None
                                     else self.config.output_hidden_states)
         attention_mask, token_type_ids = _defaults(input_ids, attention_mask, token_type_ids)
         batch, seq = input_ids.shape
-        # Every index is worked out here, before the first layer is launched: nothing after the
-        # encoder waits on the host.
-        unpadded = unpad(attention_mask)
-        subset_idx = first_token_rows = None
-        if subset_mask is not None:
-            in_subset = subset_mask.flatten().index_select(0, unpadded.indices).bool()
-            subset_idx = torch.nonzero(in_subset, as_tuple=False).flatten()
-            if self.pooler is not None:
-                first_token_rows = _first_token_rows(subset_mask, attention_mask)
+        # Every index is worked out here, before the first layer is launched, with one host sync.
+        if unpadded is None:
+            unpadded = unpad(attention_mask, subset_mask)
+        unpadded.backend = choose_attention_backend(self.config.attention_backend, input_ids.device,
+                                                    compute_dtype(self.encoder), self.config.head_dim)
+        subset_idx, first_token_rows = unpadded.subset_idx, None
+        if subset_idx is not None and self.pooler is not None:
+            if not unpadded.subset_has_every_first_token:
+                raise ValueError("every sequence needs its first token ([CLS]) unmasked and in subset_mask for the pooler")
+            first_token_rows = _first_token_rows(subset_mask, attention_mask)
         hidden = self.embeddings(
             input_ids.flatten().index_select(0, unpadded.indices),
             token_type_ids.flatten().index_select(0, unpadded.indices),
@@ -559,10 +607,8 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
 
 
 def _first_token_rows(subset_mask: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Rows of the subset output that hold each sequence's first token (checked on the inputs, before the encoder)."""
+    """Rows of the subset output that hold each row's first token (`unpad` has checked that they are in it)."""
     kept = subset_mask.bool() & attention_mask.bool()
-    if not bool(kept[:, 0].all()):
-        raise ValueError("every sequence needs its first token ([CLS]) unmasked and in subset_mask for the pooler")
     row_of_position = torch.cumsum(kept.flatten().long(), dim=0) - 1
     first_positions = torch.arange(kept.shape[0], device=kept.device) * kept.shape[1]
     return row_of_position[first_positions]
@@ -604,11 +650,12 @@ class MosaicBertForMaskedLM(MosaicBertPreTrainedModel):
             output = MosaicBertMaskedLMOutput(logits=self.cls(out.last_hidden_state), hidden_states=out.hidden_states)
             return _output(self, output, return_dict)
 
-        is_masked = (labels != IGNORE_INDEX) & attention_mask.bool()
-        # Targets in the order the subset rows come out (row-major), taken before the encoder runs.
-        targets = labels.flatten().index_select(0, torch.nonzero(is_masked.flatten(), as_tuple=False).flatten())
+        is_masked = labels != IGNORE_INDEX
+        unpadded = unpad(attention_mask, is_masked)
+        # Targets in the order the subset rows come out (row-major), from the same indices, before the encoder runs.
+        targets = labels.flatten().index_select(0, unpadded.indices.index_select(0, unpadded.subset_idx))
         out = self.bert(input_ids, attention_mask, token_type_ids, subset_mask=is_masked,
-                        output_hidden_states=output_hidden_states, return_dict=True)
+                        output_hidden_states=output_hidden_states, return_dict=True, unpadded=unpadded)
         logits = self.cls(out.last_hidden_state)
         # Sum / count rather than mean, so a batch without masked tokens gives 0, not NaN.
         loss = F.cross_entropy(logits.float(), targets, reduction="sum") / targets.numel() if targets.numel() else logits.sum() * 0.0

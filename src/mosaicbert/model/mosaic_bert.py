@@ -17,7 +17,7 @@ from mosaicbert.model.modeling_mosaicbert import (
     IGNORE_INDEX,
     MosaicBertForMaskedLM,
     MosaicBertMaskedLMOutput,
-    sequence_lengths,
+    unpad,
 )
 
 
@@ -79,7 +79,7 @@ def mlm_training_flops(model: MosaicBertForMaskedLM, attention_mask: torch.Tenso
     """Forward + backward FLOPs (3x forward) of one MLM batch, counting what the model computes:
     real tokens only, every layer's widths as they are (pruned or not), the last layer after
     attention, the head and the vocabulary on masked tokens only."""
-    seqlens = sequence_lengths(attention_mask)[2].long()  # per document when rows are packed
+    seqlens = unpad(attention_mask).seqlens.long()  # per document when rows are packed
     tokens = int(seqlens.sum())
     squares = int((seqlens**2).sum())
     masked = int(((labels != IGNORE_INDEX) & attention_mask.bool()).sum())

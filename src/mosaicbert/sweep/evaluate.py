@@ -121,6 +121,7 @@ def _mlm_scorer(plan: Plan, run: Run):
     from mosaicbert.config import LoaderConfig, load_config, split_named
     from mosaicbert.data.text_dataset import build_mlm_dataloader
     from mosaicbert.data.tokenizer import build_tokenizer
+    from mosaicbert.precision import autocast
 
     settings = plan.sweep.evaluation
     config = load_config(run.recipe, run.overrides, world_size=1)
@@ -130,7 +131,7 @@ def _mlm_scorer(plan: Plan, run: Run):
     model = registry.models.build(*split_named(config.model, "model"), "model", tokenizer=tokenizer)
     device = torch.device("cuda" if config.device == "gpu" else "cpu")
     model.to(device).eval()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and config.precision == "amp_bf16")
+    in_training_precision = autocast(config.precision, device)
 
     def score(checkpoint: Path) -> tuple[str, float, dict[str, Any]]:
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state"]["model"]
@@ -141,7 +142,7 @@ def _mlm_scorer(plan: Plan, run: Run):
         for metric in metrics.values():
             metric.reset()
         batches = 0
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), in_training_precision:
             for batch in loader:
                 if batches == settings.batches:
                     break

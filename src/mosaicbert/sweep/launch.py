@@ -19,7 +19,7 @@ from queue import Queue
 
 from mosaicbert.errors import Stopped, UserError
 from mosaicbert.sweep.evaluate import checkpoints, is_trained, pending_evaluations
-from mosaicbert.processes import ChildProcesses
+from mosaicbert.processes import ChildProcesses, visible_gpus
 from mosaicbert.sweep.plan import Plan, Run, save_plan
 
 BIN = Path(sys.executable).parent  # the environment's `composer` launcher sits next to its python
@@ -49,20 +49,18 @@ def evaluate_command(plan: Plan, run: Run) -> list[str]:
 
 
 def local_slots(plan: Plan) -> list[str | None]:
-    """CUDA_VISIBLE_DEVICES of each concurrent run: every `gpus_per_node` GPUs of this machine form a
-    slot; CPU sweeps run one at a time (parallel runs would only share the same cores)."""
+    """CUDA_VISIBLE_DEVICES of each concurrent run: every `gpus_per_node` of the GPUs this process may use
+    form a slot; CPU sweeps run one at a time (parallel runs would only share the same cores)."""
     if plan.sweep.nodes != 1:
         raise UserError(f"the local launcher runs on this machine only: set nodes: 1 (got {plan.sweep.nodes}) or use --launcher slurm.")
     per_run = plan.sweep.gpus_per_node
     if per_run == 0:
         return [None]
-    import torch
-
-    available = torch.cuda.device_count()
-    if available < per_run:
-        raise UserError(f"gpus_per_node is {per_run} but this machine has {available} GPU(s); set gpus_per_node: {available} "
+    gpus = visible_gpus()
+    if len(gpus) < per_run:
+        raise UserError(f"gpus_per_node is {per_run} but this process sees {len(gpus)} GPU(s); set gpus_per_node: {len(gpus)} "
                         "(0 for CPU) or use --launcher slurm.")
-    return [",".join(str(g) for g in range(s * per_run, (s + 1) * per_run)) for s in range(available // per_run)]
+    return [",".join(gpus[start:start + per_run]) for start in range(0, len(gpus) - per_run + 1, per_run)]
 
 
 def run_local(plan: Plan) -> bool:
@@ -141,19 +139,42 @@ def _tail(path: str, lines: int = 15) -> str:
 # --------------------------------------------------------------------------- slurm
 
 
-def _sbatch_header(plan: Plan, job: str, time_limit: str, log: str, gpus: int, nodes: int) -> list[str]:
+REPORT_CPUS = 2  # the report reads JSON files and draws one plot
+
+
+def _resources(plan: Plan, job: str) -> tuple[int, int | None, bool]:
+    """GPUs per node, CPUs per task, and whether `job` uses its nodes whole: what it runs on, so that a job
+    on part of a node leaves the rest to others."""
+    sweep, cpus = plan.sweep, plan.sweep.slurm.cpus_per_task
+    if job == "report":
+        return 0, min(REPORT_CPUS, cpus or REPORT_CPUS), False
+    if job == "evaluate" and sweep.evaluation.kind == "mlm":
+        # The scorer uses one device (sweep/evaluate.py): one GPU and that GPU's share of the CPUs.
+        share = max(cpus // sweep.gpus_per_node, 1) if cpus and sweep.gpus_per_node else cpus
+        return min(sweep.gpus_per_node, 1), share, False
+    return sweep.gpus_per_node, cpus, True  # pretraining; GLUE runs a job on every GPU of the node
+
+
+def _takes_whole_node(option: str) -> bool:
+    """--exclusive in any form, and --mem=0 (Slurm's "all of each node's memory", with a unit too: 0G)."""
+    name, _, value = option.strip().replace(" ", "=", 1).partition("=")
+    return name == "--exclusive" or (name == "--mem" and value.strip().upper().rstrip("KMGT") == "0")
+
+
+def _sbatch_header(plan: Plan, job: str, time_limit: str, log: str, nodes: int) -> list[str]:
     slurm = plan.sweep.slurm
+    gpus, cpus, whole_node = _resources(plan, job)
     lines = ["#!/bin/bash", f"#SBATCH --job-name={plan.sweep.name}-{job}", f"#SBATCH --nodes={nodes}",
              "#SBATCH --ntasks-per-node=1", f"#SBATCH --time={time_limit}", f"#SBATCH --output={log}"]
     if gpus:
         lines.append(f"#SBATCH --gpus-per-node={gpus}")
-    if slurm.cpus_per_task:
-        lines.append(f"#SBATCH --cpus-per-task={slurm.cpus_per_task}")
+    if cpus:
+        lines.append(f"#SBATCH --cpus-per-task={cpus}")
     if slurm.account:
         lines.append(f"#SBATCH --account={slurm.account}")
     if slurm.partition:
         lines.append(f"#SBATCH --partition={slurm.partition}")
-    lines += [f"#SBATCH {extra}" for extra in slurm.extra_sbatch]
+    lines += [f"#SBATCH {extra}" for extra in slurm.extra_sbatch if whole_node or not _takes_whole_node(extra)]
     return lines
 
 
@@ -187,7 +208,7 @@ exec {shlex.quote(str(BIN / "composer"))} --world_size $(( SLURM_NNODES * NPROC 
   --node_rank "$SLURM_NODEID" --base_rank $(( SLURM_NODEID * NPROC )) \\
   --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" src/main.py "${{ARGS[@]}}"
 """
-    pretrain = _sbatch_header(plan, "pretrain", slurm.time, f"{logs}/pretrain-%A_%a.out", sweep.gpus_per_node, sweep.nodes)
+    pretrain = _sbatch_header(plan, "pretrain", slurm.time, f"{logs}/pretrain-%A_%a.out", sweep.nodes)
     pretrain += [f"#SBATCH --array=0-{max(len(to_train) - 1, 0)}", f"#SBATCH --signal=TERM@{slurm.signal_seconds}",
                  "#SBATCH --requeue", "#SBATCH --open-mode=append", "",
                  f"# Array task i pretrains RUNS[i] on {sweep.nodes} node(s), one launcher per node.",
@@ -200,12 +221,12 @@ exec {shlex.quote(str(BIN / "composer"))} --world_size $(( SLURM_NNODES * NPROC 
                  "# srun does not inherit --cpus-per-task from sbatch (Slurm 22.05+): pass it on, or all ranks share one CPU.",
                  'srun --ntasks-per-node=1 --kill-on-bad-exit=1 ${SLURM_CPUS_PER_TASK:+--cpus-per-task=$SLURM_CPUS_PER_TASK} \\',
                  f'  bash {shlex.quote(scripts_dir)}/launch-node.sh "$RUN"', ""]
-    evaluate = _sbatch_header(plan, "evaluate", slurm.evaluation_time, f"{logs}/evaluate-%j.out", sweep.gpus_per_node, 1)
+    evaluate = _sbatch_header(plan, "evaluate", slurm.evaluation_time, f"{logs}/evaluate-%j.out", 1)
     evaluate += ["", "# Evaluates every checkpoint of run $1 that has no result yet.", "set -euo pipefail",
                  f"cd {shlex.quote(repo)}",
                  'if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then export OMP_NUM_THREADS="$SLURM_CPUS_PER_TASK"; fi',
                  f'exec {shlex.quote(sys.executable)} src/sweep.py --evaluate {shlex.quote(folder)} "$1"', ""]
-    report = _sbatch_header(plan, "report", "00:30:00", f"{logs}/report-%j.out", 0, 1)
+    report = _sbatch_header(plan, "report", "00:30:00", f"{logs}/report-%j.out", 1)
     report += ["", "# The sweep's table and Pareto plot from whatever has been evaluated.", "set -euo pipefail",
                f"cd {shlex.quote(repo)}", f"exec {shlex.quote(sys.executable)} src/sweep.py --report {shlex.quote(folder)}", ""]
     return {"launch-node.sh": launch_node, "pretrain.sbatch": "\n".join(pretrain),
