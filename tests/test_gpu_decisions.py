@@ -115,3 +115,34 @@ def test_the_evaluation_autocast_is_composers_for_each_precision():
         context = autocast(precision, cpu)
         assert context.fast_dtype == dtype and context._enabled
     assert not autocast("fp32", cpu)._enabled
+
+
+def test_earlybert_coefficients_keep_a_bf16_search_in_bf16():
+    """The fp32 head and unit coefficients scale bf16 activations without promoting them (and still learn)."""
+    from mosaicbert.model.pruning import add_coefficients
+
+    model = MosaicBertForMaskedLM(tiny(attention_backend="sdpa"))
+    coefficients = add_coefficients(model)
+    layer = model.bert.encoder.layer[0]
+    seen = []
+    for module in (layer.attention.dense, layer.mlp.wo):
+        module.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].dtype))
+    ids = torch.randint(5, 64, (2, 8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(ids, labels=ids).loss
+    loss.backward()
+    assert seen == [torch.bfloat16, torch.bfloat16]
+    assert all(c.dtype == torch.float32 and c.grad is not None for c in coefficients)
+
+
+def test_mlm_loaders_pin_memory_for_gpu_runs_only(monkeypatch, sample_root):
+    """A CPU run on a GPU host does not pin (that would open a CUDA context per rank on GPU 0)."""
+    from mosaicbert.config import LoaderConfig
+    from mosaicbert.data.text_dataset import build_mlm_dataloader
+    from mosaicbert.data.tokenizer import build_tokenizer
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    tokenizer = build_tokenizer(str(sample_root / "tokenizer"), 32)
+    loader = LoaderConfig(split="val_small", local=str(sample_root))
+    assert not build_mlm_dataloader(loader, tokenizer, 32, 4, seed=0).dataloader.pin_memory
+    assert build_mlm_dataloader(loader, tokenizer, 32, 4, seed=0, pin_memory=True).dataloader.pin_memory

@@ -110,12 +110,14 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
 
         model.reshape_hooks.append(lambda replaced: slice_optimizer_state([optimizer], replaced))
     train_loader = build_mlm_dataloader(
-        config.train_loader, tokenizer, config.max_seq_len, config.device_train_batch_size, seed=config.seed
+        config.train_loader, tokenizer, config.max_seq_len, config.device_train_batch_size, seed=config.seed,
+        pin_memory=config.device == "gpu",
     )
     evaluators = []
     if config.eval_loader is not None:
         eval_loader = build_mlm_dataloader(
-            config.eval_loader, tokenizer, config.max_seq_len, config.device_eval_batch_size, seed=config.seed + 1
+            config.eval_loader, tokenizer, config.max_seq_len, config.device_eval_batch_size, seed=config.seed + 1,
+            pin_memory=config.device == "gpu",
         )
         evaluators.append(Evaluator(label="eval", dataloader=eval_loader, metric_names=["LanguageCrossEntropy", "MaskedAccuracy"]))
 

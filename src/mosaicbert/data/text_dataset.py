@@ -218,7 +218,8 @@ def check_prep_info(info: dict[str, Any], where: str, cfg: LoaderConfig, vocab_s
                     "--max-seq-len %d.", where, chunked_at - 2, max_seq_len, chunked_at, max_seq_len)
 
 
-def build_mlm_dataloader(cfg: LoaderConfig, tokenizer, max_seq_len: int, device_batch_size: int, seed: int) -> DataSpec:
+def build_mlm_dataloader(cfg: LoaderConfig, tokenizer, max_seq_len: int, device_batch_size: int, seed: int,
+                         pin_memory: bool = False) -> DataSpec:
     if cfg.remote is None:
         check_local_split(cfg.local, cfg.split)
         info = read_prep_info(cfg.local, cfg.split)
@@ -247,7 +248,8 @@ def build_mlm_dataloader(cfg: LoaderConfig, tokenizer, max_seq_len: int, device_
         collate_fn=PackingCollator(collate) if cfg.packing else collate,
         num_workers=cfg.num_workers,
         drop_last=cfg.drop_last,
-        pin_memory=torch.cuda.is_available(),
+        # For GPU runs only: on a GPU host, a CPU run that pinned would open a CUDA context per rank on GPU 0.
+        pin_memory=pin_memory,
         persistent_workers=cfg.num_workers > 0,
         worker_init_fn=ignore_stop_signal,
         prefetch_factor=2 if cfg.num_workers > 0 else None,

@@ -138,6 +138,8 @@ def collate(pad_id: int):
     return _collate
 
 
-def dataloader(dataset: TokenizedExamples, batch_size: int, shuffle: bool, seed: int, pad_id: int) -> DataLoader:
+def dataloader(dataset: TokenizedExamples, batch_size: int, shuffle: bool, seed: int, pad_id: int,
+               pin_memory: bool = False) -> DataLoader:
+    """`pin_memory` for a GPU job: its `non_blocking` copies to the device are asynchronous only from pinned memory."""
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate(pad_id),
-                      generator=torch.Generator().manual_seed(seed))
+                      generator=torch.Generator().manual_seed(seed), pin_memory=pin_memory)

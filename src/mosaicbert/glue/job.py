@@ -117,7 +117,8 @@ def run(job: Job) -> dict[str, Any]:
         """Train `model` for `duration` at `lr`, held constant or with a 6% warm-up and linear decay."""
         trainer = Trainer(
             model=ComposerClassifier(model),
-            train_dataloader=data.dataloader(train_set, job.batch_size, job.shuffle_train, job.seed, tokenizer.pad_token_id),
+            train_dataloader=data.dataloader(train_set, job.batch_size, job.shuffle_train, job.seed, tokenizer.pad_token_id,
+                                             pin_memory=device == "gpu"),
             max_duration=duration,
             optimizers=DecoupledAdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=job.weight_decay),
             schedulers=ConstantScheduler() if schedule == "constant" else LinearWithWarmupScheduler(t_warmup="0.06dur", alpha_f=0.0),
@@ -155,7 +156,7 @@ def run(job: Job) -> dict[str, Any]:
     for split in task.eval_splits:
         examples = data.load_examples(task, split, job.data_source, job.data_local)
         loader = data.dataloader(data.TokenizedExamples(examples, tokenizer, job.max_seq_len, regression),
-                                 64, False, job.seed, tokenizer.pad_token_id)
+                                 64, False, job.seed, tokenizer.pad_token_id, pin_memory=device == "gpu")
         predictions, labels = predict(model, loader, regression, precision)
         names = task.metrics + task.extra_metrics
         metrics[split] = {name: METRICS[name](predictions, labels) for name in names}

@@ -314,7 +314,8 @@ class MosaicBertAttention(nn.Module):
         attention = {"flex": self._flex, "flash_attn": self._flash, "sdpa": self._sdpa}[unpadded.backend]
         context = attention(qkv, unpadded)
         if self.head_coef is not None:
-            context = (context.view(-1, self.num_heads, self.head_dim) * self.head_coef[:, None]).flatten(1)
+            # In the activations' dtype: fp32 coefficients would promote a bf16 search's activations to fp32.
+            context = (context.view(-1, self.num_heads, self.head_dim) * self.head_coef.to(context.dtype)[:, None]).flatten(1)
         if subset_idx is not None:  # last layer: keys and values used every token; the rest runs on the subset
             context, hidden = context[subset_idx], hidden[subset_idx]
         return self.LayerNorm(self.dropout(self.dense(context)) + hidden)
@@ -393,7 +394,7 @@ class MosaicBertGLU(nn.Module):
         gate, value = self.gated_layers(hidden).split(self.intermediate_size, dim=-1)
         units = self.act(gate) * value
         if self.unit_coef is not None:
-            units = units * self.unit_coef
+            units = units * self.unit_coef.to(units.dtype)
         return self.layernorm(self.wo(self.dropout(units)) + hidden)
 
 

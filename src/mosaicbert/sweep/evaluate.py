@@ -137,7 +137,8 @@ def _mlm_scorer(plan: Plan, run: Run):
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state"]["model"]
         model.load_state_dict(state)
         # A fresh loader per checkpoint: every checkpoint sees the same batches and masks.
-        loader = build_mlm_dataloader(held_out, tokenizer, config.max_seq_len, settings.batch_size, seed=settings.mask_seed).dataloader
+        loader = build_mlm_dataloader(held_out, tokenizer, config.max_seq_len, settings.batch_size, seed=settings.mask_seed,
+                                      pin_memory=device.type == "cuda").dataloader
         metrics = {name: metric.to(device) for name, metric in model.get_metrics(is_train=False).items()}
         for metric in metrics.values():
             metric.reset()
