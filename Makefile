@@ -43,7 +43,18 @@ OUT ?= exported/$(if $(findstring /checkpoints/,$(CKPT)),$(notdir $(patsubst %/c
 TOKENIZER ?=
 OVERWRITE ?=
 
-.PHONY: shards tokenizer install demo glue-demo earlybert-demo pareto-demo bench export test sample-shards c4-shards lock clean
+GPU_CHECK_OUT ?= runs/gpu-check
+GPU_CHECK_ARGS ?=
+# What a GPU image with its own torch lacks: Composer, Streaming and transformers at this project's versions
+# (transformers 4.53 checks its tokenizers and huggingface_hub versions on import) and their small
+# pure-Python dependencies. Versions as in requirements.lock, but zstd 1.5.7.3 (1.5.7.2 has no Python 3.12 wheel).
+GPU_WHEELS := mosaicml==0.32.1 mosaicml-streaming==0.13.0 transformers==4.53.3 tokenizers==0.21.4 \
+	huggingface_hub==0.36.2 coolname==2.2.0 torch-optimizer==0.3.0 catalogue==2.0.10 omegaconf==2.4.0 \
+	antlr4-python3-runtime==4.13.2 python-snappy==0.7.3 cramjam==2.14.0 zstd==1.5.7.3 importlib_metadata==8.9.0 \
+	mosaicml-cli==0.7.5
+GPU_WHEEL_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64
+
+.PHONY: shards tokenizer install demo glue-demo earlybert-demo pareto-demo bench gpu-check gpu-wheels export test sample-shards c4-shards lock clean
 
 install: $(STAMP)
 
@@ -114,6 +125,18 @@ pareto-demo: $(STAMP) sample-shards
 # results.json, a bar chart and per-op profiles in runs/bench/<time>/ (docs/benchmarks.md).
 bench: $(STAMP) sample-shards
 	$(PY) benchmarks/throughput.py $(BENCH_ARGS)
+
+# On a CUDA machine: the GPU tests, agreement of the attention kernels and 200 bf16 training steps of each
+# model, in one command (docs/benchmarks.md, "GPU check"); elsewhere one line and nothing measured. No `install`
+# first: on a GPU image without network it runs on the image's torch with the wheels of `make gpu-wheels`.
+gpu-check:
+	GPU_CHECK_OUT=$(GPU_CHECK_OUT) benchmarks/gpu_check.sh $(GPU_CHECK_ARGS)
+
+# This project's packages (not torch) as Python 3.12 wheels in .whl/, for `make gpu-check` on a GPU image
+# without network, installed there over the image's own torch without dependencies.
+gpu-wheels:
+	$(PYTHON) -m pip download --disable-pip-version-check --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp $(foreach p,$(GPU_WHEEL_PLATFORMS),--platform $(p)) -d .whl $(GPU_WHEELS)
 
 # A checkpoint (or fine-tuned model folder) as a Hugging Face folder that loads with plain transformers
 # (trust_remote_code=True), checked for logit parity in a separate process first (docs/export.md).

@@ -100,9 +100,11 @@ def tokenized_profile(data_root: Path, split: str, tokenizer_name: str | None = 
 
 
 def make_batches(profile: LengthProfile, num_batches: int, batch_size: int, seq_len: int, vocab_size: int,
-                 mlm_probability: float, seed: int) -> list[dict[str, torch.Tensor]]:
+                 mlm_probability: float, seed: int, zipf: float | None = None) -> list[dict[str, torch.Tensor]]:
     """`num_batches` padded batches: lengths drawn from the profile, [CLS] ids [SEP], random ordinary ids,
-    masked by the training collator (80/10/10 of `mlm_probability` of the real, non-special tokens)."""
+    masked by the training collator (80/10/10 of `mlm_probability` of the real, non-special tokens). The ids are
+    uniform, or with `zipf` follow Zipf's law with that exponent, as words do, so a model has something to
+    learn (its loss falls) without any data."""
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
     if vocab_size <= MASK + 1:
@@ -115,7 +117,7 @@ def make_batches(profile: LengthProfile, num_batches: int, batch_size: int, seq_
         lengths = torch.from_numpy(rng.choice(profile.cut(seq_len), size=batch_size))
         positions = torch.arange(seq_len)[None, :]
         attention_mask = (positions < lengths[:, None]).long()
-        ids = torch.randint(low, min(vocab_size, 30522), (batch_size, seq_len), generator=generator)
+        ids = ordinary_ids(low, min(vocab_size, 30522), (batch_size, seq_len), generator, zipf)
         ids[:, 0] = CLS
         ids[torch.arange(batch_size), lengths - 1] = SEP
         ids = torch.where(attention_mask.bool(), ids, PAD)
@@ -124,3 +126,12 @@ def make_batches(profile: LengthProfile, num_batches: int, batch_size: int, seq_
         batches.append(dict(input_ids=input_ids, attention_mask=attention_mask,
                             token_type_ids=torch.zeros_like(input_ids), labels=labels))
     return batches
+
+
+def ordinary_ids(low: int, high: int, shape: tuple[int, int], generator: torch.Generator,
+                 zipf: float | None) -> torch.Tensor:
+    if zipf is None:
+        return torch.randint(low, high, shape, generator=generator)
+    weights = torch.arange(1, high - low + 1, dtype=torch.float64) ** -zipf
+    draws = torch.multinomial(weights, shape[0] * shape[1], replacement=True, generator=generator)
+    return (low + draws).view(shape)

@@ -118,15 +118,17 @@ class Contender:
     note: str
     autocast_dtype: torch.dtype | None
     batches: list[dict[str, torch.Tensor]] = field(default_factory=list)  # the case's, or a packed copy
+    lr: float = 1e-5
     optimizer: torch.optim.Optimizer = field(init=False)
     round_seconds: list[float] = field(default_factory=list)
 
     def __post_init__(self):
         self.model.train()
         # The fused kernel (CPU and CUDA) for every model: the optimizer is not what is compared.
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5, fused=True)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.lr, fused=True)
 
-    def step(self, batch: dict[str, torch.Tensor]) -> None:
+    def step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One training step; its loss, detached and left on the device (reading it would wait for the step)."""
         device_type = next(iter(batch.values())).device.type
         autocast = (torch.autocast(device_type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
                     else nullcontext())
@@ -135,6 +137,7 @@ class Contender:
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
 
     @property
     def parameters(self) -> int:

@@ -112,6 +112,7 @@ def alibi_slopes(num_heads: int) -> torch.Tensor:
 
 
 _compiled_flex = None
+FLEX_RECOMPILE_LIMIT = 128  # train/eval x bf16/fp32 x up to 12 head counts x one-block case = 96
 
 
 def _flex_attention(on_cuda: bool):
@@ -122,6 +123,12 @@ def _flex_attention(on_cuda: bool):
     if not on_cuda:
         return flex_attention
     if _compiled_flex is None:
+        # Token counts do not recompile (dynamic), but grad mode x dtype x head count (pruned layers differ) x
+        # the one-block case each do. Past Dynamo's limit (8 in torch 2.7) flex_attention would run uncompiled,
+        # and on CUDA that materialises [heads, tokens, tokens] scores: out of memory. Room for every variant.
+        import torch._dynamo.config as dynamo
+
+        dynamo.recompile_limit = max(dynamo.recompile_limit, FLEX_RECOMPILE_LIMIT)
         _compiled_flex = torch.compile(flex_attention, dynamic=True)
     return _compiled_flex
 
@@ -367,6 +374,9 @@ class MosaicBertAttention(nn.Module):
         seq = unpadded.max_seqlen
         positions = torch.arange(seq, device=self.alibi_slopes.device)
         distance = (positions[None, :] - positions[:, None]).abs()  # integers: exact at any length
+        # Computed in fp32, then rounded to the attention dtype, which SDPA requires of a float mask: in bf16 a
+        # bias of -m * d keeps 8 significant bits (up to ~0.2 logit off at distance 127 where m is not a power
+        # of two, e.g. 12 heads), where FlashAttention-2 and flex add it exactly. `make gpu-check` measures both.
         bias = (-self.alibi_slopes[:, None, None] * distance).to(dtype)
         key_is_padding = positions[None, :] >= unpadded.seqlens[:, None]
         # The most negative finite value, not -inf: a row with no real key stays finite (uniform), never NaN.
