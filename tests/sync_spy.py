@@ -1,10 +1,11 @@
-"""A CPU stand-in for CUDA's sync debug mode: lists every op that would make the host wait for the device.
+"""A CPU stand-in for CUDA's sync debug mode: lists the calls that would make the host wait for the device.
 
 On CUDA these read device data on the host (a copy back and a wait for all queued work), or size their
 output by the data (`nonzero`, boolean indexing, `bincount`, `unique`, `repeat_interleave` without
 `output_size`). On CPU nothing waits, but the same calls are seen, so a test of the host syncs of a
 training step runs everywhere. Each entry is (op, "file:function") of the innermost frame in this
-package; torch's own syncs inside a listed call count once.
+package; torch's own syncs inside a listed call count once. Copies between host and device cannot be
+seen on a CPU (`.to("cuda")`, `torch.tensor(..., device="cuda")`): tests/test_gpu.py counts them on a GPU.
 """
 
 from __future__ import annotations

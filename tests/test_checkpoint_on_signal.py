@@ -48,6 +48,26 @@ def test_sigterm_saves_the_current_step_and_the_run_resumes_from_it(clean_env, s
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
+class SignalAfterBatch(Callback):
+    """Sends SIGTERM after step `batch` was checked (at its BATCH_END, as an evaluation runs there)."""
+
+    def __init__(self, batch: int):
+        self.batch = batch
+
+    def batch_end(self, state, logger):
+        if int(state.timestamp.batch) == self.batch:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.slow
+def test_a_signal_after_the_steps_agreement_stops_the_next_step(clean_env, sample_root, tmp_path):
+    """The flag rides in nonfinite_guard's all-reduce after the backward: one that arrives later is not
+    lost, it stops the run one step later."""
+    with pytest.raises(Interrupted) as stop:
+        run(sample_root, tmp_path / "run", [SignalAfterBatch(3)], max_duration="10ba", save_interval="4ba")
+    assert stop.value.batch == 4 and stop.value.checkpoint.endswith("ep0-ba4-rank0.pt")
+
+
 @pytest.mark.slow
 def test_sigterm_on_a_checkpoint_step_saves_once(clean_env, sample_root, tmp_path):
     with pytest.raises(Interrupted) as stop:

@@ -107,3 +107,26 @@ def test_no_host_sync_between_the_first_layer_and_the_loss():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(loss)
+
+
+def test_a_training_step_syncs_once_with_the_host():
+    """Forward, loss and backward of an MLM step: the one sync is `unpad` reading the counts that size its
+    indices (CUDA's sync debug mode warns at every sync; tests/sync_spy.py checks the same calls on CPU)."""
+    import warnings
+
+    torch.manual_seed(0)
+    model = MosaicBertForMaskedLM(config("sdpa")).cuda()
+    ids, mask, labels = padded_batch()
+    model(ids, mask, labels=labels).loss.backward()  # warm-up: first-call allocations and kernel choices
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model(ids, mask, labels=labels).loss
+            loss.backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message)]
+    assert len(syncs) == 1, syncs

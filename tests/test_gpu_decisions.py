@@ -157,3 +157,17 @@ def test_compiled_flex_attention_has_room_for_its_variants(monkeypatch):
     with dynamo.patch(recompile_limit=8):  # torch's config objects restore through their own patch
         modeling_mosaicbert._flex_attention(on_cuda=True)  # built, not yet compiled
         assert dynamo.recompile_limit >= 2 * 2 * 12 * 2  # train/eval x bf16/fp32 x head counts x one block
+
+
+def test_the_backend_reads_the_dtype_of_the_attention_weights_not_of_earlybert_coefficients(monkeypatch):
+    """A bf16 model with EarlyBERT's fp32 coefficients still computes attention in bf16."""
+    from mosaicbert.model.pruning import add_coefficients
+
+    decisions = []
+    original = modeling_mosaicbert.choose_attention_backend
+    monkeypatch.setattr(modeling_mosaicbert, "choose_attention_backend",
+                        lambda requested, device, dtype, head_dim: decisions.append(dtype) or original(requested, device, dtype, head_dim))
+    model = MosaicBertForMaskedLM(tiny()).to(torch.bfloat16)
+    add_coefficients(model)
+    model(torch.randint(5, 64, (2, 8)))
+    assert decisions == [torch.bfloat16]

@@ -86,9 +86,9 @@ def choose_attention_backend(requested: str, device: torch.device, dtype: torch.
     return "sdpa"
 
 
-def compute_dtype(module: nn.Module) -> torch.dtype:
-    """The dtype `module`'s linear layers produce here: autocast's when it is on for the module's device."""
-    weight = next(module.parameters())
+def compute_dtype(linear: nn.Linear) -> torch.dtype:
+    """The dtype `linear` produces here: autocast's when it is on for the weight's device, else the weight's."""
+    weight = linear.weight
     if torch.is_autocast_enabled(weight.device.type):
         return torch.get_autocast_dtype(weight.device.type)
     return weight.dtype
@@ -125,7 +125,8 @@ def _flex_attention(on_cuda: bool):
     if _compiled_flex is None:
         # Token counts do not recompile (dynamic), but grad mode x dtype x head count (pruned layers differ) x
         # the one-block case each do. Past Dynamo's limit (8 in torch 2.7) flex_attention would run uncompiled,
-        # and on CUDA that materialises [heads, tokens, tokens] scores: out of memory. Room for every variant.
+        # and on CUDA that materialises [heads, tokens, tokens] scores: out of memory. Room for every variant
+        # (Dynamo has one limit per process: a compiled model, `compile_config`, gets the same room).
         import torch._dynamo.config as dynamo
 
         dynamo.recompile_limit = max(dynamo.recompile_limit, FLEX_RECOMPILE_LIMIT)
@@ -590,7 +591,8 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
         if unpadded is None:
             unpadded = unpad(attention_mask, subset_mask)
         unpadded.backend = choose_attention_backend(self.config.attention_backend, input_ids.device,
-                                                    compute_dtype(self.encoder), self.config.head_dim)
+                                                    compute_dtype(self.encoder.layer[0].attention.Wqkv),
+                                                    self.config.head_dim)
         subset_idx, first_token_rows = unpadded.subset_idx, None
         if subset_idx is not None and self.pooler is not None:
             if not unpadded.subset_has_every_first_token:
