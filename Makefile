@@ -47,12 +47,14 @@ GPU_CHECK_OUT ?= runs/gpu-check
 GPU_CHECK_ARGS ?=
 # What a GPU image with its own torch lacks: Composer, Streaming and transformers at this project's versions
 # (transformers 4.53 checks its tokenizers and huggingface_hub versions on import) and their small
-# pure-Python dependencies (Composer imports mosaicml-cli, `mcli`, and with it gql, questionary and the rest). Versions as in requirements.lock, but zstd 1.5.7.3 (1.5.7.2 has no Python 3.12 wheel).
+# dependencies (Composer imports mosaicml-cli, `mcli`, and with it gql, questionary and the rest; Streaming needs
+# brotli, torch-optimizer pytorch-ranger). Versions as in requirements.lock, but zstd 1.5.6.2: 1.5.7.2 has no
+# Python 3.12 wheel and 1.5.7.3 was withdrawn.
 GPU_WHEELS := mosaicml==0.32.1 mosaicml-streaming==0.13.0 transformers==4.53.3 tokenizers==0.21.4 \
 	huggingface_hub==0.36.2 coolname==2.2.0 torch-optimizer==0.3.0 catalogue==2.0.10 omegaconf==2.4.0 \
-	antlr4-python3-runtime==4.13.2 python-snappy==0.7.3 cramjam==2.14.0 zstd==1.5.7.3 importlib_metadata==8.9.0 \
+	antlr4-python3-runtime==4.13.2 python-snappy==0.7.3 cramjam==2.14.0 zstd==1.5.6.2 importlib_metadata==8.9.0 \
 	mosaicml-cli==0.7.5 backoff==2.2.1 gql==3.5.3 graphql-core==3.2.6 websockets==11.0.3 ruamel.yaml==0.19.1 \
-	questionary==2.0.1 prompt-toolkit==3.0.36 wcwidth==0.9.4 validators==0.36.0
+	questionary==2.0.1 prompt-toolkit==3.0.36 wcwidth==0.9.4 validators==0.36.0 brotli==1.2.1 pytorch-ranger==0.1.1
 GPU_WHEEL_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64
 
 .PHONY: shards tokenizer install demo glue-demo earlybert-demo pareto-demo bench gpu-check gpu-wheels export test sample-shards c4-shards lock clean
