@@ -30,6 +30,20 @@ def gpu(monkeypatch):
     return set_capability
 
 
+@pytest.fixture
+def decisions(monkeypatch) -> list[torch.dtype]:
+    """The dtype of every backend decision the model makes (the real decision still runs)."""
+    seen = []
+    original = modeling_mosaicbert.choose_attention_backend
+
+    def spy(requested, device, dtype, head_dim):
+        seen.append(dtype)
+        return original(requested, device, dtype, head_dim)
+
+    monkeypatch.setattr(modeling_mosaicbert, "choose_attention_backend", spy)
+    return seen
+
+
 @pytest.mark.parametrize("capability, head_dim, expected", [
     ((9, 0), 64, "flash_attn"), ((8, 0), 256, "flash_attn"),
     ((7, 5), 64, "sdpa"), ((7, 0), 64, "sdpa"),  # T4, V100: FlashAttention-2 has no kernels for them
@@ -53,17 +67,9 @@ def test_auto_falls_back_for_fp32_cpu_or_no_flash_attn(gpu, monkeypatch):
     assert choose_attention_backend("flex", CUDA, torch.bfloat16, 64) == "flex"
 
 
-def test_one_decision_per_forward_from_the_dtype_the_layers_compute_in(monkeypatch):
+def test_one_decision_per_forward_from_the_dtype_the_layers_compute_in(decisions):
     """Decided once per forward, for every layer, from what the layers will compute in: autocast's dtype when
     it is on, else the weights'."""
-    decisions = []
-    original = modeling_mosaicbert.choose_attention_backend
-
-    def spy(requested, device, dtype, head_dim):
-        decisions.append(dtype)
-        return original(requested, device, dtype, head_dim)
-
-    monkeypatch.setattr(modeling_mosaicbert, "choose_attention_backend", spy)
     model = MosaicBertForMaskedLM(tiny()).eval()
     ids = torch.randint(5, 64, (2, 8))
     model(ids, labels=ids)
@@ -90,20 +96,16 @@ def test_gpu_precision_defaults_to_fp16_before_ampere(gpu, monkeypatch, capabili
 
 @pytest.mark.parametrize("precision, dtype", [("amp_fp16", torch.float16), ("amp_bf16", torch.bfloat16),
                                               ("fp32", torch.float32)])
-def test_glue_predictions_run_in_the_training_precision(monkeypatch, precision, dtype):
+def test_glue_predictions_run_in_the_training_precision(decisions, precision, dtype):
     """The attention sees the training precision's dtype (CPU autocast stands in for CUDA's)."""
     from mosaicbert.glue.job import predict
 
-    seen = []
-    original = modeling_mosaicbert.choose_attention_backend
-    monkeypatch.setattr(modeling_mosaicbert, "choose_attention_backend",
-                        lambda requested, device, dtype, head_dim: seen.append(dtype) or original(requested, device, dtype, head_dim))
     model = MosaicBertForSequenceClassification(tiny(num_labels=2)).eval()
     ids = torch.randint(5, 64, (4, 8))
     loader = [{"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids),
                "labels": torch.tensor([0, 1, 0, 1])}]
     predictions, labels = predict(model, loader, regression=False, precision=precision)
-    assert seen == [dtype] and predictions.shape == (4,) and labels.tolist() == [0, 1, 0, 1]
+    assert decisions == [dtype] and predictions.shape == (4,) and labels.tolist() == [0, 1, 0, 1]
 
 
 def test_the_evaluation_autocast_is_composers_for_each_precision():
@@ -159,14 +161,10 @@ def test_compiled_flex_attention_has_room_for_its_variants(monkeypatch):
         assert dynamo.recompile_limit >= 2 * 2 * 12 * 2  # train/eval x bf16/fp32 x head counts x one block
 
 
-def test_the_backend_reads_the_dtype_of_the_attention_weights_not_of_earlybert_coefficients(monkeypatch):
+def test_the_backend_reads_the_dtype_of_the_attention_weights_not_of_earlybert_coefficients(decisions):
     """A bf16 model with EarlyBERT's fp32 coefficients still computes attention in bf16."""
     from mosaicbert.model.pruning import add_coefficients
 
-    decisions = []
-    original = modeling_mosaicbert.choose_attention_backend
-    monkeypatch.setattr(modeling_mosaicbert, "choose_attention_backend",
-                        lambda requested, device, dtype, head_dim: decisions.append(dtype) or original(requested, device, dtype, head_dim))
     model = MosaicBertForMaskedLM(tiny()).to(torch.bfloat16)
     add_coefficients(model)
     model(torch.randint(5, 64, (2, 8)))
