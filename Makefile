@@ -24,6 +24,7 @@ PYTEST_ARGS ?=
 
 GLUE_DEMO_ROOT ?= data/glue_demo
 GLUE_DEMO_RUN ?= glue-demo-$(NOW)
+FINETUNE_DEMO_ARGS ?=
 EARLYBERT_RUN ?= earlybert-demo-$(NOW)
 EARLYBERT_REPEATS ?= 3
 EARLYBERT_DEMO_ARGS ?=
@@ -57,7 +58,7 @@ GPU_WHEELS := mosaicml==0.32.1 mosaicml-streaming==0.13.0 transformers==4.53.3 t
 	questionary==2.0.1 prompt-toolkit==3.0.36 wcwidth==0.9.4 validators==0.36.0 brotli==1.2.1 pytorch-ranger==0.1.1
 GPU_WHEEL_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64
 
-.PHONY: shards tokenizer install demo glue-demo earlybert-demo pareto-demo bench gpu-check gpu-wheels export test sample-shards c4-shards lock clean
+.PHONY: shards tokenizer install demo glue-demo finetune-demo earlybert-demo pareto-demo bench gpu-check gpu-wheels export test sample-shards c4-shards lock clean
 
 install: $(STAMP)
 
@@ -97,14 +98,27 @@ demo: $(STAMP) sample-shards
 
 # Fine-tunes the newest `make demo` checkpoint (running the demo first if there is none) on
 # generated GLUE-format tasks, offline, with the paper protocol's two rounds.
-glue-demo: $(STAMP) sample-shards $(GLUE_DEMO_ROOT)/RTE/dev.tsv
-	@ckpt=$$(ls -td runs/demo-*/checkpoints/latest-rank0.pt 2>/dev/null | head -1); \
+# Shell lines that set $ckpt to the newest `make demo` checkpoint, running the demo first if there is none.
+DEMO_CHECKPOINT = ckpt=$$(ls -td runs/demo-*/checkpoints/latest-rank0.pt 2>/dev/null | head -1); \
 	if [ -z "$$ckpt" ]; then $(MAKE) demo DEMO_ARGS='$(DEMO_ARGS)' && ckpt=$$(ls -td runs/demo-*/checkpoints/latest-rank0.pt | head -1); fi; \
-	echo "fine-tuning $$ckpt"; \
+	echo "fine-tuning $$ckpt"
+
+glue-demo: $(STAMP) sample-shards $(GLUE_DEMO_ROOT)/RTE/dev.tsv
+	@$(DEMO_CHECKPOINT); \
 	$(PY) src/glue.py yamls/glue/demo.yaml starting_checkpoint=$$ckpt data_local=$(GLUE_DEMO_ROOT) run_name=$(GLUE_DEMO_RUN) $(GLUE_DEMO_ARGS)
 
 $(GLUE_DEMO_ROOT)/RTE/dev.tsv: | $(STAMP) sample-shards
 	$(PY) data_prep/glue_demo_tasks.py --out $(GLUE_DEMO_ROOT)
+
+# Your own tasks, offline: the newest `make demo` checkpoint fine-tuned on a generated topic
+# classification task (CSV) and a named-entity task (CoNLL), as yamls/finetune/*.yaml define them.
+finetune-demo: $(STAMP) sample-shards data/finetune_demo/ner/dev.conll
+	@$(DEMO_CHECKPOINT); \
+	$(PY) src/glue.py yamls/finetune/topic.yaml starting_checkpoint=$$ckpt run_name=finetune-topic-$(NOW) $(FINETUNE_DEMO_ARGS) && \
+	$(PY) src/glue.py yamls/finetune/ner.yaml starting_checkpoint=$$ckpt run_name=finetune-ner-$(NOW) $(FINETUNE_DEMO_ARGS)
+
+data/finetune_demo/ner/dev.conll: | $(STAMP) sample-shards
+	$(PY) data_prep/finetune_demo_tasks.py --out data/finetune_demo
 
 # EarlyBERT at CPU scale: an unpruned baseline and a search-prune-train run of the same length on the
 # same data and seed, then their training time and MLM accuracy side by side. EARLYBERT_REPEATS=3

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mosaicbert.errors import ConfigError, UserError
-from mosaicbert.glue import job as glue_job
+from mosaicbert.glue import finetune as glue_job
 from mosaicbert.glue import runner
 from mosaicbert.glue.config import load_glue_config
 from mosaicbert.glue.demo_data import write_demo_tasks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -10,14 +11,19 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
 
 import mosaicbert.model.configuration_mosaicbert as configuration_module
 import mosaicbert.model.modeling_mosaicbert as modeling_module
 from mosaicbert.config import load_config
 from mosaicbert.errors import UserError
-from mosaicbert.export import check_parity, export_model
-from mosaicbert.model import MosaicBertConfig, MosaicBertForMaskedLM, MosaicBertForSequenceClassification
+from mosaicbert.export import check_parity, export_model, parity
+from mosaicbert.model import (
+    MosaicBertConfig,
+    MosaicBertForMaskedLM,
+    MosaicBertForSequenceClassification,
+    MosaicBertForTokenClassification,
+)
 from mosaicbert.model.hf_bert import build_hf_bert
 from mosaicbert.model.loading import load_classifier, load_weights_into
 from mosaicbert.model.mosaic_bert import ComposerMosaicBert, build_mosaic_bert
@@ -26,6 +32,7 @@ from mosaicbert.train import build_trainer
 
 from conftest import DEMO_YAML, HF_BERT_YAML, REPO, pretrain, tiny_overrides
 quiet = {"progress": lambda message: None}
+TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +60,7 @@ def test_export_loads_with_plain_transformers_and_matches_the_composer_model(mos
     out = tmp_path / "exported"
     report = export_model(str(mosaic_checkpoint), str(out), **quiet)
     assert report.loaded_module.startswith("transformers_modules.")  # the folder's code, not the package's
-    assert report.max_abs_diff <= 1e-5 and report.fill_mask_top == report.expected_top
+    assert report.max_abs_diff <= 1e-5 and report.pipeline == "fill-mask"
 
     files = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "modeling_mosaicbert.py", "configuration_mosaicbert.py", "README.md",
@@ -65,16 +72,19 @@ def test_export_loads_with_plain_transformers_and_matches_the_composer_model(mos
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "mosaic_bert" and config["attention_backend"] == "auto"
     assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForMaskedLM",
-                                       "AutoModelForSequenceClassification"}
+                                       "AutoModelForSequenceClassification", "AutoModelForTokenClassification"}
 
     # Independently of the export's reading: the Composer model as training builds it, against the folder.
     composer = composer_model_from(mosaic_checkpoint, tokenizer)
     again = check_parity(composer.model, tokenizer, out, "AutoModelForMaskedLM")
-    assert again.max_abs_diff <= 1e-5 and again.fill_mask_top == again.expected_top
+    assert again.max_abs_diff <= 1e-5 and again.pipeline == "fill-mask"
     # Fine-tuning starts from the MLM folder (the original release's auto_map lacked the classifier); the
     # fine-tuned model saves as a folder that loads without the package too.
     classifier = MosaicBertForSequenceClassification.from_pretrained(out, num_labels=3)
     classifier.save_pretrained(tmp_path / "fine-tuned")
+    with pytest.raises(UserError, match="has no tokenizer"):  # the pipeline reads it from the folder
+        check_parity(classifier, tokenizer, tmp_path / "fine-tuned", "AutoModelForSequenceClassification")
+    tokenizer.save_pretrained(tmp_path / "fine-tuned")
     report = check_parity(classifier, tokenizer, tmp_path / "fine-tuned", "AutoModelForSequenceClassification")
     assert report.loaded_class == "MosaicBertForSequenceClassification" and report.max_abs_diff <= 1e-5
 
@@ -131,7 +141,7 @@ def test_pruned_model_exports_with_its_widths_and_matches(tokenizer, sample_root
         export_model(str(checkpoint), str(tmp_path / "out"), **quiet)
     assert not (tmp_path / "out").exists()
     report = export_model(str(checkpoint), str(tmp_path / "out"), tokenizer_name=str(sample_root / "tokenizer"), **quiet)
-    assert report.max_abs_diff <= 1e-5 and report.fill_mask_top == report.expected_top
+    assert report.max_abs_diff <= 1e-5 and report.pipeline == "fill-mask"
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["head_indices_per_layer"] == [[0, 2, 3], [1]] and config["intermediate_size_per_layer"] == [48, 70]
     assert check_parity(model, tokenizer, tmp_path / "out", "AutoModelForMaskedLM").max_abs_diff <= 1e-5
@@ -139,16 +149,94 @@ def test_pruned_model_exports_with_its_widths_and_matches(tokenizer, sample_root
     assert "| 1 | 1 of 4 (1; 16 wide) | 70 of 96 |" in card
 
 
-def test_fine_tuned_classifier_exports_and_matches(tokenizer, sample_root, tmp_path):
+def labelled(names: list[str]) -> dict[str, dict]:
+    return {"id2label": dict(enumerate(names)), "label2id": {name: i for i, name in enumerate(names)}}
+
+
+def test_fine_tuned_classifier_exports_with_its_label_names_and_matches(tokenizer, sample_root, tmp_path):
     torch.manual_seed(0)
+    names = ["entailment", "neutral", "contradiction"]
     classifier = MosaicBertForSequenceClassification(MosaicBertConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        num_labels=3)).eval()
+        vocab_size=len(tokenizer), **TINY, **labelled(names))).eval()
     classifier.save_pretrained(tmp_path / "job")  # as a GLUE job saves its model
     report = export_model(str(tmp_path / "job"), str(tmp_path / "out"), tokenizer_name=str(sample_root / "tokenizer"),
                           **quiet)
     assert report.auto_class == "AutoModelForSequenceClassification" and report.positions == 4
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["id2label"] == {"0": "entailment", "1": "neutral", "2": "contradiction"}
+    assert config["label2id"] == {"entailment": 0, "neutral": 1, "contradiction": 2}
+    # The pipeline labelled every sample text, the pair too, with the model's own label names.
+    assert report.pipeline == "text-classification" and len(report.pipeline_outputs) == len(parity.SAMPLE_TEXTS)
+    assert set(report.pipeline_outputs) <= set(names) and "text-classification pipeline" in report.describe()
     assert check_parity(classifier, tokenizer, tmp_path / "out", "AutoModelForSequenceClassification").max_abs_diff <= 1e-5
+
+    # Same logits, other label names than the folder's: only the pipeline's labels tell them apart.
+    renamed = copy.deepcopy(classifier)
+    renamed.config.id2label = {i: f"LABEL_{i}" for i in range(3)}
+    with pytest.raises(UserError, match=r"text-classification pipeline .* answers '(entailment|neutral|contradiction)' "
+                                        r"for 'The function returns a new list.'; the source model here gives 'LABEL_"):
+        check_parity(renamed, tokenizer, tmp_path / "out", "AutoModelForSequenceClassification")
+
+
+def test_multi_label_classifier_pipeline_gives_the_labels_above_one_half(tokenizer, sample_root, tmp_path):
+    torch.manual_seed(0)
+    classifier = MosaicBertForSequenceClassification(MosaicBertConfig(
+        vocab_size=len(tokenizer), **TINY, **labelled(["sports", "politics", "science"]),
+        problem_type="multi_label_classification"))
+    with torch.no_grad():
+        classifier.classifier.bias.copy_(torch.tensor([2.0, -2.0, 0.0]))  # sports always, politics never
+    classifier.save_pretrained(tmp_path / "job")
+    report = export_model(str(tmp_path / "job"), str(tmp_path / "out"), tokenizer_name=str(sample_root / "tokenizer"),
+                          **quiet)
+    assert all("sports" in labels and "politics" not in labels for labels in report.pipeline_outputs)
+
+
+TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+
+
+def token_classifier(model_name: str, vocab_size: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if model_name == "mosaic_bert":
+        return MosaicBertForTokenClassification(MosaicBertConfig(vocab_size=vocab_size, **TINY, **labelled(TAGS))).eval()
+    return BertForTokenClassification(BertConfig(vocab_size=vocab_size, **TINY, **labelled(TAGS))).eval()
+
+
+@pytest.mark.parametrize("model_name", ["mosaic_bert", "hf_bert"])
+def test_token_classifier_exports_and_its_pipeline_tags_as_the_source_model(model_name, tokenizer, sample_root,
+                                                                             tmp_path):
+    token_classifier(model_name, len(tokenizer)).save_pretrained(tmp_path / "job")
+    report = export_model(str(tmp_path / "job"), str(tmp_path / "out"), tokenizer_name=str(sample_root / "tokenizer"),
+                          **quiet)
+    assert report.auto_class == "AutoModelForTokenClassification" and report.loaded_class.endswith("ForTokenClassification")
+    assert report.positions == int(parity.sample_batch(tokenizer, masked_lm=False)["attention_mask"].sum())
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["id2label"] == {str(i): tag for i, tag in enumerate(TAGS)} and config["label2id"]["I-LOC"] == 4
+    assert "pipeline_tag: token-classification" in (tmp_path / "out" / "README.md").read_text()
+    # The comparison had something to compare: "O", B- and I- tokens, groups joining several tokens.
+    assert report.pipeline == "token-classification" and len(report.pipeline_outputs) == 3
+    tokens = [label for output in report.pipeline_outputs for _, _, label in output["tokens"]]
+    groups = [group for output in report.pipeline_outputs for group in output["groups"]]
+    assert {"O", "B-PER", "I-PER"} <= set(tokens) and 0 < len(groups) < len([tag for tag in tokens if tag != "O"])
+    assert {entity for entity, _, _ in groups} <= {"PER", "LOC"}
+
+
+def test_simple_groups_follow_the_pipelines_rule():
+    tokens = [("B-PER", 0, 3), ("I-PER", 4, 6), ("B-PER", 7, 9), ("O", 10, 11), ("I-PER", 12, 14), ("I-LOC", 15, 17),
+              ("B-LOC", 18, 20)]
+    assert parity.simple_groups(tokens) == [["PER", 0, 6], ["PER", 7, 9], ["PER", 12, 14], ["LOC", 15, 17],
+                                            ["LOC", 18, 20]]
+
+
+def test_token_pipeline_groups_are_checked_against_the_source_model(tokenizer, sample_root, tmp_path, monkeypatch):
+    model = token_classifier("mosaic_bert", len(tokenizer))
+    model.save_pretrained(tmp_path / "job")
+    export_model(str(tmp_path / "job"), str(tmp_path / "out"), tokenizer_name=str(sample_root / "tokenizer"),
+                 check=False, **quiet)
+    # Same logits and token labels; only the entity groups derived here differ from the pipeline's.
+    monkeypatch.setattr(parity, "simple_groups", lambda tokens: [])
+    with pytest.raises(UserError, match=r"token-classification pipeline .* answers .*'groups': \[\['(PER|LOC)'.*"
+                                        r"the source model here gives .*'groups': \[\]"):
+        check_parity(model, tokenizer, tmp_path / "out", "AutoModelForTokenClassification")
 
 
 @pytest.mark.slow
@@ -157,7 +245,7 @@ def test_hf_bert_exports_as_plain_bert_and_fine_tunes(sample_root, tmp_path, tok
     out = tmp_path / "bert"
     report = export_model(str(checkpoint), str(out), **quiet)
     assert report.loaded_class == "BertForMaskedLM" and report.loaded_module.startswith("transformers.models.bert")
-    assert report.max_abs_diff <= 1e-5 and report.fill_mask_top == report.expected_top
+    assert report.max_abs_diff <= 1e-5 and report.pipeline == "fill-mask"
     assert json.loads((out / "config.json").read_text())["model_type"] == "bert"
     assert not list(out.glob("*.py"))
     classifier = load_classifier(str(out), "hf_bert", num_labels=2)  # GLUE from a stock BERT folder

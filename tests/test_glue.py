@@ -10,13 +10,15 @@ import numpy as np
 import pytest
 import torch
 
+from sklearn.metrics import accuracy_score
+
 from mosaicbert.errors import ConfigError, UserError
 from mosaicbert.glue import metrics, runner
 from mosaicbert.glue.config import hyperparameters, load_glue_config
-from mosaicbert.glue.data import load_examples, read_tsv
+from mosaicbert.glue.data import load_examples, load_test, read_tsv
 from mosaicbert.glue.demo_data import write_demo_tasks
 from mosaicbert.files import write_json_atomically
-from mosaicbert.glue.job import job_to_json
+from mosaicbert.glue.job import job_to_json, predictions_path
 from mosaicbert.glue.report import seed_score
 from mosaicbert.glue.tasks import TASKS
 from mosaicbert.model import MosaicBertConfig, MosaicBertForMaskedLM, MosaicBertForSequenceClassification
@@ -105,9 +107,9 @@ def test_correlations_of_constant_predictions_are_nan_in_metrics_and_report(tmp_
 
 
 def test_task_score_averages_evaluators_and_scored_metrics_only():
-    assert seed_score("mnli", {"matched": {"accuracy": 0.8}, "mismatched": {"accuracy": 0.9}}) == pytest.approx(85.0)
-    assert seed_score("qqp", {"dev": {"accuracy": 0.9, "f1": 0.8}}) == pytest.approx(85.0)
-    assert seed_score("stsb", {"dev": {"spearman": 0.88, "pearson": 0.5}}) == pytest.approx(88.0)
+    assert seed_score(TASKS["mnli"], {"matched": {"accuracy": 0.8}, "mismatched": {"accuracy": 0.9}}) == pytest.approx(85.0)
+    assert seed_score(TASKS["qqp"], {"dev": {"accuracy": 0.9, "f1": 0.8}}) == pytest.approx(85.0)
+    assert seed_score(TASKS["stsb"], {"dev": {"spearman": 0.88, "pearson": 0.5}}) == pytest.approx(88.0)
 
 
 # --------------------------------------------------------------------------- data
@@ -289,13 +291,13 @@ def test_glue_yamls_validate_and_carry_the_paper_settings():
         load_glue_config(GLUE_YAMLS / "mosaicbert-base.yaml", ["starting_checkpoint=x.pt", "earlybert.unit_ratio=0.4"])
     with pytest.raises(ConfigError, match="leaves 'starting_checkpoint' to be set"):
         load_glue_config(GLUE_YAMLS / "mosaicbert-base.yaml")
-    with pytest.raises(ConfigError, match="unknown GLUE task 'mrcp'. Did you mean 'mrpc'"):
+    with pytest.raises(ConfigError, match="unknown task 'mrcp'. Did you mean 'mrpc'"):
         load_glue_config(GLUE_YAMLS / "mosaicbert-base.yaml", ["starting_checkpoint=x.pt", "tasks=[mrcp]"])
 
 
 def fake_execute(launched: list[str], metrics_of=lambda job: None, fail=()):
     """Stands in for `runner.execute`: records the jobs it gets and writes what a finished job writes (its
-    result, 0.75 for every metric unless `metrics_of` says otherwise, and the model it keeps)."""
+    result, 0.75 for every metric unless `metrics_of` says otherwise, its predictions, and the model it keeps)."""
 
     def execute(jobs, slots, done_before, total, children):
         statuses = {}
@@ -309,6 +311,13 @@ def fake_execute(launched: list[str], metrics_of=lambda job: None, fail=()):
                                          for split in task.eval_splits}
             write_json_atomically(job.result_path, {"task": job.task, "seed": job.seed, "status": "ok", "start": job.start,
                                                     "metrics": scores, "spec_hash": job.spec_hash, "job": job_to_json(job)})
+            for split in task.eval_splits:
+                Path(predictions_path(job.result_path, split)).write_text('{"id": 0, "prediction": 1}\n')
+            for test_set in task.test_sets if job.test_sets else ():  # a prediction per example: seed, or 7.5
+                ids, _ = load_test(test_set, job.data_source, job.data_local)
+                value = 7.5 if task.num_labels == 1 else (task.tsv.label_names or (0, 1))[job.seed % 2]
+                Path(predictions_path(job.result_path, test_set.name)).write_text(
+                    "".join(json.dumps({"id": i, "prediction": value}) + "\n" for i in ids))
             if job.save_model_dir:
                 os.makedirs(job.save_model_dir)
                 (Path(job.save_model_dir) / "config.json").write_text("{}")
@@ -355,6 +364,20 @@ def test_results_are_reused_only_for_the_same_specification(tmp_path, monkeypatc
     plain = runner.make_jobs(config, ["sst2"], str(start), set())[0]
     config.earlybert = {"head_prune_ratio": 0.25}
     assert runner.make_jobs(config, ["sst2"], str(start), set())[0].result_path != plain.result_path
+
+
+def test_a_result_without_its_predictions_runs_again(tmp_path, monkeypatch, capsys):
+    start = tmp_path / "start.pt"
+    start.write_bytes(b"weights")
+    config = load_glue_config(GLUE_YAMLS / "demo.yaml", [f"starting_checkpoint={start}", f"run_folder={tmp_path / 'run'}",
+                                                         "tasks=[sst2]"])
+    launched = []
+    monkeypatch.setattr(runner, "execute", fake_execute(launched))
+    result = runner.run_glue(config)["jobs"][0]["result"]
+    Path(predictions_path(result, "dev")).unlink()  # as a result of an older version, which saved none
+    launched.clear()
+    runner.run_glue(config)
+    assert launched == ["sst2-seed19"] and "its dev predictions are missing" in capsys.readouterr().out
 
 
 def test_regression_trains_in_fp32_and_the_cache_keys_on_the_precision_that_runs(monkeypatch):
@@ -445,20 +468,37 @@ def test_a_failing_job_leaves_the_others_intact(tmp_path, sample_root):
              for i in range(60)]
     data = write_demo_tasks(tmp_path / "glue", train_size=24, dev_size=8, texts=texts)
     (data / "CoLA" / "train.tsv").unlink()  # this job must fail
+    write_test_files(data)
     config = load_glue_config(GLUE_YAMLS / "demo.yaml", [
         f"starting_checkpoint={start}", f"run_folder={tmp_path / 'run'}", f"data_local={data}",
         f"tokenizer_name={sample_root / 'tokenizer'}", "tasks=[sst2,cola,rte]",
         "task_overrides.sst2.epochs=1", "task_overrides.cola.epochs=1", "task_overrides.rte.epochs=1",
         "task_overrides.rte.seeds=[19]", f"round_2_start={start}",
     ])
-    report = runner.run_glue(config)
+    report = runner.run_glue(config, submission=tmp_path / "submit")
     status = {f"{r['task']}-seed{r['seed']}": r["status"] for r in report["jobs"]}
     assert status == {"sst2-seed19": "ok", "cola-seed19": "failed", "rte-seed19": "ok"}
+    # The jobs predicted their test files; the submission holds what the finished tasks give.
+    assert set(report["submission"]["files"]) == {"SST-2.tsv", "RTE.tsv", "WNLI.tsv"}
+    assert "each task's seed with the best dev score" in (tmp_path / "run" / "glue_results.md").read_text()
+    rte = (tmp_path / "submit" / "RTE.tsv").read_text().splitlines()
+    assert rte[0] == "index\tprediction" and len(rte) == 6
+    assert all(line.split("\t")[1] in ("entailment", "not_entailment") for line in rte[1:])
     assert "CoLA/train.tsv is missing" in next(r for r in report["jobs"] if r["task"] == "cola")["error"]
     assert Path(next(r for r in report["jobs"] if r["task"] == "sst2")["result"]).is_file()
     assert report["round_2_start"].startswith(f"round_2_start={start}, set in the config")
     saved = json.loads((tmp_path / "run" / "glue_results.json").read_text())
     assert saved["glue_complete"] is False and saved["glue_tasks_scored"] == 2
+    for task in ("sst2", "rte"):  # the saved predictions give the reported score again, by scikit-learn
+        result_path = next(r for r in report["jobs"] if r["task"] == task)["result"]
+        rows = [json.loads(line) for line in Path(predictions_path(result_path, "dev")).read_text().splitlines()]
+        gold = read_tsv(TASKS[task], data / TASKS[task].folder / "dev.tsv").labels
+        names = TASKS[task].tsv.label_names
+        predicted = [names.index(r["prediction"]) if names else r["prediction"] for r in rows]
+        assert [r["id"] for r in rows] == list(range(len(gold)))
+        assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-4 for r in rows)
+        reported = json.loads(Path(result_path).read_text())["metrics"]["dev"]["accuracy"]
+        assert accuracy_score(gold, predicted) == pytest.approx(reported)
 
 
 @pytest.mark.slow
@@ -501,3 +541,97 @@ def test_hf_bert_pretraining_checkpoint_start(tmp_path):
     torch.testing.assert_close(model.bert.encoder.layer[1].output.dense.weight, mlm.bert.encoder.layer[1].output.dense.weight)
     with pytest.raises(UserError, match="holds a hf_bert model, but the GLUE config says model_name=mosaic_bert"):
         load_classifier(str(tmp_path / "ep0-ba1-rank0.pt"), "mosaic_bert", 3)
+
+
+TEST_HEADERS = {  # the classic GLUE download's test files: an index column, the texts, no label
+    "CoLA/test.tsv": ["index", "sentence"],
+    "SST-2/test.tsv": ["index", "sentence"],
+    "MRPC/test.tsv": ["index", "#1 ID", "#2 ID", "#1 String", "#2 String"],
+    "QQP/test.tsv": ["id", "question1", "question2"],
+    "STS-B/test.tsv": ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2"],
+    "MNLI/test_matched.tsv": ["index", "promptID", "pairID", "genre", "sentence1_binary_parse",
+                              "sentence2_binary_parse", "sentence1_parse", "sentence2_parse", "sentence1", "sentence2"],
+    "QNLI/test.tsv": ["index", "question", "sentence"],
+    "RTE/test.tsv": ["index", "sentence1", "sentence2"],
+    "WNLI/test.tsv": ["index", "sentence1", "sentence2"],
+    "diagnostic/diagnostic.tsv": ["index", "sentence1", "sentence2"],
+}
+TEST_HEADERS["MNLI/test_mismatched.tsv"] = TEST_HEADERS["MNLI/test_matched.tsv"]
+
+
+def write_test_files(data: Path, rows: int = 5) -> None:
+    for name, header in TEST_HEADERS.items():
+        path = data / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lines = ["\t".join(header)] + ["\t".join(str(i) if c in ("index", "id") else f"words {i} of {c}" for c in header)
+                                        for i in range(rows)]
+        path.write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
+
+
+def test_submission_files_come_from_each_tasks_best_seed_in_the_leaderboard_format(tmp_path, monkeypatch):
+    import zipfile
+
+    start = tmp_path / "start.pt"
+    start.write_bytes(b"weights")
+    data = tmp_path / "glue"
+    write_test_files(data)
+    overrides = [f"starting_checkpoint={start}", f"run_folder={tmp_path / 'run'}", "data_source=local",
+                 f"data_local={data}", "protocol=sane", "sane.seeds=[19,20]"]
+    launched = []
+    best_seed = {"mnli": 20}  # the demo runs mnli, qnli, qqp with seeds 19 and 20; qnli's and qqp's tie
+    monkeypatch.setattr(runner, "execute", fake_execute(launched, metrics_of=lambda job: {
+        split: {name: 0.9 if best_seed.get(job.task) == job.seed else 0.5
+                for name in TASKS[job.task].metrics + TASKS[job.task].extra_metrics}
+        for split in TASKS[job.task].eval_splits}))
+    code = runner.main([str(GLUE_YAMLS / "demo.yaml"), *overrides, "--submission", str(tmp_path / "submit")])
+    assert code == 0
+    submit = tmp_path / "submit"
+    expected = {"CoLA.tsv", "SST-2.tsv", "MRPC.tsv", "STS-B.tsv", "QQP.tsv", "MNLI-m.tsv", "MNLI-mm.tsv", "QNLI.tsv",
+                "RTE.tsv", "WNLI.tsv", "AX.tsv"}
+    assert set(zipfile.ZipFile(submit / "submission.zip").namelist()) == expected
+    table = {name: [line.split("\t") for line in (submit / name).read_text().splitlines()] for name in expected}
+    assert all(rows[0] == ["index", "prediction"] and [r[0] for r in rows[1:]] == [str(i) for i in range(5)]
+               for rows in table.values())
+    # Each job predicts its seed's parity: label 0 for seed 20, label 1 for seed 19.
+    assert {r[1] for r in table["MNLI-m.tsv"][1:]} == {r[1] for r in table["AX.tsv"][1:]} == {"entailment"}
+    assert {r[1] for r in table["QNLI.tsv"][1:]} == {"not_entailment"}  # a tie: the lower seed, 19
+    assert {r[1] for r in table["QQP.tsv"][1:]} == {r[1] for r in table["CoLA.tsv"][1:]} == {"1"}
+    assert {r[1] for r in table["RTE.tsv"][1:]} == {"not_entailment"}
+    assert {r[1] for r in table["STS-B.tsv"][1:]} == {"5.000"}  # 7.5 clipped to the scale
+    assert {r[1] for r in table["WNLI.tsv"][1:]} == {"0"}
+    report = json.loads((tmp_path / "run" / "glue_results.json").read_text())
+    assert report["submission"]["seeds"]["mnli"] == 20 and report["submission"]["missing"] == []
+
+
+def test_submission_needs_a_folder_and_the_test_files(tmp_path, capsys):
+    start = tmp_path / "start.pt"
+    start.write_bytes(b"weights")
+    args = [str(GLUE_YAMLS / "demo.yaml"), f"starting_checkpoint={start}", f"run_folder={tmp_path / 'run'}"]
+    assert runner.main(args + ["--submission"]) == 2
+    assert "--submission needs a folder" in capsys.readouterr().err
+    from mosaicbert.glue.data import load_test
+
+    with pytest.raises(UserError, match=r"RTE/test.tsv is missing; --submission needs"):
+        load_test(TASKS["rte"].test_sets[0], "local", str(tmp_path))
+
+
+def test_the_best_seed_is_never_a_collapsed_one():
+    from mosaicbert.glue.submission import best_jobs
+
+    rows = [{"task": "stsb", "seed": 19, "status": "ok", "score": float("nan")},
+            {"task": "stsb", "seed": 8364, "status": "ok", "score": 80.0}]
+    assert best_jobs({"jobs": rows})["stsb"]["seed"] == 8364
+
+
+def test_hub_test_sets_without_a_task_read_their_own_columns(monkeypatch):
+    """AX has MNLI's columns on the hub, WNLI its own (nyu-mll/glue's configs)."""
+    from mosaicbert.glue import data
+    from mosaicbert.glue.tasks import WNLI_TEST
+
+    columns = {"ax": {"idx": [0], "premise": ["p"], "hypothesis": ["h"]},
+               "wnli": {"idx": [5], "sentence1": ["s1"], "sentence2": ["s2"]}}
+    monkeypatch.setattr(data, "_hub_split", lambda config, split: columns[config])
+    ax = next(t for t in TASKS["mnli"].test_sets if t.name == "ax")
+    assert load_test(ax, "hub", None)[1].text_a == ["p"]
+    ids, examples = load_test(WNLI_TEST, "hub", None)
+    assert ids == ["5"] and examples.text_b == ["s2"]

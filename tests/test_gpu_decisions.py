@@ -3,6 +3,7 @@ precision, and evaluation in the training precision."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -98,14 +99,15 @@ def test_gpu_precision_defaults_to_fp16_before_ampere(gpu, monkeypatch, capabili
                                               ("fp32", torch.float32)])
 def test_glue_predictions_run_in_the_training_precision(decisions, precision, dtype):
     """The attention sees the training precision's dtype (CPU autocast stands in for CUDA's)."""
-    from mosaicbert.glue.job import predict
+    from mosaicbert.glue.finetune import predict
 
     model = MosaicBertForSequenceClassification(tiny(num_labels=2)).eval()
     ids = torch.randint(5, 64, (4, 8))
     loader = [{"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids),
                "labels": torch.tensor([0, 1, 0, 1])}]
-    predictions, labels = predict(model, loader, regression=False, precision=precision)
+    predictions, labels, probabilities = predict(model, loader, "classification", precision)
     assert decisions == [dtype] and predictions.shape == (4,) and labels.tolist() == [0, 1, 0, 1]
+    assert probabilities.shape == (4, 2) and np.allclose(probabilities.sum(1), 1)
 
 
 def test_the_evaluation_autocast_is_composers_for_each_precision():

@@ -146,7 +146,7 @@ def test_release_mlm_converts_and_loads_without_the_package(tokenizer, sample_ro
     folder = write_release(tmp_path / "mosaic-bert-base", release_state())
     report = export_model(str(folder), str(tmp_path / "converted"), tokenizer_name=str(sample_root / "tokenizer"),
                           progress=lambda m: None)
-    assert report.max_abs_diff <= 1e-5 and report.fill_mask_top == report.expected_top
+    assert report.max_abs_diff <= 1e-5 and report.pipeline == "fill-mask"
 
 
 def test_release_with_unpadded_vocabulary_rows_keeps_them(tokenizer, tmp_path):
@@ -217,3 +217,21 @@ def test_hub_id_downloads_config_and_weights_only(tokenizer, tmp_path, monkeypat
     assert asked["repo_id"] == "mosaicml/mosaic-bert-base"
     assert not [p for p in asked["allow_patterns"] if p.endswith(".py")]  # never the release's code
     assert model.config.num_hidden_layers == LAYERS
+
+
+def test_release_without_a_token_head_starts_a_token_classifier(tmp_path):
+    """The release's code (bert_layers.py) has no token-classification head: the harness builds this package's,
+    with the release's encoder weights, so NER fine-tunes from it too."""
+    state = release_state()
+    folder = write_release(tmp_path / "release", state)
+    model = load_classifier(str(folder), "mosaic_bert", num_labels=5, label_names=("O", "B-A", "I-A", "B-B", "I-B"),
+                            per_token=True).eval()
+    assert type(model).__name__ == "MosaicBertForTokenClassification" and model.config.id2label[1] == "B-A"
+    ids, mask, types = padded_batch()
+    with torch.no_grad():
+        hidden = model.bert(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+        logits = model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+    assert logits.shape == (*ids.shape, 5)
+    n = int(mask[0].sum())
+    expected, _ = release_forward(state, ids[0, :n].tolist(), types[0, :n].tolist())
+    torch.testing.assert_close(hidden[0, :n].double(), expected, atol=1e-4, rtol=1e-4)

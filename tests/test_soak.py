@@ -11,7 +11,7 @@ import pytest
 
 from mosaicbert.config import load_config
 from mosaicbert.data.text_dataset import ReleaseStreamingResources, StreamingTextDataset
-from mosaicbert.glue import job as glue_job
+from mosaicbert.glue import finetune as glue_job
 from mosaicbert.glue.config import load_glue_config
 from mosaicbert.glue.demo_data import write_demo_tasks
 from mosaicbert.glue.runner import make_jobs

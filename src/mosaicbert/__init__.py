@@ -18,6 +18,7 @@ _LAZY = {
     "MosaicBertModel": "mosaicbert.model.modeling_mosaicbert",
     "MosaicBertForMaskedLM": "mosaicbert.model.modeling_mosaicbert",
     "MosaicBertForSequenceClassification": "mosaicbert.model.modeling_mosaicbert",
+    "MosaicBertForTokenClassification": "mosaicbert.model.modeling_mosaicbert",
 }
 __all__ = list(_LAZY)
 

@@ -8,9 +8,14 @@ from typing import Any
 
 
 def write_json_atomically(path: str | os.PathLike, payload: Any) -> None:
+    write_text_atomically(path, json.dumps(payload, indent=2))
+
+
+def write_text_atomically(path: str | os.PathLike, text: str) -> None:
+    """Written whole under a temporary name beside `path`, then renamed: never a partial file under its name."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     partial = f"{path}.partial-{os.getpid()}"
     with open(partial, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2)
+        f.write(text)
     os.replace(partial, path)

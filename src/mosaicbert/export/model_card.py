@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mosaicbert.export.parity import PIPELINES
+
 PAPERS = {"mosaic_bert": "MosaicBERT ([arXiv 2312.17482](https://arxiv.org/abs/2312.17482))",
           "hf_bert": "BERT ([arXiv 1810.04805](https://arxiv.org/abs/1810.04805)), transformers' `BertForMaskedLM`"}
 
@@ -17,7 +19,7 @@ class CardFacts:
 
     name: str
     model_name: str  # mosaic_bert or hf_bert
-    auto_class: str  # AutoModelForMaskedLM or AutoModelForSequenceClassification
+    auto_class: str  # AutoModelForMaskedLM, AutoModelForSequenceClassification or AutoModelForTokenClassification
     config: dict[str, Any]
     parameters: int
     tokenizer: str
@@ -66,8 +68,9 @@ def _architecture(facts: CardFacts) -> list[str]:
                  "feed-forward, post-LayerNorm, padding removed inside the model",
                  "- attention: FlashAttention-2 (varlen, with ALiBi slopes) when `flash-attn` is installed and the model "
                  "runs on a GPU in fp16/bf16, otherwise PyTorch SDPA, which also runs on CPU"]
-    if facts.auto_class == "AutoModelForSequenceClassification":
-        rows.append(f"- sequence classification head with {c.get('num_labels', len(c.get('id2label', {})))} outputs")
+    if facts.auto_class != "AutoModelForMaskedLM":
+        kind = "token" if facts.auto_class == "AutoModelForTokenClassification" else "sequence"
+        rows.append(f"- {kind} classification head with {c.get('num_labels', len(c.get('id2label', {})))} outputs")
     return rows + _widths(c)
 
 
@@ -131,14 +134,15 @@ def _evaluation(facts: CardFacts) -> list[str]:
         r = facts.classifier_result
         metrics = "; ".join(f"{split} {name} {value:.4f}" for split, values in r["metrics"].items()
                             for name, value in values.items())
-        rows.append(f"- GLUE task `{r['task']}` (seed {r['seed']}): {metrics}")
+        kind = "own task" if r.get("job", {}).get("own_task") else "GLUE task"
+        rows.append(f"- fine-tuned on the {kind} `{r['task']}` (seed {r['seed']}): {metrics}")
     for result in facts.glue:
         rows += ["", *_glue_table(result)]
     return rows or ["- no evaluation results were found for this checkpoint"]
 
 
 def render_model_card(facts: CardFacts) -> str:
-    pipeline_tag = "fill-mask" if facts.auto_class == "AutoModelForMaskedLM" else "text-classification"
+    pipeline_tag = PIPELINES[facts.auto_class]
     remote = facts.model_name == "mosaic_bert"
     load = ", trust_remote_code=True" if remote else ""
     usage = (f'model = {facts.auto_class}.from_pretrained("path/to/{facts.name}"{load})'

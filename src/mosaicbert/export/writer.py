@@ -29,6 +29,7 @@ from mosaicbert.export.parity import ParityReport, check_parity
 from mosaicbert.model.loading import (
     CLASSIFIERS,
     MASKED_LMS,
+    TOKEN_CLASSIFIERS,
     composer_start,
     folder_config,
     folder_model_name,
@@ -38,6 +39,11 @@ from mosaicbert.model.loading import (
     read_composer_checkpoint,
     start_model_name,
 )
+
+
+# A saved folder's head, by the class its config.json's `architectures` names: (model classes, Auto class).
+FOLDER_HEADS = {"ForSequenceClassification": (CLASSIFIERS, "AutoModelForSequenceClassification"),
+                "ForTokenClassification": (TOKEN_CLASSIFIERS, "AutoModelForTokenClassification")}
 
 
 @dataclass
@@ -128,11 +134,12 @@ def _repo_root(run_folder: Path | None, run_config: dict[str, Any] | None) -> Pa
 
 
 def read_folder_source(folder: Path) -> Source:
-    """A folder this package saved: a GLUE job's classifier (its job record says task, tokenizer and scores) or an MLM."""
+    """A folder this package saved: a GLUE job's sequence or token classifier (its job record says task, tokenizer
+    and scores; its config.json the label names, kept as saved) or an MLM."""
     model_name = folder_model_name(folder)
     architectures = folder_config(folder).get("architectures") or []
-    classifier = any(name.endswith("ForSequenceClassification") for name in architectures)
-    heads = CLASSIFIERS if classifier else MASKED_LMS
+    heads, auto_class = next((head for suffix, head in FOLDER_HEADS.items()
+                              if any(name.endswith(suffix) for name in architectures)), (MASKED_LMS, "AutoModelForMaskedLM"))
     model = _loaded(*model_from_start(str(folder), model_name, heads, "the folder's config.json says model_type"), str(folder))
     job = None
     for path in sorted((folder.parent.parent / "results").glob("*.json")):
@@ -142,7 +149,6 @@ def read_folder_source(folder: Path) -> Source:
             job = result
     tokenizer_name = job["job"]["tokenizer_name"] if job else None
     max_seq_len = job["job"]["max_seq_len"] if job else 128
-    auto_class = "AutoModelForSequenceClassification" if classifier else "AutoModelForMaskedLM"
     root = _repo_root(folder, {"run_folder": job["job"]["save_model_dir"]}) if job else None
     return Source(model, model_name, auto_class, tokenizer_name, max_seq_len, {"classifier_result": job}, root)
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from mosaicbert.config import build_dataclass, read_yaml
 from mosaicbert.errors import ConfigError, nearest
+from mosaicbert.glue.own_task import OwnTask, definitions
 from mosaicbert.glue.tasks import PAPER, TASKS, Hyperparameters
 
 PROTOCOLS = ("paper", "sane")
@@ -37,7 +38,8 @@ class GlueConfig:
     data_local: str | None = None
     protocol: str = "paper"
     round_2_start: str | None = None  # paper protocol: start RTE, MRPC, STS-B here instead of this run's MNLI model
-    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    tasks: list[str] | None = None  # GLUE and own tasks to run; default: the own tasks if any, else the 8 GLUE tasks
+    own_tasks: dict[str, Any] = field(default_factory=dict)  # {name: definition or YAML file} (glue/own_task.py)
     parallel: bool = True  # one job per GPU at a time; CPU runs jobs one after another
     precision: str | None = None  # None: amp_bf16 on GPU, fp32 on CPU
     shuffle_train: bool = True  # the reference did not shuffle GLUE training data; we do
@@ -60,9 +62,14 @@ def load_glue_config(yaml_path: str | os.PathLike, overrides: list[str] | None =
         raise ConfigError(f"data_source must be hub or local, got '{config.data_source}'.")
     if config.data_source == "local" and not config.data_local:
         raise ConfigError("data_source=local needs data_local, the folder holding MNLI/, QNLI/, ... with TSV files.")
+    own = definitions(config)  # keys checked here, files when the run starts
+    if config.tasks is None:
+        config.tasks = list(own) or list(TASKS)
+    known = [*TASKS, *own]
     for task in list(config.tasks) + list(config.task_overrides):
-        if task not in TASKS:
-            raise ConfigError(f"unknown GLUE task '{task}'.{nearest(task, TASKS)} Tasks: {', '.join(TASKS)}.")
+        if task not in known:
+            raise ConfigError(f"unknown task '{task}'.{nearest(task, known)} GLUE tasks: {', '.join(TASKS)}; own tasks "
+                              f"(own_tasks): {', '.join(own) or 'none defined'}.")
     if config.earlybert is not None:
         if config.model_name != "mosaic_bert":
             raise ConfigError("earlybert works on model_name=mosaic_bert only.")
@@ -76,8 +83,8 @@ def load_glue_config(yaml_path: str | os.PathLike, overrides: list[str] | None =
         except ConfigError as err:
             raise ConfigError(f"{err} GLUE jobs also take {', '.join(GLUE_KEYS)}.") from None
         registry.algorithms.build("earlybert", algorithm, "earlybert", run_folder=config.run_folder)  # value checks
-    for task, values in config.task_overrides.items():
-        build_dataclass(Hyperparameters, {**_as_dict(PAPER[task]), **values}, f"task_overrides.{task}")
+    for task in config.task_overrides:
+        hyperparameters(config, task, own.get(task))
     return config
 
 
@@ -86,11 +93,13 @@ def _as_dict(hp: Hyperparameters) -> dict[str, Any]:
             "seeds": list(hp.seeds)}
 
 
-def hyperparameters(config: GlueConfig, task: str) -> Hyperparameters:
-    """The protocol's setting for a task, with the config's overrides applied."""
-    if config.protocol == "sane":
-        s = config.sane
-        base = Hyperparameters(s.lr, s.weight_decay, s.batch_size, s.epochs, list(s.seeds))
+def hyperparameters(config: GlueConfig, task: str, own: OwnTask | None = None) -> Hyperparameters:
+    """The protocol's setting for a GLUE task (an own task's: the sane settings with its definition's), with the
+    config's overrides applied."""
+    s = config.sane
+    sane = Hyperparameters(s.lr, s.weight_decay, s.batch_size, s.epochs, list(s.seeds))
+    if own is not None:
+        values = {**_as_dict(sane), **own.hyperparameters}
     else:
-        base = PAPER[task]
-    return build_dataclass(Hyperparameters, {**_as_dict(base), **config.task_overrides.get(task, {})})
+        values = _as_dict(sane if config.protocol == "sane" else PAPER[task])
+    return build_dataclass(Hyperparameters, {**values, **config.task_overrides.get(task, {})}, f"task_overrides.{task}")

@@ -11,7 +11,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from mosaicbert.errors import UserError
-from mosaicbert.glue.tasks import Task
+from mosaicbert.glue.tagging import IGNORE_INDEX
+from mosaicbert.glue.tasks import Task, TestSet
 
 csv.field_size_limit(sys.maxsize)  # some GLUE sentences are long
 
@@ -89,28 +90,78 @@ def _label(task: Task, raw: str, path: Path, line: int) -> float:
         raise UserError(f"{path}:{line}: label {raw!r} is not a number.") from None
 
 
-def _from_hub(task: Task, hub_split: str) -> Examples:
+def load_test(test_set: TestSet, source: str, local_dir: str | None) -> tuple[list[str], Examples]:
+    """A test split's example ids (its index column, as the leaderboard wants them back) and texts; labels are
+    0, as the files hold none."""
+    if source == "local":
+        ids, a, b = _read_test_tsv(test_set, Path(local_dir) / test_set.tsv)
+    else:
+        ids, a, b = _test_from_hub(test_set)
+    return ids, Examples(a, b, [0] * len(ids))
+
+
+def _read_test_tsv(test_set: TestSet, path: Path) -> tuple[list[str], list[str], list[str] | None]:
+    if not path.is_file():
+        raise UserError(f"GLUE test file {path} is missing; --submission needs the classic download's test files "
+                        f"(<data_local>/{test_set.tsv}), or data_source=hub.")
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        numbered = [(n, row) for n, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), start=1)
+                    if any(x.strip() for x in row)]
+    header = numbered[0][1] if numbered else []
+    rows = [row for _, row in numbered]
+    a, b = test_set.text_columns
+    missing = [c for c in (test_set.index_column, a, b) if c is not None and c not in header]
+    if missing:
+        raise UserError(f"{path}: no column {missing[0]!r} in the header {header}; is it the test file of "
+                        f"{test_set.leaderboard_file.removesuffix('.tsv')}?")
+    i, ia, ib = (header.index(c) if c is not None else None for c in (test_set.index_column, a, b))
+    short = next((n for n, row in numbered[1:] if len(row) < len(header)), None)
+    if short is not None:
+        raise UserError(f"{path}:{short}: fewer fields than the header's {len(header)}; a test example cannot be skipped.")
+    body = rows[1:]
+    return [row[i] for row in body], [row[ia] for row in body], [row[ib] for row in body] if ib is not None else None
+
+
+# The text columns of nyu-mll/glue's configs that are no fine-tuning task here: AX (MNLI's columns) and WNLI.
+HUB_TEST_ONLY_COLUMNS = {"ax": ("premise", "hypothesis"), "wnli": ("sentence1", "sentence2")}
+
+
+def _test_from_hub(test_set: TestSet) -> tuple[list[str], list[str], list[str] | None]:
+    from mosaicbert.glue.tasks import TASKS
+
+    config, split = test_set.hub
+    data = _hub_split(config, split)
+    a, b = TASKS[config].hub_columns if config in TASKS else HUB_TEST_ONLY_COLUMNS[config]
+    return [str(x) for x in data["idx"]], list(data[a]), list(data[b]) if b else None
+
+
+def _hub_split(config: str, split: str):
     import datasets
 
     try:
-        data = datasets.load_dataset("nyu-mll/glue", task.name, split=hub_split)
+        return datasets.load_dataset("nyu-mll/glue", config, split=split)
     except Exception as err:  # noqa: BLE001  (offline, auth and hub errors alike)
         raise UserError(
-            f"could not load nyu-mll/glue/{task.name} from the Hugging Face hub ({err.__class__.__name__}). "
+            f"could not load nyu-mll/glue/{config} ({split}) from the Hugging Face hub ({err.__class__.__name__}). "
             "Offline: put the classic GLUE TSV files under a folder and set data_source=local data_local=<folder>."
         ) from None
+
+
+def _from_hub(task: Task, hub_split: str) -> Examples:
+    data = _hub_split(task.name, hub_split)
     a, b = task.hub_columns
     return Examples(list(data[a]), list(data[b]) if b else None, [float(x) if task.num_labels == 1 else int(x) for x in data["label"]])
 
 
 class TokenizedExamples(torch.utils.data.Dataset):
-    """Examples tokenized once, truncated to `max_seq_len`; padding happens per batch in `collate`."""
+    """Examples tokenized once, truncated to `max_seq_len`; padding happens per batch in `collate`. Labels are
+    class ids, or floats for regression and multi-label tasks (`float_labels`)."""
 
-    def __init__(self, examples: Examples, tokenizer, max_seq_len: int, regression: bool):
+    def __init__(self, examples: Examples, tokenizer, max_seq_len: int, float_labels: bool):
         encoded = tokenizer(examples.text_a, examples.text_b, truncation=True, max_length=max_seq_len)
         self.input_ids = encoded["input_ids"]
         self.token_type_ids = encoded.get("token_type_ids") or [[0] * len(ids) for ids in self.input_ids]
-        self.labels = torch.tensor(examples.labels, dtype=torch.float32 if regression else torch.long)
+        self.labels = torch.tensor(examples.labels, dtype=torch.float32 if float_labels else torch.long)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -121,24 +172,30 @@ class TokenizedExamples(torch.utils.data.Dataset):
 
 def collate(pad_id: int):
     """Pad to the longest sequence of the batch: MosaicBERT ignores padding entirely, and BERT's
-    outputs for real tokens do not depend on how much padding follows them."""
+    outputs for real tokens do not depend on how much padding follows them. Per-token labels (lists, token
+    classification) are padded with -100, which the loss and the scores skip."""
 
     def _collate(items):
         longest = max(len(ids) for ids, _, _ in items)
         input_ids = torch.full((len(items), longest), pad_id, dtype=torch.long)
         token_type_ids = torch.zeros((len(items), longest), dtype=torch.long)
         attention_mask = torch.zeros((len(items), longest), dtype=torch.long)
-        for row, (ids, types, _) in enumerate(items):
+        per_token = isinstance(items[0][2], list)
+        labels = torch.full((len(items), longest), IGNORE_INDEX, dtype=torch.long) if per_token else None
+        for row, (ids, types, label) in enumerate(items):
             input_ids[row, : len(ids)] = torch.tensor(ids)
             token_type_ids[row, : len(types)] = torch.tensor(types)
             attention_mask[row, : len(ids)] = 1
-        labels = torch.stack([label for _, _, label in items])
+            if per_token:
+                labels[row, : len(label)] = torch.tensor(label)
+        if not per_token:
+            labels = torch.stack([label for _, _, label in items])
         return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask, "labels": labels}
 
     return _collate
 
 
-def dataloader(dataset: TokenizedExamples, batch_size: int, shuffle: bool, seed: int, pad_id: int,
+def dataloader(dataset: torch.utils.data.Dataset, batch_size: int, shuffle: bool, seed: int, pad_id: int,
                pin_memory: bool = False) -> DataLoader:
     """`pin_memory` for a GPU job: its `non_blocking` copies to the device are asynchronous only from pinned memory."""
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate(pad_id),

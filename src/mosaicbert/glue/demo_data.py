@@ -8,6 +8,7 @@ or negation. The point is to exercise the whole flow offline, not to measure lan
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -103,15 +104,27 @@ HEADERS: dict[str, list[str] | None] = {
 }
 
 
+@contextlib.contextmanager
+def staged(out: Path):
+    """A folder to write into, put in `out`'s place (replacing it) only once everything is written."""
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        yield staging
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def write_demo_tasks(out_dir: str | os.PathLike, train_size: int = 320, dev_size: int = 96, seed: int = 0,
                      texts: list[str] | None = None) -> Path:
     """Write `<out_dir>/<TASK>/{train,dev}.tsv` (MNLI: dev_matched and dev_mismatched) atomically."""
     out = Path(out_dir)
     docs = sentences(texts if texts is not None else sample_corpus()["train"])
     half = len(docs) // 2
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+    with staged(out) as staging:
         for task, header in HEADERS.items():
             rng = random.Random(f"{seed}-{task}")
             folder = staging / task
@@ -125,10 +138,57 @@ def write_demo_tasks(out_dir: str | os.PathLike, train_size: int = 320, dev_size
             for name, source, size in files:
                 lines = ([header] if header else []) + make_rows(task, source, size, rng)
                 (folder / name).write_text("".join("\t".join(row) + "\n" for row in lines), encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    return out
+
+
+# Own-task demo (`make finetune-demo`): a 3-way topic classification in CSV and a small NER task in CoNLL,
+# both learnable from the words that carry the label, like the GLUE demo tasks.
+TOPICS = {"storage": ("disk", "file", "folder", "archive"), "network": ("socket", "server", "packet", "proxy"),
+          "math": ("integer", "fraction", "matrix", "vector")}
+ENTITIES = {"PER": ("Ada Lovelace", "Guido van Rossum", "Grace Hopper", "Alan Turing"),
+            "ORG": ("Python Software Foundation", "Mozilla", "Apache Software Foundation"),
+            "LOC": ("Amsterdam", "New York", "Zurich", "Cambridge")}
+
+
+def _topic_rows(flat: list[str], n: int, rng: random.Random, first_id: int) -> list[list[str]]:
+    rows = []
+    for i in range(n):
+        topic = rng.choice(sorted(TOPICS))
+        rows.append([f"ex{first_id + i}", f"On the {rng.choice(TOPICS[topic])}: {rng.choice(flat)}", topic])
+    return rows
+
+
+def _ner_sentence(sentence: str, rng: random.Random) -> list[tuple[str, str]]:
+    """A sentence's words tagged O, with an entity (IOB2) inserted at a random word boundary."""
+    words = [(w, "O") for w in sentence.split()]
+    kind = rng.choice(sorted(ENTITIES))
+    name = rng.choice(ENTITIES[kind]).split()
+    at = rng.randrange(len(words) + 1)
+    return words[:at] + [(w, ("B-" if j == 0 else "I-") + kind) for j, w in enumerate(name)] + words[at:]
+
+
+def write_own_demo_tasks(out_dir: str | os.PathLike, train_size: int = 240, dev_size: int = 60, seed: int = 0,
+                         texts: list[str] | None = None) -> Path:
+    """Write `<out_dir>/topic/{train,dev,test}.csv` and `<out_dir>/ner/{train,dev,test}.conll` atomically;
+    training and dev/test sentences come from different halves of the corpus."""
+    import csv
+    import io
+
+    out = Path(out_dir)
+    docs = sentences(texts if texts is not None else sample_corpus()["train"])
+    half = len(docs) // 2
+    splits = {"train": ([s for d in docs[:half] for s in d], train_size),
+              "dev": ([s for d in docs[half:] for s in d], dev_size), "test": ([s for d in docs[half:] for s in d], dev_size)}
+    with staged(out) as staging:
+        (staging / "topic").mkdir(parents=True)
+        (staging / "ner").mkdir()
+        first_id = 0
+        for split, (flat, size) in splits.items():
+            rng = random.Random(f"{seed}-{split}")
+            text = io.StringIO()
+            csv.writer(text, lineterminator="\n").writerows([["id", "text", "label"]] + _topic_rows(flat, size, rng, first_id))
+            (staging / "topic" / f"{split}.csv").write_text(text.getvalue(), encoding="utf-8")
+            first_id += size
+            blocks = ["\n".join(f"{w} {t}" for w, t in _ner_sentence(rng.choice(flat), rng)) for _ in range(size)]
+            (staging / "ner" / f"{split}.conll").write_text("-DOCSTART- O\n\n" + "\n\n".join(blocks) + "\n", encoding="utf-8")
     return out

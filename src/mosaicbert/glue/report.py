@@ -11,13 +11,13 @@ from typing import Any
 import numpy as np
 
 from mosaicbert.files import write_json_atomically
-from mosaicbert.glue.job import Job
+from mosaicbert.glue.job import Job, job_task
 from mosaicbert.glue.tasks import TASKS
 
 
-def seed_score(task: str, metrics: dict[str, dict[str, float]]) -> float:
+def seed_score(task, metrics: dict[str, dict[str, float]]) -> float:
     """A job's score: the mean over evaluators and the task's scored metrics, x100."""
-    values = [metrics[split][name] for split in metrics for name in TASKS[task].metrics]
+    values = [metrics[split][name] for split in metrics for name in task.metrics]
     return 100 * sum(values) / len(values)
 
 
@@ -29,27 +29,28 @@ def build_report(config, jobs: list[Job], statuses: dict[str, dict[str, Any]], r
                "result": job.result_path}
         if status["status"] == "ok":
             result = json.loads(Path(job.result_path).read_text())
-            row.update(metrics=result["metrics"], score=seed_score(job.task, result["metrics"]), start=result["start"])
+            row.update(metrics=result["metrics"], score=seed_score(job_task(job), result["metrics"]), start=result["start"])
         else:
             row["error"] = status.get("error", "")
         rows.append(row)
 
     tasks = {}
-    for task in dict.fromkeys(job.task for job in jobs):
+    for task, definition in {job.task: job_task(job) for job in jobs}.items():
         done = [r for r in rows if r["task"] == task and r["status"] == "ok"]
-        entry: dict[str, Any] = {"seeds_ok": len(done), "seeds_planned": sum(r["task"] == task for r in rows)}
+        entry: dict[str, Any] = {"seeds_ok": len(done), "seeds_planned": sum(r["task"] == task for r in rows),
+                                 "metrics": list(definition.metrics), "glue": task in TASKS}
         if done:
             # numpy, not statistics or min/max: a NaN (a correlation of constant predictions) must carry through.
             scores = [r["score"] for r in done]
             entry.update(score=float(np.mean(scores)), median=float(np.median(scores)), min=float(np.min(scores)),
                          max=float(np.max(scores)))
-            names = TASKS[task].metrics + TASKS[task].extra_metrics
+            names = tuple(definition.metrics) + tuple(definition.extra_metrics)
             entry["metric_means"] = {
                 f"{split}/{name}": 100 * float(np.mean([r["metrics"][split][name] for r in done]))
                 for split in done[0]["metrics"] for name in names
             }
         tasks[task] = entry
-    scored = [t["score"] for t in tasks.values() if "score" in t]
+    scored = [t["score"] for t in tasks.values() if "score" in t and t["glue"]]  # own tasks are not GLUE
     complete = len(scored) == len(TASKS)
     return {
         "protocol": config.protocol,
@@ -67,30 +68,33 @@ def build_report(config, jobs: list[Job], statuses: dict[str, dict[str, Any]], r
 
 
 def to_markdown(report: dict[str, Any]) -> str:
-    protocol = {
-        "paper": "MosaicBERT paper protocol: per-task hyperparameters and seeds; RTE, MRPC, STS-B start from the fine-tuned MNLI model",
-        "sane": "sane protocol: one setting for all tasks, every task starts from the pretraining checkpoint",
-    }[report["protocol"]]
-    lines = [
-        f"# GLUE dev results ({report['created']})",
-        "",
-        f"- Starting checkpoint: `{report['starting_checkpoint']}` ({report['model_name']})",
-        f"- Protocol: {protocol}",
-    ]
+    glue = [task for task, entry in report["tasks"].items() if entry["glue"]]
+    lines = [f"# {'GLUE' if len(glue) == len(report['tasks']) else 'Fine-tuning'} dev results ({report['created']})", "",
+             f"- Starting checkpoint: `{report['starting_checkpoint']}` ({report['model_name']})"]
+    if glue:
+        lines.append("- Protocol: " + {
+            "paper": "MosaicBERT paper protocol: per-task hyperparameters and seeds; RTE, MRPC, STS-B start from the "
+                     "fine-tuned MNLI model",
+            "sane": "sane protocol: one setting for all tasks, every task starts from the pretraining checkpoint",
+        }[report["protocol"]])
+    if len(glue) < len(report["tasks"]):
+        lines.append("- Own tasks: each with its definition's hyperparameters (the sane settings where it sets none), "
+                     "from the pretraining checkpoint")
     if report["round_2_start"]:
         lines.append(f"- Round 2 started from the {report['round_2_start']}")
+    lines.append(f"- Training data {'shuffled' if report['shuffle_train'] else 'in file order'}; scores are the final "
+                 "evaluation of each job (no best-of), x100; a task's score is the mean of its metrics over seeds")
+    if "stsb" in glue:
+        lines.append("- STS-B is scored by Spearman correlation, as in the MosaicBERT reference (the GLUE leaderboard "
+                     "averages Pearson and Spearman; Pearson is listed per metric), and trains in fp32 as the reference "
+                     "did; a correlation with constant predictions (a collapsed run) shows as nan")
     lines += [
-        f"- Training data {'shuffled' if report['shuffle_train'] else 'in file order'}; scores are the final "
-        "evaluation of each job (no best-of), x100; a task's score is the mean of its metrics over seeds",
-        "- STS-B is scored by Spearman correlation, as in the MosaicBERT reference (the GLUE leaderboard "
-        "averages Pearson and Spearman; Pearson is listed per metric), and trains in fp32 as the reference did; "
-        "a correlation with constant predictions (a collapsed run) shows as nan",
         "",
         "| task | metric(s) | score | median | min-max | seeds | per metric |",
         "|---|---|---|---|---|---|---|",
     ]
     for task, entry in report["tasks"].items():
-        metric_names = ", ".join(TASKS[task].metrics)
+        metric_names = ", ".join(entry["metrics"]) + ("" if entry["glue"] else " (own task)")
         seeds = f"{entry['seeds_ok']}/{entry['seeds_planned']}"
         if "score" not in entry:
             lines.append(f"| {task} | {metric_names} | failed | | | {seeds} | |")
@@ -101,6 +105,11 @@ def to_markdown(report: dict[str, Any]) -> str:
     if report["glue_score"] is not None:
         label = "GLUE (8 tasks)" if report["glue_complete"] else f"average of {report['glue_tasks_scored']} tasks (not a GLUE score)"
         lines.append(f"| **{label}** | | **{report['glue_score']:.2f}** | | | | |")
+    if report.get("submission"):
+        sub = report["submission"]
+        seeds = ", ".join(f"{task} seed {seed}" for task, seed in sub["seeds"].items())
+        lines += ["", f"Test-set submission `{sub['zip']}` ({len(sub['files'])} files"
+                  + (f"; missing {', '.join(sub['missing'])}" if sub["missing"] else "") + f"): {sub['rule']} ({seeds})."]
     lines += ["", "| job | status | score | metrics |", "|---|---|---|---|"]
     for row in report["jobs"]:
         name = f"{row['task']}-seed{row['seed']}"

@@ -2,6 +2,7 @@
 and writes the results table.
 
     python src/glue.py yamls/glue/mosaicbert-base.yaml starting_checkpoint=runs/x/checkpoints/latest-rank0.pt
+    python src/glue.py ... --submission DIR     # also the GLUE leaderboard's test-set files, zipped, in DIR
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ from typing import Any
 from mosaicbert.errors import Stopped, UserError
 from mosaicbert.glue.config import GlueConfig, hyperparameters
 from mosaicbert.files import write_json_atomically
-from mosaicbert.glue.job import Job, resolve_precision
+from mosaicbert.glue.job import Job, job_task, predictions_path, resolve_precision
+from mosaicbert.glue.own_task import OwnTask, definitions, job_definition, resolve
 from mosaicbert.glue.report import build_report, write_report
 from mosaicbert.glue.tasks import ROUND_1, ROUND_2, TASKS
 from mosaicbert.processes import ChildProcesses, visible_gpus
 
 
 # Job fields outside its specification: where its outputs go, and the hash of the rest.
-OUTPUT_FIELDS = ("result_path", "log_path", "save_model_dir", "spec_hash")
+OUTPUT_FIELDS = ("result_path", "log_path", "save_model_dir", "spec_hash", "test_sets")
 
 
 def file_identity(path: str | os.PathLike | None) -> list[list[Any]] | None:
@@ -45,24 +47,31 @@ def specification(job: Job) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(job).items() if k not in OUTPUT_FIELDS}
 
 
-def make_jobs(config: GlueConfig, tasks: list[str], start: str, keep_models: set[str]) -> list[Job]:
-    """The jobs of `tasks`, each named by a hash of its specification: results of other settings stay
-    where they are, and a result is reused only for the same settings and input files."""
+def make_jobs(config: GlueConfig, tasks: list[str], start: str, keep_models: set[str], test_sets: bool = False,
+              own: dict[str, OwnTask] | None = None) -> list[Job]:
+    """The jobs of `tasks` (GLUE's, or the resolved `own` tasks), each named by a hash of its specification:
+    results of other settings stay where they are, and a result is reused only for the same settings and
+    input files (an own task's files are in its definition)."""
     folder = Path(config.run_folder)
     jobs = []
     for task in tasks:
-        hp = hyperparameters(config, task)
-        data = Path(config.data_local) / TASKS[task].folder if config.data_source == "local" else None
-        inputs = {"start": file_identity(start), "data": file_identity(data)}
+        definition = (own or {}).get(task)
+        hp = hyperparameters(config, task, definition)
+        local = config.data_source == "local" and definition is None
+        inputs = {"start": file_identity(start),
+                  "data": file_identity(Path(config.data_local) / TASKS[task].folder) if local else None}
+        kind = definition.kind if definition else TASKS[task].kind
         for seed in hp.seeds:
             job = Job(
                 task=task, seed=seed, start=start, model_name=config.model_name, model_config=config.model_config,
-                tokenizer_name=config.tokenizer_name, max_seq_len=config.max_seq_len, data_source=config.data_source,
+                tokenizer_name=config.tokenizer_name, max_seq_len=(definition and definition.max_seq_len) or config.max_seq_len,
+                data_source=config.data_source,
                 data_local=config.data_local, lr=hp.lr, weight_decay=hp.weight_decay, batch_size=hp.batch_size,
                 epochs=hp.epochs, shuffle_train=config.shuffle_train, earlybert=config.earlybert, inputs=inputs,
                 # Resolved here (fp32 on CPU and for STS-B), so a CPU result is never reused by a GPU run.
-                precision=resolve_precision(config.precision, TASKS[task].num_labels == 1),
-                result_path="", log_path="",
+                precision=resolve_precision(config.precision, kind == "regression"),
+                result_path="", log_path="", test_sets=test_sets or bool(definition and definition.test),
+                own_task=job_definition(definition) if definition else None,
             )
             digest = hashlib.sha256(json.dumps(specification(job), sort_keys=True).encode()).hexdigest()[:12]
             stem = f"{job.name}-{digest}"
@@ -79,6 +88,11 @@ def rerun_reason(job: Job) -> str | None:
     if os.path.isfile(job.result_path):
         if job.save_model_dir and not os.path.isfile(os.path.join(job.save_model_dir, "config.json")):
             return f"its fine-tuned model {job.save_model_dir} is needed but missing"
+        task = job_task(job)
+        splits = list(task.eval_splits) + list(task.test_names if job.test_sets else ())
+        missing = [s for s in splits if not os.path.isfile(predictions_path(job.result_path, s))]
+        if missing:
+            return f"its {', '.join(missing)} predictions are missing (results of older versions saved none)"
         return None
     results = Path(job.result_path).parent
     earlier = [p for p in [results / f"{job.name}.json", *results.glob(f"{job.name}-*.json")] if p.is_file()]
@@ -89,7 +103,8 @@ def rerun_reason(job: Job) -> str | None:
     if old is None:
         return f"{latest} records no job specification (an older version wrote it); it stays as it is"
     new = specification(job)
-    changes = [f"{key} {old.get(key)!r} -> {value!r}" for key, value in new.items() if key != "inputs" and old.get(key) != value]
+    changes = [f"{key} {old.get(key)!r} -> {value!r}" if key != "own_task" else "the task's definition"
+               for key, value in new.items() if key != "inputs" and old.get(key) != value]
     changes += [f"the {name}'s files changed" for name, value in new["inputs"].items()
                 if (old.get("inputs") or {}).get(name) != value]
     return f"settings differ from {latest} ({'; '.join(changes) or 'specification hash'}); that result stays as it is"
@@ -235,15 +250,24 @@ def _last_line(path: str) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def run_glue(config: GlueConfig) -> dict[str, Any]:
+def run_glue(config: GlueConfig, submission: Path | None = None) -> dict[str, Any]:
+    """Every job of the config's tasks (results reused where the settings match); with `submission`, the jobs
+    also predict the test sets, and the leaderboard's files are written there from each task's best seed."""
     check_earlybert_start(config)
+    if submission is not None:
+        check_submission_inputs(config)
+    defined = definitions(config)
+    own = {name: resolve(task) for name, task in defined.items() if name in config.tasks}
+    for name in defined.keys() - own.keys():
+        print(f"[glue] own task {name} is defined but not among tasks ({', '.join(config.tasks)}): not run", flush=True)
     folder = Path(config.run_folder)
-    round_1 = [t for t in ROUND_1 if t in config.tasks]
+    round_1 = [t for t in ROUND_1 if t in config.tasks] + list(own)  # own tasks start from the pretrained model
     round_2 = [t for t in ROUND_2 if t in config.tasks]
     mnli, round_2_note = round_2_plan(config, round_1) if round_2 else (None, None)
     folder.mkdir(parents=True, exist_ok=True)
     slots = gpu_slots(config)
-    planned = make_jobs(config, round_1, config.starting_checkpoint, {"mnli"} if mnli else set())
+    test_sets = submission is not None
+    planned = make_jobs(config, round_1, config.starting_checkpoint, {"mnli"} if mnli else set(), test_sets, own)
     total = len(planned) + sum(len(hyperparameters(config, t).seeds) for t in round_2)
     statuses: dict[str, dict[str, Any]] = {}
 
@@ -264,7 +288,7 @@ def run_glue(config: GlueConfig) -> dict[str, Any]:
         second = []
         if round_2:
             start = mnli.save_model_dir if mnli else (config.round_2_start or config.starting_checkpoint)
-            second = make_jobs(config, round_2, start, set())
+            second = make_jobs(config, round_2, start, set(), test_sets)
             second, round_2_note = reuse_mnli_ticket(config, mnli, second, round_2_note)
             print(f"[glue] round 2 ({', '.join(round_2)}) starts from the {round_2_note}", flush=True)
             if mnli and rerun_reason(mnli) is not None:
@@ -275,8 +299,27 @@ def run_glue(config: GlueConfig) -> dict[str, Any]:
             else:
                 run_round(second)
     report = build_report(config, planned + second, statuses, round_2_note)
-    write_report(report, folder)
+    write_report(report, folder)  # first: the results stand whatever happens to the submission
+    if submission is not None:
+        from mosaicbert.glue.submission import write_submission
+
+        report["submission"] = write_submission(report, config, submission)
+        write_report(report, folder)
     return report
+
+
+def check_submission_inputs(config: GlueConfig) -> None:
+    """Before any job: --submission needs GLUE tasks and, for local data, every test file they predict."""
+    from mosaicbert.glue.data import load_test
+
+    glue = [task for task in config.tasks if task in TASKS]
+    if not glue:
+        raise UserError("--submission writes GLUE leaderboard files, but no GLUE task is among tasks "
+                        f"({', '.join(config.tasks)}); own tasks save their test predictions without it.")
+    if config.data_source == "local":
+        for task in glue:
+            for test_set in TASKS[task].test_sets:
+                load_test(test_set, "local", config.data_local)
 
 
 def check_starts(config: GlueConfig) -> None:
@@ -295,6 +338,16 @@ def check_starts(config: GlueConfig) -> None:
             check_model_name(str(path), folder_model_name(Path(path)), config.model_name)
 
 
+def submission_folder(argv: list[str]) -> tuple[list[str], Path | None]:
+    """`--submission DIR` taken out of the arguments (the rest are the YAML and its overrides)."""
+    if "--submission" not in argv:
+        return argv, None
+    at = argv.index("--submission")
+    if at + 1 >= len(argv) or argv[at + 1].startswith("-") or "=" in argv[at + 1]:
+        raise UserError("--submission needs a folder: python src/glue.py <yaml> [key=value ...] --submission DIR")
+    return argv[:at] + argv[at + 2:], Path(argv[at + 1])
+
+
 def main(argv: list[str] | None = None) -> int:
     from mosaicbert.glue.config import load_glue_config
 
@@ -303,9 +356,10 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.strip())
         return 0 if argv else 2
     try:
+        argv, submission = submission_folder(argv)
         config = load_glue_config(argv[0], argv[1:])
         check_starts(config)
-        report = run_glue(config)
+        report = run_glue(config, submission)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2

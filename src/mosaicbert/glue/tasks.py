@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 PAPER_SEEDS_5 = (19, 8364, 717, 10536, 90166)
 
@@ -19,6 +19,18 @@ class TSVLayout:
 
 
 @dataclass(frozen=True)
+class TestSet:
+    """A test split without labels, predicted for the GLUE leaderboard (gluebenchmark.com)."""
+
+    name: str  # predictions are saved as <result>-<name>-predictions.jsonl
+    tsv: str  # under data_local, in the classic layout
+    hub: tuple[str, str]  # (nyu-mll/glue config, split)
+    leaderboard_file: str
+    text_columns: tuple[str, str | None]  # in the TSV's header
+    index_column: str = "index"
+
+
+@dataclass(frozen=True)
 class Task:
     name: str  # our key and the nyu-mll/glue config name
     folder: str  # classic GLUE folder name
@@ -28,6 +40,20 @@ class Task:
     eval_splits: dict[str, tuple[str, str]]  # evaluator -> (hub split, TSV file)
     tsv: TSVLayout
     extra_metrics: tuple[str, ...] = ()  # reported, not averaged
+    test_sets: tuple[TestSet, ...] = ()
+
+    # The interface the harness shares with own tasks (glue/own_task.py).
+    @property
+    def kind(self) -> str:
+        return "regression" if self.num_labels == 1 else "classification"
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return self.tsv.label_names
+
+    @property
+    def test_names(self) -> tuple[str, ...]:
+        return tuple(test_set.name for test_set in self.test_sets)
 
 
 TASKS: dict[str, Task] = {
@@ -50,6 +76,34 @@ TASKS: dict[str, Task] = {
     "stsb": Task("stsb", "STS-B", 1, ("sentence1", "sentence2"), ("spearman",), {"dev": ("validation", "dev.tsv")},
                  TSVLayout("sentence1", "sentence2", "score"), extra_metrics=("pearson",)),
 }
+
+
+def _test(task: str, folder: str, text: tuple[str, str | None], file: str = "test.tsv", name: str = "test",
+          hub: tuple[str, str] | None = None, leaderboard: str | None = None, index: str = "index") -> TestSet:
+    return TestSet(name, f"{folder}/{file}", hub or (task, "test"), leaderboard or f"{folder}.tsv", text, index)
+
+
+# The test files of the classic GLUE download, their columns, and the leaderboard's file names. AX (the
+# diagnostic set) has no training data: the leaderboard takes MNLI's model's predictions on it.
+TEST_SETS = {
+    "cola": (_test("cola", "CoLA", ("sentence", None)),),
+    "sst2": (_test("sst2", "SST-2", ("sentence", None)),),
+    "mrpc": (_test("mrpc", "MRPC", ("#1 String", "#2 String")),),
+    "qqp": (_test("qqp", "QQP", ("question1", "question2"), index="id"),),
+    "stsb": (_test("stsb", "STS-B", ("sentence1", "sentence2")),),
+    "mnli": (_test("mnli", "MNLI", ("sentence1", "sentence2"), "test_matched.tsv", "test_matched",
+                   ("mnli", "test_matched"), "MNLI-m.tsv"),
+             _test("mnli", "MNLI", ("sentence1", "sentence2"), "test_mismatched.tsv", "test_mismatched",
+                   ("mnli", "test_mismatched"), "MNLI-mm.tsv"),
+             _test("mnli", "diagnostic", ("sentence1", "sentence2"), "diagnostic.tsv", "ax", ("ax", "test"), "AX.tsv")),
+    "qnli": (_test("qnli", "QNLI", ("question", "sentence")),),
+    "rte": (_test("rte", "RTE", ("sentence1", "sentence2")),),
+}
+TASKS = {name: replace(task, test_sets=TEST_SETS[name]) for name, task in TASKS.items()}
+# WNLI is not fine-tuned (its train and dev sets contradict each other; BERT's authors predicted the
+# majority class); the submission writes its majority class, as they did.
+WNLI_TEST = _test("wnli", "WNLI", ("sentence1", "sentence2"))
+WNLI_MAJORITY = 0  # not entailment: what BERT's submissions predicted for every WNLI example
 
 ROUND_1 = ("mnli", "qnli", "qqp", "sst2", "cola")
 ROUND_2 = ("rte", "mrpc", "stsb")  # start from the fine-tuned MNLI model in the paper protocol

@@ -1,6 +1,12 @@
 """Encoder models and their Composer wrappers, registered by name for `model: {name: ...}` in YAML."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
 
 from mosaicbert import registry
 from mosaicbert.model.configuration_mosaicbert import MosaicBertConfig
@@ -8,6 +14,7 @@ from mosaicbert.model.hf_bert import build_hf_bert
 from mosaicbert.model.modeling_mosaicbert import (
     MosaicBertForMaskedLM,
     MosaicBertForSequenceClassification,
+    MosaicBertForTokenClassification,
     MosaicBertModel,
 )
 from mosaicbert.model.mosaic_bert import ComposerMosaicBert, build_mosaic_bert
@@ -20,6 +27,7 @@ AUTO_CLASSES = {
     AutoModel: MosaicBertModel,
     AutoModelForMaskedLM: MosaicBertForMaskedLM,
     AutoModelForSequenceClassification: MosaicBertForSequenceClassification,
+    AutoModelForTokenClassification: MosaicBertForTokenClassification,
 }
 # With the package imported, `AutoModelForMaskedLM.from_pretrained(folder)` finds these classes by
 # `model_type` (no remote code runs) ...
@@ -38,6 +46,7 @@ __all__ = [
     "MosaicBertConfig",
     "MosaicBertForMaskedLM",
     "MosaicBertForSequenceClassification",
+    "MosaicBertForTokenClassification",
     "MosaicBertModel",
     "build_hf_bert",
     "build_mosaic_bert",

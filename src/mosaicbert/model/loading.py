@@ -28,17 +28,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
+from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertForTokenClassification
 
 from mosaicbert.errors import UserError
 from mosaicbert.model import original_layout
 from mosaicbert.model.configuration_mosaicbert import MosaicBertConfig
-from mosaicbert.model.modeling_mosaicbert import MosaicBertForMaskedLM, MosaicBertForSequenceClassification
+from mosaicbert.model.modeling_mosaicbert import (MosaicBertForMaskedLM, MosaicBertForSequenceClassification,
+                                                  MosaicBertForTokenClassification)
 
 log = logging.getLogger(__name__)
 MODEL_TYPES = {"mosaic_bert": "mosaic_bert", "hf_bert": "bert"}  # our registry name -> transformers model_type
 CLASSIFIERS = {"mosaic_bert": (MosaicBertConfig, MosaicBertForSequenceClassification),
                "hf_bert": (BertConfig, BertForSequenceClassification)}
+TOKEN_CLASSIFIERS = {"mosaic_bert": (MosaicBertConfig, MosaicBertForTokenClassification),
+                     "hf_bert": (BertConfig, BertForTokenClassification)}
 MASKED_LMS = {"mosaic_bert": (MosaicBertConfig, MosaicBertForMaskedLM), "hf_bert": (BertConfig, BertForMaskedLM)}
 # A weight only one of the two architectures has, to tell them apart from the state dict alone.
 SIGNATURE_KEYS = {"mosaic_bert": "bert.encoder.layer.0.attention.Wqkv.weight",
@@ -265,17 +268,25 @@ def loading_key_names(entries: list) -> list[str]:
     return [key if isinstance(key, str) else key[0] for key in entries]  # mismatched: (key, shapes) before 4.46
 
 
-def load_classifier(path: str, model_name: str, num_labels: int, model_config: dict[str, Any] | None = None) -> torch.nn.Module:
-    """A sequence classifier of type `model_name` with the encoder weights of `path` and a fresh classifier."""
+def load_classifier(path: str, model_name: str, num_labels: int, model_config: dict[str, Any] | None = None,
+                    label_names: tuple[str, ...] = (), per_token: bool = False, multilabel: bool = False) -> torch.nn.Module:
+    """A sequence classifier (a token classifier with `per_token`) of type `model_name` with the encoder weights
+    of `path` and a fresh classifier. `label_names` go into its config (id2label, label2id), so a saved and
+    exported model names its predictions, in pipelines too."""
     # num_labels also resets id2label to this width. problem_type is chosen again from num_labels at the
-    # first loss (a start fine-tuned on MNLI says single_label_classification). ignore_mismatched_sizes
-    # (model_from_start): a start fine-tuned on MNLI has a 3-way classifier; its width is checked below.
-    model, info = model_from_start(path, model_name, CLASSIFIERS, "the GLUE config says model_name", model_config,
-                                   num_labels=num_labels, problem_type=None)
+    # first loss (a start fine-tuned on MNLI says single_label_classification) unless multilabel fixes it.
+    # ignore_mismatched_sizes (model_from_start): a start fine-tuned on MNLI has a 3-way classifier; its width
+    # is checked below.
+    model, info = model_from_start(path, model_name, TOKEN_CLASSIFIERS if per_token else CLASSIFIERS,
+                                   "the GLUE config says model_name", model_config, num_labels=num_labels,
+                                   problem_type="multi_label_classification" if multilabel else None)
     fresh = [k for k in info["missing_keys"] if not k.startswith(("classifier.", "bert.pooler."))]
     fresh += [k for k in loading_key_names(info["mismatched_keys"]) if not k.startswith("classifier.")]
     if fresh:
         raise UserError(f"{path} lacks encoder weights the classifier needs (e.g. {fresh[0]}); is it the right architecture?")
+    if label_names:
+        model.config.id2label = dict(enumerate(label_names))
+        model.config.label2id = {name: i for i, name in enumerate(label_names)}
     # Every task starts with a new classifier, round 2 from the MNLI model too, even where the widths match.
     model._init_weights(model.classifier)
     return model

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
-from transformers.modeling_outputs import MaskedLMOutput, SequenceClassifierOutput
+from transformers.modeling_outputs import MaskedLMOutput, SequenceClassifierOutput, TokenClassifierOutput
 from transformers.utils import ModelOutput
 
 # Relative, and the only import from this package: `save_pretrained` copies this file and the
@@ -513,6 +513,7 @@ class MosaicBertPreTrainedModel(PreTrainedModel):
                 "AutoModel": f"{modeling}.MosaicBertModel",
                 "AutoModelForMaskedLM": f"{modeling}.MosaicBertForMaskedLM",
                 "AutoModelForSequenceClassification": f"{modeling}.MosaicBertForSequenceClassification",
+                "AutoModelForTokenClassification": f"{modeling}.MosaicBertForTokenClassification",
             }
         super().save_pretrained(save_directory, *args, **kwargs)
 
@@ -726,3 +727,49 @@ class MosaicBertForSequenceClassification(MosaicBertPreTrainedModel):
         if self.config.problem_type == "single_label_classification":
             return F.cross_entropy(logits.float().view(-1, self.num_labels), labels.view(-1))
         return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+
+
+class MosaicBertForTokenClassification(MosaicBertPreTrainedModel):
+    """Every real token -> dropout -> linear (NER, tagging). The encoder and the classifier see real tokens only;
+    `logits` are re-padded to `[batch, seq, num_labels]` (zeros at padding) for the caller. The loss is the mean
+    cross-entropy over tokens whose label is not -100 (for words split into several subwords, the usual choice
+    labels the first and sets -100 on the rest)."""
+
+    def __init__(self, config: MosaicBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = MosaicBertModel(config, add_pooling_layer=False)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> TokenClassifierOutput | tuple:
+        _check_unsupported(output_attentions, kwargs)
+        attention_mask, token_type_ids = _defaults(input_ids, attention_mask, token_type_ids)
+        real = attention_mask != 0
+        # Every real token is in the subset, so the encoder's output stays `[num_real_tokens, hidden]`.
+        unpadded = unpad(attention_mask, real)
+        out = self.bert(input_ids, attention_mask, token_type_ids, subset_mask=real,
+                        output_hidden_states=output_hidden_states, return_dict=True, unpadded=unpadded)
+        rows = self.classifier(self.dropout(out.last_hidden_state))
+        batch, seq = input_ids.shape
+        logits = pad(rows, unpadded.indices, batch * seq).view(batch, seq, -1)
+        loss = None
+        if labels is not None:
+            targets = labels.flatten().index_select(0, unpadded.indices)
+            # Sum / count of labelled tokens, so a batch without any gives 0, not NaN.
+            losses = F.cross_entropy(rows.float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
+            loss = losses / (targets != IGNORE_INDEX).sum().clamp_min(1)
+        output = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+        return _output(self, output, return_dict)
