@@ -231,6 +231,51 @@ def test_flop_count_matches_parameter_arithmetic_when_every_token_is_computed():
     assert mlm_training_flops(model, mask, labels) < mlm_training_flops(model, torch.ones_like(mask), torch.ones_like(labels)) / 2
 
 
+def test_flex_blocks_of_queries_cut_through_sequences_and_still_match_sdpa(monkeypatch):
+    """On CPU, flex attends one block of queries at a time; blocks of 16 split most of these sequences."""
+    from mosaicbert.model import modeling_mosaicbert
+
+    monkeypatch.setattr(modeling_mosaicbert, "FLEX_EAGER_QUERY_BLOCK", 16)
+    test_flex_backend_matches_sdpa_in_forward_and_gradients()
+
+
+def training_step_peak(model, rows: int, seq: int) -> int:
+    """Bytes a forward and backward of `rows x seq` tokens holds at its most, above what it started with (the
+    second step: the first one's allocations are excluded). One row is half padding, so padded keys need masking."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from mosaicbert.bench.measure import cpu_allocation_peak
+
+    ids = torch.randint(5, VOCAB, (rows, seq))
+    mask = torch.ones_like(ids)
+    mask[0, seq // 2:] = 0
+
+    def step():
+        model(ids, mask).last_hidden_state.pow(2).mean().backward()
+        model.zero_grad(set_to_none=True)
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    return cpu_allocation_peak(prof)
+
+
+def test_peak_memory_per_token_stays_flat_from_128_to_2048_tokens_per_sequence():
+    """8,192 tokens per batch as 64 x 128 and as 4 x 2048: training memory follows the tokens, not the batch
+    times the square of the sequence (SDPA's per-sequence bias: 1.8x here) or the square of the batch's tokens
+    (eager flex scoring every token against every other: 5.9 GB here)."""
+    peak = {}
+    for backend in ("sdpa", "flex"):
+        torch.manual_seed(0)
+        model = MosaicBertModel(tiny_config(hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                            intermediate_size=512, attention_backend=backend))
+        shapes = ((64, 128), (4, 2048)) if backend == "sdpa" else ((4, 2048),)  # eager flex is slow
+        for rows, seq in shapes:
+            peak[backend, seq] = training_step_peak(model, rows, seq)
+    assert peak["sdpa", 2048] <= 1.5 * peak["sdpa", 128], peak
+    assert peak["flex", 2048] <= 2 * peak["sdpa", 2048], peak
+
+
 def test_flex_backend_matches_sdpa_in_forward_and_gradients():
     torch.manual_seed(0)
     sdpa = MosaicBertForMaskedLM(tiny_config())
@@ -427,13 +472,13 @@ def test_sdpa_bias_is_built_once_per_forward_for_layers_with_the_same_heads(monk
     from mosaicbert.model.pruning import prune_heads
 
     built = []
-    original = modeling_mosaicbert.MosaicBertAttention._sdpa_bias
+    original = modeling_mosaicbert.MosaicBertAttention._alibi_bias
 
-    def spy(self, unpadded, dtype):
+    def spy(self, seq, dtype):
         built.append(self.head_indices)
-        return original(self, unpadded, dtype)
+        return original(self, seq, dtype)
 
-    monkeypatch.setattr(modeling_mosaicbert.MosaicBertAttention, "_sdpa_bias", spy)
+    monkeypatch.setattr(modeling_mosaicbert.MosaicBertAttention, "_alibi_bias", spy)
     model = MosaicBertModel(tiny_config(), add_pooling_layer=False).eval()
     ids, mask, types = heavily_padded_batch()
     model(ids, mask, types)

@@ -279,14 +279,19 @@ def profile_step(contender: Contender, batch: dict, device: torch.device, rows: 
     table = prof.key_averages().table(sort_by=sort, row_limit=rows)
     if device.type == "cuda":
         return table, torch.cuda.max_memory_allocated(device) - before
-    # CPU: the running sum of the allocator's events (the raw ones: the table attributes allocations to ops).
+    return table, cpu_allocation_peak(prof)
+
+
+def cpu_allocation_peak(prof) -> int:
+    """The most bytes a profiled CPU block held above what it started with: the running sum of the allocator's
+    events (the raw ones: the profiler's table attributes allocations to ops)."""
     events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
                     key=lambda e: e.start_ns())
     live = peak = 0
     for event in events:
         live += event.nbytes()
         peak = max(peak, live)
-    return table, peak
+    return peak
 
 
 def resident_bytes(contender: Contender) -> int:

@@ -116,7 +116,7 @@ FLEX_RECOMPILE_LIMIT = 128  # train/eval x bf16/fp32 x up to 12 head counts x on
 
 
 def _flex_attention(on_cuda: bool):
-    """FlexAttention: compiled on CUDA (where it is fast), eager elsewhere (exact, for CPU tests)."""
+    """FlexAttention: compiled on CUDA (where it is fast), eager elsewhere (exact, for CPU tests; block-wise)."""
     global _compiled_flex
     from torch.nn.attention.flex_attention import flex_attention
 
@@ -249,6 +249,20 @@ def document_block_mask(sequence_ids: torch.Tensor, cu_seqlens: torch.Tensor, ma
                                     seq_lengths=(tokens, tokens))
 
 
+FLEX_EAGER_QUERY_BLOCK = 512
+
+
+def flex_query_blocks(unpadded: Unpadded) -> list[tuple[int, int, int, int]]:
+    """Eager FlexAttention's work list: blocks of `FLEX_EAGER_QUERY_BLOCK` packed queries, each with the key
+    range its sequences span, `(q_start, q_end, k_start, k_end)` (host integers: for CPU tensors, read once)."""
+    tokens = unpadded.sequence_ids.shape[0]
+    q_start = torch.arange(0, tokens, FLEX_EAGER_QUERY_BLOCK, device=unpadded.sequence_ids.device)
+    q_end = torch.clamp(q_start + FLEX_EAGER_QUERY_BLOCK, max=tokens)
+    cu = unpadded.cu_seqlens.long()
+    k_start, k_end = cu[unpadded.sequence_ids[q_start]], cu[unpadded.sequence_ids[q_end - 1] + 1]
+    return list(zip(*torch.stack([q_start, q_end, k_start, k_end]).tolist()))
+
+
 def pad(rows: torch.Tensor, indices: torch.Tensor, num_slots: int) -> torch.Tensor:
     """Scatter `[n, ...]` rows into zeros of `[num_slots, ...]` at `indices` (differentiable)."""
     return rows.new_zeros(num_slots, *rows.shape[1:]).index_copy(0, indices, rows)
@@ -339,10 +353,16 @@ class MosaicBertAttention(nn.Module):
         return context.reshape(qkv.shape[0], -1)
 
     def _flex(self, qkv: torch.Tensor, unpadded: Unpadded) -> torch.Tensor:
-        """FlexAttention on the packed tokens: ALiBi as a score modifier, sequences as a block mask."""
+        """FlexAttention on the packed tokens: ALiBi as a score modifier, sequences as a block mask (compiled,
+        on CUDA); block by block of queries, eagerly, elsewhere."""
         if self.training and self.attention_dropout > 0:
             raise RuntimeError("attention_backend=flex has no attention dropout; set attention_probs_dropout_prob=0 "
                                "or use another backend")
+        q, k, v = qkv.permute(1, 2, 0, 3).unsqueeze(1).unbind(0)  # each [1, heads, tokens, head_dim]
+        if not qkv.is_cuda:
+            context = torch.cat([self._flex_eager_block(q, k, v, unpadded, *block)
+                                 for block in flex_query_blocks(unpadded)], dim=2)
+            return context[0].transpose(0, 1).reshape(qkv.shape[0], -1)
         positions, sequence_ids, slopes = unpadded.positions, unpadded.sequence_ids, self.alibi_slopes
 
         def alibi(score, batch, head, q_idx, kv_idx):
@@ -353,35 +373,66 @@ class MosaicBertAttention(nn.Module):
                 return sequence_ids[q_idx] == sequence_ids[kv_idx]
 
             unpadded.block_mask = document_block_mask(sequence_ids, unpadded.cu_seqlens, same_sequence)
-        q, k, v = qkv.permute(1, 2, 0, 3).unsqueeze(1).unbind(0)  # each [1, heads, tokens, head_dim]
-        context = _flex_attention(qkv.is_cuda)(q, k, v, score_mod=alibi, block_mask=unpadded.block_mask)
+        context = _flex_attention(on_cuda=True)(q, k, v, score_mod=alibi, block_mask=unpadded.block_mask)
         return context[0].transpose(0, 1).reshape(qkv.shape[0], -1)
 
+    def _flex_eager_block(self, q, k, v, unpadded: Unpadded, q_start: int, q_end: int, k_start: int, k_end: int):
+        """Eager FlexAttention scores every query against every key it is given, `[heads, queries, keys]`: here
+        one block of queries against the keys of its own sequences, so memory follows the block, not the batch."""
+        positions, sequence_ids, slopes = unpadded.positions, unpadded.sequence_ids, self.alibi_slopes
+
+        def alibi_within_sequences(score, batch, head, q_idx, kv_idx):
+            query, key = q_idx + q_start, kv_idx + k_start
+            score = score - slopes[head] * (positions[query] - positions[key]).abs()
+            return torch.where(sequence_ids[query] == sequence_ids[key], score, -float("inf"))
+
+        return _flex_attention(on_cuda=False)(q[:, :, q_start:q_end], k[:, :, k_start:k_end], v[:, :, k_start:k_end],
+                                              score_mod=alibi_within_sequences)
+
     def _sdpa(self, qkv: torch.Tensor, unpadded: Unpadded) -> torch.Tensor:
-        batch, seq = unpadded.batch_size, unpadded.max_seqlen
-        padded = pad(qkv, unpadded.packed_indices, batch * seq).view(batch, seq, 3, self.num_heads, self.head_dim)
-        q, k, v = padded.permute(2, 0, 3, 1, 4).unbind(0)  # each [batch, heads, seq, head_dim]
+        """SDPA on the `[sequences, heads, max_seqlen, width]` layout, memory linear in the batch's tokens.
+
+        The bias is ALiBi alone, `[1, heads, seq, seq]`, shared by every sequence and every layer with these
+        heads. Padded keys are masked by one more feature: queries carry 1 there, real keys 0 and padded
+        keys the dtype's most negative value, so q.k is exact for real keys and drowns padded ones (a
+        per-sequence `[batch, heads, seq, seq]` mask would grow with batch x seq^2; at 4 x 2048 it was
+        most of the memory). `width` is `head_dim` plus that feature, rounded up to a multiple of 8
+        for the fused kernels' alignment; the extra columns are zeros."""
+        batch, seq, heads, head_dim = unpadded.batch_size, unpadded.max_seqlen, self.num_heads, self.head_dim
+        width = sdpa_width(head_dim)
+        rows = F.pad(qkv.view(-1, 3, heads, head_dim), (0, width - head_dim))
+        rows = rows + padding_feature(qkv, width, query=1.0, key=0.0)
+        empty = padding_feature(qkv, width, query=1.0, key=torch.finfo(qkv.dtype).min)  # a padding slot
+        padded = empty.repeat(batch * seq, 1, heads, 1).index_copy(0, unpadded.packed_indices, rows)
+        q, k, v = padded.view(batch, seq, 3, heads, width).permute(2, 0, 3, 1, 4).unbind(0)
         bias = unpadded.sdpa_bias.get(self.head_indices)
         if bias is None or bias.dtype != q.dtype:
-            bias = unpadded.sdpa_bias[self.head_indices] = self._sdpa_bias(unpadded, q.dtype)
-        context = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias, dropout_p=self.attention_dropout if self.training else 0.0
-        )
-        context = context.transpose(1, 2).reshape(batch * seq, self.num_heads * self.head_dim)
+            bias = unpadded.sdpa_bias[self.head_indices] = self._alibi_bias(seq, q.dtype)
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=head_dim**-0.5,
+                                                 dropout_p=self.attention_dropout if self.training else 0.0)
+        context = context[..., :head_dim].transpose(1, 2).reshape(batch * seq, heads * head_dim)
         return context.index_select(0, unpadded.packed_indices)
 
-    def _sdpa_bias(self, unpadded: Unpadded, dtype: torch.dtype) -> torch.Tensor:
-        """`[batch, heads, seq, seq]`: -slope * |i - j|, and padded keys masked out."""
-        seq = unpadded.max_seqlen
+    def _alibi_bias(self, seq: int, dtype: torch.dtype) -> torch.Tensor:
+        """`[1, heads, seq, seq]`: -slope * |i - j|."""
         positions = torch.arange(seq, device=self.alibi_slopes.device)
         distance = (positions[None, :] - positions[:, None]).abs()  # integers: exact at any length
         # Computed in fp32, then rounded to the attention dtype, which SDPA requires of a float mask: in bf16 a
         # bias of -m * d keeps 8 significant bits (up to ~0.2 logit off at distance 127 where m is not a power
         # of two, e.g. 12 heads), where FlashAttention-2 and flex add it exactly. `make gpu-check` measures both.
-        bias = (-self.alibi_slopes[:, None, None] * distance).to(dtype)
-        key_is_padding = positions[None, :] >= unpadded.seqlens[:, None]
-        # The most negative finite value, not -inf: a row with no real key stays finite (uniform), never NaN.
-        return bias[None].masked_fill(key_is_padding[:, None, None, :], torch.finfo(dtype).min)
+        return (-self.alibi_slopes[:, None, None] * distance).to(dtype)[None]
+
+
+def sdpa_width(head_dim: int) -> int:
+    """The SDPA path's head width: `head_dim` and the padding feature, rounded up to a multiple of 8."""
+    return (head_dim // 8 + 1) * 8
+
+
+def padding_feature(like: torch.Tensor, width: int, query: float, key: float) -> torch.Tensor:
+    """`[3, 1, width]` (q|k|v, broadcast over heads): `query` and `key` in column `width - 1`, zeros elsewhere."""
+    feature = like.new_zeros(3, 1, width)
+    feature[0, 0, -1], feature[1, 0, -1] = query, key
+    return feature
 
 
 class MosaicBertGLU(nn.Module):
