@@ -153,7 +153,16 @@ def read_folder_source(folder: Path) -> Source:
     return Source(model, model_name, auto_class, tokenizer_name, max_seq_len, {"classifier_result": job}, root)
 
 
-def _tokenizer(source: Source, tokenizer_name: str | None, where: Path):
+def read_source(path: Path) -> Source:
+    """A pretraining checkpoint or a folder this package saved."""
+    if not path.exists():
+        raise UserError(f"{path} does not exist; give a pretraining checkpoint (runs/<run>/checkpoints/"
+                        "latest-rank0.pt) or a model folder (make export's, or runs/<glue run>/models/<job>).")
+    return read_folder_source(path) if path.is_dir() else read_checkpoint_source(path)
+
+
+def source_tokenizer(source: Source, tokenizer_name: str | None, where: Path):
+    """(name, tokenizer) of a source: `tokenizer_name`, else its run's, else the folder's own."""
     name = tokenizer_name or source.tokenizer_name
     if name is None and where.is_dir() and (where / "tokenizer_config.json").is_file():
         name = str(where)  # a folder that carries its tokenizer (an earlier export)
@@ -190,18 +199,15 @@ def export_model(source: str, out_dir: str, tokenizer_name: str | None = None, g
             raise UserError(f"{out} is not a model folder (it holds other folders or no config.json); --overwrite "
                             "replaces only an earlier export. Choose the export's own folder, e.g. exported/<name>.")
     path = Path(source)
-    if not path.exists():
-        raise UserError(f"{source} does not exist; export a pretraining checkpoint (runs/<run>/checkpoints/"
-                        "latest-rank0.pt) or a fine-tuned model folder (runs/<glue run>/models/<job>).")
     progress(f"reading {source}")
-    found = read_folder_source(path) if path.is_dir() else read_checkpoint_source(path)
+    found = read_source(path)
     card = dict(found.card)
     for folder in glue:
         result = read_json(Path(folder) / "glue_results.json")
         if result is None:
             raise UserError(f"--glue {folder} has no readable glue_results.json; point it at a GLUE run folder.")
         card["glue"] = [*card.get("glue", []), result]
-    name, tokenizer = _tokenizer(found, tokenizer_name, path)
+    name, tokenizer = source_tokenizer(found, tokenizer_name, path)
     model = found.model
     model.config.tokenizer_class = type(tokenizer).__name__  # pipeline() loads the tokenizer for remote-code models by it
     if found.model_name == "mosaic_bert":
