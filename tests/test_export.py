@@ -61,6 +61,7 @@ def test_export_loads_with_plain_transformers_and_matches_the_composer_model(mos
     report = export_model(str(mosaic_checkpoint), str(out), **quiet)
     assert report.loaded_module.startswith("transformers_modules.")  # the folder's code, not the package's
     assert report.max_abs_diff <= 1e-5 and report.pipeline == "fill-mask"
+    assert report.longest_input == parity.LONG_INPUT_TOKENS  # ALiBi past BERT's 512 positions, in the other process
 
     files = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "modeling_mosaicbert.py", "configuration_mosaicbert.py", "README.md",
@@ -161,7 +162,7 @@ def test_fine_tuned_classifier_exports_with_its_label_names_and_matches(tokenize
     classifier.save_pretrained(tmp_path / "job")  # as a GLUE job saves its model
     report = export_model(str(tmp_path / "job"), str(tmp_path / "out"), tokenizer_name=str(sample_root / "tokenizer"),
                           **quiet)
-    assert report.auto_class == "AutoModelForSequenceClassification" and report.positions == 4
+    assert report.auto_class == "AutoModelForSequenceClassification" and report.positions == 5  # the long row too
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["id2label"] == {"0": "entailment", "1": "neutral", "2": "contradiction"}
     assert config["label2id"] == {"entailment": 0, "neutral": 1, "contradiction": 2}
@@ -208,7 +209,9 @@ def test_token_classifier_exports_and_its_pipeline_tags_as_the_source_model(mode
     report = export_model(str(tmp_path / "job"), str(tmp_path / "out"), tokenizer_name=str(sample_root / "tokenizer"),
                           **quiet)
     assert report.auto_class == "AutoModelForTokenClassification" and report.loaded_class.endswith("ForTokenClassification")
-    assert report.positions == int(parity.sample_batch(tokenizer, masked_lm=False)["attention_mask"].sum())
+    long_input = parity.LONG_INPUT_TOKENS if model_name == "mosaic_bert" else None  # BERT's table ends at 512
+    assert report.positions == int(parity.sample_batch(tokenizer, False, long_input)["attention_mask"].sum())
+    assert report.longest_input == parity.LONG_INPUT_TOKENS if long_input else report.longest_input < 512
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["id2label"] == {str(i): tag for i, tag in enumerate(TAGS)} and config["label2id"]["I-LOC"] == 4
     assert "pipeline_tag: token-classification" in (tmp_path / "out" / "README.md").read_text()
@@ -245,6 +248,7 @@ def test_hf_bert_exports_as_plain_bert_and_fine_tunes(sample_root, tmp_path, tok
     out = tmp_path / "bert"
     report = export_model(str(checkpoint), str(out), **quiet)
     assert report.loaded_class == "BertForMaskedLM" and report.loaded_module.startswith("transformers.models.bert")
+    assert report.longest_input < 512  # no row past its position table
     assert report.max_abs_diff <= 1e-5 and report.pipeline == "fill-mask"
     assert json.loads((out / "config.json").read_text())["model_type"] == "bert"
     assert not list(out.glob("*.py"))

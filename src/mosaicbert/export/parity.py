@@ -2,7 +2,8 @@
 
 The folder is loaded in a second Python process (`isolated_load.py`, run with `python -I` and unable to
 import `mosaicbert`) through transformers' Auto classes with `trust_remote_code=True`. Its logits on a
-padded batch of sentences of different lengths are compared with the source model's, here, in fp32.
+padded batch of sentences of different lengths, one of them `LONG_INPUT_TOKENS` long where the model's
+positions reach that far (always for MosaicBERT's ALiBi), are compared with the source model's, here, in fp32.
 That process also runs the pipeline a user would (`pipeline(task, model=folder, trust_remote_code=True)`,
 which loads the folder's tokenizer and label names from config.json), one input at a time, unpadded; its
 answers must equal what this package reads off the source model for the same inputs:
@@ -49,6 +50,7 @@ FILL_MASK_TEMPLATE = "The value of the {mask} is returned to the caller."
 PIPELINES = {"AutoModelForMaskedLM": "fill-mask", "AutoModelForSequenceClassification": "text-classification",
              "AutoModelForTokenClassification": "token-classification"}
 MASK_EVERY = 4  # every 4th real, non-special token becomes [MASK] in the masked-LM batch
+LONG_INPUT_TOKENS = 1024  # the long row: past BERT's 512 positions, where ALiBi must extrapolate
 
 
 @dataclass
@@ -58,12 +60,13 @@ class ParityReport:
     loaded_module: str
     positions: int  # logit rows compared
     max_abs_diff: float
+    longest_input: int  # tokens of the batch's longest row
     pipeline: str | None = None  # the task whose pipeline answered as the source model (None: not run)
     pipeline_outputs: list | None = None  # its answers, one per input (see the module docstring)
 
     def describe(self) -> str:
-        text = (f"{self.auto_class} -> {self.loaded_module}.{self.loaded_class}: {self.positions} logit rows, "
-                f"max |difference| {self.max_abs_diff:.2e}")
+        text = (f"{self.auto_class} -> {self.loaded_module}.{self.loaded_class}: {self.positions} logit rows of inputs "
+                f"up to {self.longest_input} tokens, max |difference| {self.max_abs_diff:.2e}")
         if self.pipeline == "token-classification":
             tokens = sum(len(output["tokens"]) for output in self.pipeline_outputs)
             groups = sum(len(output["groups"]) for output in self.pipeline_outputs)
@@ -74,11 +77,17 @@ class ParityReport:
         return text
 
 
-def sample_batch(tokenizer, masked_lm: bool) -> dict[str, torch.Tensor]:
-    """A padded batch of `SAMPLE_TEXTS` (one a sentence pair), with every `MASK_EVERY`-th token masked for MLM."""
+def sample_batch(tokenizer, masked_lm: bool, long_input: int | None = None) -> dict[str, torch.Tensor]:
+    """A padded batch of `SAMPLE_TEXTS` (one a sentence pair) and, with `long_input`, a row of that many tokens
+    (the sample texts repeated), with every `MASK_EVERY`-th token masked for MLM."""
     singles = [t for t in SAMPLE_TEXTS if isinstance(t, str)]
     pairs = [t for t in SAMPLE_TEXTS if not isinstance(t, str)]
     encoded = [tokenizer(text) for text in singles] + [tokenizer(a, b) for a, b in pairs]
+    if long_input is not None:
+        words = tokenizer(" ".join(singles), add_special_tokens=False)["input_ids"]
+        body = (words * (long_input // len(words) + 1))[:long_input - 2]
+        encoded.append({"input_ids": [tokenizer.cls_token_id, *body, tokenizer.sep_token_id],
+                        "attention_mask": [1] * long_input, "token_type_ids": [0] * long_input})
     length = max(len(row["input_ids"]) for row in encoded)
 
     def padded(key: str, value: int) -> torch.Tensor:  # right padding, as the training collator pads
@@ -150,7 +159,8 @@ def check_parity(model: torch.nn.Module, tokenizer, folder: str | Path, auto_cla
     masked_lm = auto_class == "AutoModelForMaskedLM"
     per_token = masked_lm or auto_class == "AutoModelForTokenClassification"  # a logit row per real token
     model = model.eval()
-    batch = sample_batch(tokenizer, masked_lm)
+    positions = getattr(model.config, "max_position_embeddings", None) if model.config.model_type == "bert" else None
+    batch = sample_batch(tokenizer, masked_lm, LONG_INPUT_TOKENS if (positions or LONG_INPUT_TOKENS) >= LONG_INPUT_TOKENS else None)
     expected = _logits(model, batch)
     regression = auto_class == "AutoModelForSequenceClassification" and model.config.num_labels == 1
     task = None if regression else PIPELINES.get(auto_class)
@@ -181,7 +191,7 @@ def check_parity(model: torch.nn.Module, tokenizer, folder: str | Path, auto_cla
     if actual.shape != expected.shape:
         raise UserError(f"{folder} gives logits of shape {tuple(actual.shape)}, the source model {tuple(expected.shape)}.")
     report = ParityReport(auto_class, loaded["class"], loaded["module"], int(rows.sum()),
-                          float((actual[rows] - expected[rows]).abs().max()))
+                          float((actual[rows] - expected[rows]).abs().max()), batch["input_ids"].shape[1])
     if not torch.allclose(actual[rows], expected[rows], atol=atol, rtol=rtol):
         raise UserError(f"{folder} computes other logits than the source model: {report.describe()}.")
     if task is None:
