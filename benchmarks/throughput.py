@@ -4,6 +4,7 @@
     python benchmarks/throughput.py --preset base --lengths c4 full
     python benchmarks/throughput.py --preset small --record cpu-small   # store a measured run for the docs
     python benchmarks/throughput.py --render-docs                  # rebuild docs/benchmarks.md from the stored runs
+    python benchmarks/throughput.py --seq-lens 128 512 1024 2048 --models mosaicbert mosaicbert-flex bert modernbert
 
 Full training steps (forward, backward, AdamW step) on identical batches whose lengths follow a real
 distribution (`corpus`: the offline corpus tokenized and cut at the sequence length; `c4`: the stored C4
@@ -31,8 +32,14 @@ if __name__ == "__main__":
 import torch  # noqa: E402
 
 from mosaicbert.bench import lengths as length_profiles  # noqa: E402
-from mosaicbert.bench.measure import MODELS, PRESETS, uncounted_attention  # noqa: E402
-from mosaicbert.bench.report import relative_lines, render_result, update_docs, write_bar_chart  # noqa: E402
+from mosaicbert.bench.measure import BERT_POSITIONS, DEFAULT_MODELS, MODELS, PRESETS, uncounted_attention  # noqa: E402
+from mosaicbert.bench.report import (  # noqa: E402
+    relative_lines,
+    render_result,
+    sequence_length_table,
+    update_docs,
+    write_bar_chart,
+)  # noqa: E402
 from mosaicbert.bench.throughput import (  # noqa: E402
     CPU_BATCH_SIZE,
     GPU_BATCH_SIZE,
@@ -56,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for dim in DIMENSIONS:
         parser.add_argument(f"--{dim.replace('_', '-')}", type=int, help=f"override the preset's {dim}")
     parser.add_argument("--vocab-size", type=int, default=30528)
-    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(DEFAULT_MODELS))
     parser.add_argument("--lengths", nargs="+", choices=["corpus", "c4", "full"],
                         help="length distributions, one case each (default: corpus, c4 where its profile is "
                         "stored, and full)")
@@ -65,6 +72,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"sequences per batch (default: {GPU_BATCH_SIZE} on GPU, the recipe's microbatch; "
                         f"{CPU_BATCH_SIZE} on CPU)")
     parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--seq-lens", nargs="+", type=int, metavar="N",
+                        help="instead of --lengths: one case per sequence length, every sequence full, "
+                        "--tokens-per-batch tokens per batch (BERT only up to its 512 positions)")
+    parser.add_argument("--tokens-per-batch", type=int, default=8192, help="with --seq-lens (default: 8192)")
     parser.add_argument("--batches", type=int, default=4, help="distinct batches; a round is one pass over them")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1, help="untimed passes over the batches per model")
@@ -93,6 +104,23 @@ def load_profile(name: str, args: argparse.Namespace) -> length_profiles.LengthP
     profile = length_profiles.tokenized_profile(Path(args.data_root), "train")
     profile.name = "corpus"
     return profile
+
+
+def cases(args: argparse.Namespace, profiles: list, batch_size: int) -> list[tuple[list[str], object, int, int]]:
+    """(models, length profile, batch size, sequence length) of each case: one per --lengths profile, or one
+    per --seq-lens length at --tokens-per-batch tokens, full sequences, BERT only where its positions reach."""
+    if not args.seq_lens:
+        return [(args.models, profile, batch_size, args.seq_len) for profile in profiles]
+    found = []
+    for seq_len in args.seq_lens:
+        if seq_len < 8 or args.tokens_per_batch < seq_len:
+            raise UserError(f"--seq-lens {seq_len}: lengths must be at least 8 and at most --tokens-per-batch "
+                            f"({args.tokens_per_batch})")
+        profile = length_profiles.full_profile(seq_len)
+        profile.name = f"full, {seq_len} tokens"
+        models = [m for m in args.models if m != "bert" or seq_len <= BERT_POSITIONS]
+        found.append((models, profile, args.tokens_per_batch // seq_len, seq_len))
+    return found
 
 
 def recorded_command(argv: list[str]) -> str:
@@ -126,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"hidden size {dims['hidden_size']} is not a multiple of {dims['num_attention_heads']} heads")
     out = Path(args.out or REPO / "runs" / "bench" / datetime.now().strftime("%Y%m%d-%H%M%S"))
     out.mkdir(parents=True, exist_ok=True)
-    profiles = [load_profile(name, args) for name in args.lengths]
+    profiles = [] if args.seq_lens else [load_profile(name, args) for name in args.lengths]
 
     precision = "bf16 autocast" if bf16 else "fp32"
     peak = measure_peak(device, torch.bfloat16 if bf16 else torch.float32)
@@ -137,24 +165,28 @@ def main(argv: list[str] | None = None) -> None:
         "environment": {**environment(device, precision), "malloc_tuning": malloc_tuning_active()},
         "peak_flops": peak,
         "setup": {"preset": args.preset, "dims": dims, "vocab_size": args.vocab_size, "batch_size": batch_size,
-                  "seq_len": args.seq_len, "models": args.models},
+                  "seq_len": args.seq_len, "models": args.models,
+                  "tokens_per_batch": args.tokens_per_batch if args.seq_lens else None},
         "cases": [],
     }
     print(f"{result['environment']['device']}; {precision}; matmul peak {peak / 1e9:,.1f} GFLOP/s")
     if uncounted:
         print(uncounted)
-    for profile in profiles:
-        result["cases"].append(run_case(
-            args.models, dims, profile, batch_size=batch_size, seq_len=args.seq_len, vocab_size=args.vocab_size,
+    for models, profile, batch, seq_len in cases(args, profiles, batch_size):
+        case = run_case(
+            models, dims, profile, batch_size=batch, seq_len=seq_len, vocab_size=args.vocab_size,
             num_batches=args.batches, rounds=args.rounds, warmup=args.warmup, device=device,
             autocast_dtype=torch.bfloat16 if bf16 else None, peak_flops=peak, compile_models=args.compile,
-            packing=args.packing, with_flops=uncounted is None, ops_folder=out, seed=args.seed))
+            packing=args.packing, with_flops=uncounted is None, ops_folder=out, seed=args.seed)
+        result["cases"].append({**case, "seq_len": seq_len, "batch_size": batch} if args.seq_lens else case)
 
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "results.md").write_text(render_result(result) + "\n")
+    summary = "\n\n" + sequence_length_table(result) if args.seq_lens else ""
+    (out / "results.md").write_text(render_result(result) + summary + "\n")
     write_bar_chart(result, out / "throughput.png")
     print()
     print(render_result(result))
+    print(summary.strip())
     for case in result["cases"]:
         for line in relative_lines(case):
             print(f"[{case['lengths']}] {line}")

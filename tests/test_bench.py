@@ -320,3 +320,19 @@ def test_cli_bad_input_is_one_message(tmp_path):
     assert done.returncode == 1 and "make sample-shards" in done.stderr and "Traceback" not in done.stderr
     done = run_cli("--preset", "huge")
     assert done.returncode == 2 and "invalid choice: 'huge'" in done.stderr
+
+
+def test_cli_seq_lens_keeps_the_tokens_per_batch_and_stops_bert_at_its_positions(tmp_path):
+    out = tmp_path / "bench"
+    done = run_cli("--preset", "tiny", "--hidden-size", "64", "--seq-lens", "32", "600", "--tokens-per-batch", "1200",
+                   "--models", "mosaicbert", "mosaicbert-flex", "bert", "--batches", "1", "--rounds", "1",
+                   "--warmup", "0", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    cases = json.loads((out / "results.json").read_text())["cases"]
+    assert [(c["seq_len"], c["batch_size"], c["padding_fraction"]) for c in cases] == [(32, 37, 0.0), (600, 2, 0.0)]
+    assert list(cases[0]["models"]) == ["mosaicbert", "mosaicbert-flex", "bert"]
+    assert list(cases[1]["models"]) == ["mosaicbert", "mosaicbert-flex"]  # BERT's table ends at 512
+    flex, mosaic = cases[1]["models"]["mosaicbert-flex"], cases[1]["models"]["mosaicbert"]
+    assert flex["mfu"] is not None and flex["flops_per_real_token"] == mosaic["flops_per_real_token"]
+    table = (out / "results.md").read_text()
+    assert "| 600 | 2 |" in table and table.rstrip().endswith("| not run |")

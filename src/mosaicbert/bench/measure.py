@@ -27,7 +27,9 @@ PRESETS = {
     "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
     "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
 }
-MODELS = ("mosaicbert", "bert", "modernbert")
+MODELS = ("mosaicbert", "bert", "modernbert", "mosaicbert-flex")
+DEFAULT_MODELS = MODELS[:3]  # eager flex (CPU) is a correctness path, timed when asked for
+BERT_POSITIONS = 512  # BERT-Base's learned position table: the baseline is not run past it
 BASELINE = "bert"
 
 
@@ -43,12 +45,14 @@ def build_model(name: str, dims: dict, vocab_size: int, seq_len: int, device: to
                 autocast_dtype: torch.dtype | None = None) -> tuple[torch.nn.Module, str]:
     """The model and a line saying how it was built: each with its own design, at its fastest settings
     that keep that design (no attention dropout for any of them: it forces SDPA off its fused kernels)."""
-    if name == "mosaicbert":
+    if name in ("mosaicbert", "mosaicbert-flex"):
         from mosaicbert.model import MosaicBertConfig, MosaicBertForMaskedLM
 
-        config = MosaicBertConfig(vocab_size=vocab_size, attention_probs_dropout_prob=0.0, **dims)
+        backend = "flex" if name == "mosaicbert-flex" else "auto"
+        config = MosaicBertConfig(vocab_size=vocab_size, attention_probs_dropout_prob=0.0, attention_backend=backend,
+                                  **dims)
         model = MosaicBertForMaskedLM(config)
-        note = "padding removed, sparse MLM head, GeGLU, ALiBi; attention_backend=auto; dropout 0.1, attention 0"
+        note = f"padding removed, sparse MLM head, GeGLU, ALiBi; attention_backend={backend}; dropout 0.1, attention 0"
         precision = training_precision(device, autocast_dtype)
         if precision is not Precision.FP32:
             # The recipe's algorithms.low_precision_layernorm (yamls/base.yaml), the surgery Composer does at INIT:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from mosaicbert.bench.measure import BASELINE
 
-LABELS = {"mosaicbert": "MosaicBERT", "bert": "BertForMaskedLM (SDPA)", "modernbert": "ModernBertForMaskedLM"}
+LABELS = {"mosaicbert": "MosaicBERT", "mosaicbert-flex": "MosaicBERT (flex)", "bert": "BertForMaskedLM (SDPA)",
+          "modernbert": "ModernBertForMaskedLM"}
 BEGIN = "<!-- BEGIN GENERATED: throughput (python benchmarks/throughput.py --render-docs) -->"
 END = "<!-- END GENERATED: throughput -->"
 
@@ -24,8 +25,9 @@ def _mib(n: float) -> str:
 
 def case_title(result: dict, case: dict) -> str:
     setup = result["setup"]
+    batch, seq_len = case.get("batch_size", setup["batch_size"]), case.get("seq_len", setup["seq_len"])
     return (f"{setup['preset']} ({setup['dims']['num_hidden_layers']} layers, hidden {setup['dims']['hidden_size']}), "
-            f"batch {setup['batch_size']} x {setup['seq_len']}, lengths `{case['lengths']}`: "
+            f"batch {batch} x {seq_len}, lengths `{case['lengths']}`: "
             f"{case['padding_fraction']:.1%} padding")
 
 
@@ -54,6 +56,23 @@ def relative_lines(case: dict) -> list[str]:
         lines.append(f"{label(key)}: {m['vs_baseline']:.2f}x the non-padding tokens/s of {label(BASELINE)} "
                      f"(round by round: {min(paired):.2f}x-{max(paired):.2f}x over {len(paired)} rounds)")
     return lines
+
+
+def sequence_length_table(result: dict) -> str:
+    """`--seq-lens` runs: per sequence length and model, tokens/s and peak training memory per token."""
+    cases = [case for case in result["cases"] if "seq_len" in case]
+    models = list(dict.fromkeys(key for case in cases for key in case["models"]))
+    lines = ["| tokens per sequence | batch | " + " | ".join(f"{label(m)} tokens/s, KiB/token" for m in models) + " |",
+             "|---|---|" + "---|" * len(models)]
+    for case in cases:
+        cells = []
+        for key in models:
+            m = case["models"].get(key)
+            tokens_per_batch = case["real_tokens_per_round"] / case["batches_per_round"]
+            cells.append("not run" if m is None else
+                         f"{m['tokens_per_second']:,.0f}, {m['peak_memory_bytes'] / tokens_per_batch / 1024:,.1f}")
+        lines.append(f"| {case['seq_len']} | {case['batch_size']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def packing_table(stats: dict) -> str:
@@ -94,20 +113,22 @@ def write_bar_chart(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     cases = result["cases"]
-    keys = list(cases[0]["models"])
+    keys = list(dict.fromkeys(key for case in cases for key in case["models"]))  # not every model runs every case
     fig, ax = plt.subplots(figsize=(2.2 + 1.6 * len(cases) * len(keys) / 3, 3.6))
     width = 0.8 / len(keys)
     for i, key in enumerate(keys):
-        xs = [c + (i - (len(keys) - 1) / 2) * width for c in range(len(cases))]
-        medians = [case["models"][key]["tokens_per_second"] for case in cases]
-        ranges = [case["models"][key]["tokens_per_second_range"] for case in cases]
+        ran = [c for c, case in enumerate(cases) if key in case["models"]]
+        xs = [c + (i - (len(keys) - 1) / 2) * width for c in ran]
+        medians = [cases[c]["models"][key]["tokens_per_second"] for c in ran]
+        ranges = [cases[c]["models"][key]["tokens_per_second_range"] for c in ran]
         errors = [[m - r[0] for m, r in zip(medians, ranges)], [r[1] - m for m, r in zip(medians, ranges)]]
         ax.bar(xs, medians, width, yerr=errors, capsize=3, label=label(key))
     ax.set_xticks(range(len(cases)), [f"{c['lengths']}\n{c['padding_fraction']:.0%} padding" for c in cases])
     ax.set_ylabel("non-padding tokens / s (training step)")
     setup = result["setup"]
-    ax.set_title(f"{setup['preset']}, batch {setup['batch_size']} x {setup['seq_len']}, "
-                 f"{result['environment']['device']}", fontsize=8)
+    shape = (f"{setup['tokens_per_batch']:,} tokens per batch" if setup.get("tokens_per_batch")
+             else f"batch {setup['batch_size']} x {setup['seq_len']}")
+    ax.set_title(f"{setup['preset']}, {shape}, {result['environment']['device']}", fontsize=8)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

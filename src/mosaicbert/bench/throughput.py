@@ -103,8 +103,7 @@ def run_case(models: list[str], dims: dict, profile: LengthProfile, *, batch_siz
         for _ in range(warmup):  # allocations, kernel choice, compilation
             for batch in contender.batches:
                 contender.step(batch)
-        # FlopCounterMode does not see inside compiled graphs; a compiled model's FLOPs are its eager twin's.
-        flops = count_flops(contender) if with_flops and not contender.key.endswith("+compile") else None
+        flops = count_flops(contender) if with_flops and flop_twin(contender.key) is None else None
         # Memory follows the real tokens for MosaicBERT: profile the batch with the most.
         largest = max(contender.batches, key=count_real_tokens)
         ops, transient = profile_step(contender, largest, device)
@@ -120,8 +119,9 @@ def run_case(models: list[str], dims: dict, profile: LengthProfile, *, batch_siz
         entry = results[contender.key]
         seconds = contender.round_seconds
         median = statistics.median(seconds)
-        flops = entry["flops_per_round"] or results.get(contender.key.removesuffix("+compile"), {}).get("flops_per_round")
+        flops = entry["flops_per_round"] or results.get(flop_twin(contender.key), {}).get("flops_per_round")
         entry.update({
+            "flops_per_round": flops,
             "step_seconds": {"median": median / len(batches), "p25": percentile(seconds, 25) / len(batches),
                              "p75": percentile(seconds, 75) / len(batches), "min": min(seconds) / len(batches),
                              "max": max(seconds) / len(batches)},
@@ -151,6 +151,14 @@ def run_case(models: list[str], dims: dict, profile: LengthProfile, *, batch_siz
     if packing:
         case["packing_statistics"] = packing_statistics(profile, batch_size, seq_len, vocab_size, seed)
     return case
+
+
+def flop_twin(key: str) -> str | None:
+    """The model whose counted FLOPs `key` executes, where torch's FlopCounterMode cannot count them itself: inside
+    compiled graphs (a compiled model's are its eager twin's) and FlexAttention's operator (MosaicBERT's math)."""
+    if key.endswith("+compile"):
+        return key.removesuffix("+compile")
+    return "mosaicbert" if key.startswith("mosaicbert-flex") else None
 
 
 def packing_statistics(profile: LengthProfile, batch_size: int, seq_len: int, vocab_size: int, seed: int,
