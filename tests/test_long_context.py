@@ -83,13 +83,14 @@ def test_a_lengths_score_is_the_models_own_mean_loss_on_those_pieces(two_models,
     texts = (LocalDataset(local=str(sample_root / "val_small"))[i]["text"] for i in range(200))
     pieces = masked_pieces(token_stream(texts, tokenizer, 5 * 254), 256, 5, tokenizer, 0.15)
     model = source.model.eval()
-    loss, accuracy, count = score_pieces(model, pieces, tokens_per_batch=512)  # three batches
+    loss, error, accuracy, count = score_pieces(model, pieces, tokens_per_batch=512)  # three batches
     with torch.no_grad():
         reference = model(**pieces)
         full = model(**{k: v for k, v in pieces.items() if k != "labels"}).logits
     selected = pieces["labels"] != -100
     assert count == int(selected.sum()) > 0
     assert loss == pytest.approx(float(reference.loss), rel=1e-5)
+    assert 0 < error < loss / 10
     assert accuracy == pytest.approx(float((full[selected].argmax(-1) == pieces["labels"][selected]).double().mean()))
     assert (pieces["input_ids"][:, 0] == tokenizer.cls_token_id).all() and (pieces["input_ids"][:, -1] == tokenizer.sep_token_id).all()
 

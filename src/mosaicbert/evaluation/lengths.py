@@ -32,6 +32,7 @@ MASK_SEED = 1234  # the masks' generator: piece i of every length uses MASK_SEED
 class LengthScore:
     length: int
     cross_entropy: float | None  # mean over masked tokens; None where the model cannot take the length
+    standard_error: float | None  # of that mean, over the masked tokens
     accuracy: float | None
     masked_tokens: int
     note: str = ""
@@ -85,10 +86,12 @@ def masked_pieces(stream: list[int], length: int, count: int, tokenizer, mlm_pro
 
 
 @torch.no_grad()
-def score_pieces(model: torch.nn.Module, pieces: dict[str, torch.Tensor], tokens_per_batch: int) -> tuple[float, float, int]:
-    """(mean cross-entropy, accuracy, count) over the masked tokens, in batches of about `tokens_per_batch`."""
+def score_pieces(model: torch.nn.Module, pieces: dict[str, torch.Tensor],
+                 tokens_per_batch: int) -> tuple[float, float, float, int]:
+    """(mean cross-entropy, its standard error, accuracy, count) over the masked tokens, in batches of about
+    `tokens_per_batch` tokens."""
     rows = max(1, tokens_per_batch // pieces["input_ids"].shape[1])
-    loss_sum, correct, count = 0.0, 0, 0
+    losses, correct = [], 0
     for start in range(0, pieces["input_ids"].shape[0], rows):
         batch = {key: value[start:start + rows] for key, value in pieces.items()}
         output = model(**batch)
@@ -98,10 +101,11 @@ def score_pieces(model: torch.nn.Module, pieces: dict[str, torch.Tensor], tokens
         if labels is None:
             selected = batch["labels"] != IGNORE_INDEX
             logits, labels = logits[selected], batch["labels"][selected]
-        loss_sum += float(torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum"))
+        losses.append(torch.nn.functional.cross_entropy(logits.double(), labels, reduction="none"))
         correct += int((logits.argmax(-1) == labels).sum())
-        count += labels.numel()
-    return loss_sum / count, correct / count, count
+    token_losses = torch.cat(losses)
+    count = token_losses.numel()
+    return float(token_losses.mean()), float(token_losses.std() / count**0.5), correct / count, count
 
 
 def evaluate_lengths(paths: Sequence[str], lengths: Sequence[int], texts_for: Callable[[Source], Iterable[str]],
@@ -129,12 +133,13 @@ def evaluate_lengths(paths: Sequence[str], lengths: Sequence[int], texts_for: Ca
         scores = []
         for length in lengths:
             if limit is not None and length > limit:
-                scores.append(LengthScore(length, None, None, 0, f"position table ends at {limit}"))
+                scores.append(LengthScore(length, None, None, None, 0, f"position table ends at {limit}"))
                 continue
             pieces = masked_pieces(shared[2], length, max(1, tokens_per_length // length), shared[1], mlm_probability)
-            loss, accuracy, count = score_pieces(model, pieces, tokens_per_batch)
-            progress(f"{path} at {length}: cross-entropy {loss:.4f}, accuracy {accuracy:.4f} ({count:,} masked tokens)")
-            scores.append(LengthScore(length, loss, accuracy, count))
+            loss, error, accuracy, count = score_pieces(model, pieces, tokens_per_batch)
+            progress(f"{path} at {length}: cross-entropy {loss:.4f} ± {error:.4f}, accuracy {accuracy:.4f} "
+                     f"({count:,} masked tokens)")
+            scores.append(LengthScore(length, loss, error, accuracy, count))
         results.append(ModelScores(Path(path).name if Path(path).is_dir() else path, str(path), source.model_name,
                                    source.max_seq_len, limit, scores))
     return results
@@ -145,10 +150,11 @@ def markdown_table(results: Sequence[ModelScores]) -> str:
     lines = ["| model | trained at | " + " | ".join(f"{length}" for length in lengths) + " |",
              "|---|---|" + "---|" * len(lengths)]
     for result in results:
-        cells = [f"{s.cross_entropy:.3f} ({s.accuracy:.1%})" if s.cross_entropy is not None else f"n/a ({s.note})"
-                 for s in result.scores]
+        cells = [f"{s.cross_entropy:.3f} ± {s.standard_error:.3f} ({s.accuracy:.1%})" if s.cross_entropy is not None
+                 else f"n/a ({s.note})" for s in result.scores]
         lines.append(f"| {result.name} ({result.model_name}) | {result.trained_at} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\nEach cell: MLM cross-entropy on the masked tokens (accuracy).\n"
+    return ("\n".join(lines) + "\n\nEach cell: MLM cross-entropy on the masked tokens ± its standard error "
+            "(accuracy).\n")
 
 
 def plot(results: Sequence[ModelScores], out: Path) -> None:
@@ -158,13 +164,15 @@ def plot(results: Sequence[ModelScores], out: Path) -> None:
     figure = Figure(figsize=(6.4, 4.2))
     axes = figure.add_subplot()
     for result in results:
-        points = [(s.length, s.cross_entropy) for s in result.scores if s.cross_entropy is not None]
-        axes.plot(*zip(*points), marker="o", label=f"{result.name} (trained at {result.trained_at})")
-        axes.axvline(result.trained_at, color=axes.lines[-1].get_color(), linestyle=":", linewidth=1)
+        points = [(s.length, s.cross_entropy, s.standard_error) for s in result.scores if s.cross_entropy is not None]
+        lengths, losses, errors = zip(*points)
+        line = axes.errorbar(lengths, losses, yerr=errors, marker="o", capsize=3,
+                             label=f"{result.name} (trained at {result.trained_at})")[0]
+        axes.axvline(result.trained_at, color=line.get_color(), linestyle=":", linewidth=1)
     axes.set_xscale("log", base=2)
     axes.set_xlabel("evaluation length (tokens)")
     axes.set_ylabel("MLM cross-entropy (masked tokens)")
-    axes.set_title("Length extrapolation (dotted: training length)")
+    axes.set_title("Length extrapolation (dotted: training length; bars: standard error)")
     axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(out, dpi=120)
