@@ -231,6 +231,24 @@ def test_flop_count_matches_parameter_arithmetic_when_every_token_is_computed():
     assert mlm_training_flops(model, mask, labels) < mlm_training_flops(model, torch.ones_like(mask), torch.ones_like(labels)) / 2
 
 
+@pytest.mark.parametrize("block", [1, 3, 16, 512])
+def test_flex_query_blocks_cover_every_query_once_with_exactly_its_sequences_keys(monkeypatch, block):
+    """Against brute force: each block's key range is the span of the sequences its queries belong to."""
+    from mosaicbert.model import modeling_mosaicbert
+    from mosaicbert.model.modeling_mosaicbert import flex_query_blocks, unpad
+
+    monkeypatch.setattr(modeling_mosaicbert, "FLEX_EAGER_QUERY_BLOCK", block)
+    _, mask, _ = heavily_padded_batch(lengths=(16, 3, 30, 1, 9, 16))  # sequences ending on block boundaries too
+    unpadded = unpad(mask)
+    seq, cu = unpadded.sequence_ids.tolist(), unpadded.cu_seqlens.tolist()
+    covered = []
+    for q_start, q_end, k_start, k_end in flex_query_blocks(unpadded):
+        sequences = set(seq[q_start:q_end])
+        assert (k_start, k_end) == (cu[min(sequences)], cu[max(sequences) + 1])
+        covered += range(q_start, q_end)
+    assert covered == list(range(len(seq)))
+
+
 def test_flex_blocks_of_queries_cut_through_sequences_and_still_match_sdpa(monkeypatch):
     """On CPU, flex attends one block of queries at a time; blocks of 16 split most of these sequences."""
     from mosaicbert.model import modeling_mosaicbert

@@ -2,7 +2,7 @@
 
 Reading order: `unpad` (padding is removed once, right after the inputs), the embeddings,
 `MosaicBertAttention` (FlashAttention-2 varlen on CUDA half precision, otherwise PyTorch
-SDPA with an explicit ALiBi + padding bias), `MosaicBertGLU`, the encoder, and the heads.
+SDPA with an explicit ALiBi bias and padded keys masked), `MosaicBertGLU`, the encoder, and the heads.
 Every linear layer, LayerNorm and feed-forward sees real tokens only: activations are
 `[num_real_tokens, hidden]` matrices from the embeddings to the output.
 
@@ -166,6 +166,7 @@ class Unpadded:
     # share one SDPA bias; every layer shares FlexAttention's document mask).
     sdpa_bias: dict[tuple[int, ...], torch.Tensor] = field(default_factory=dict)
     block_mask: Any = None
+    flex_blocks: list[tuple[int, int, int, int]] | None = None  # eager FlexAttention's work list (flex_query_blocks)
 
 
 def sequence_starts(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -254,7 +255,7 @@ FLEX_EAGER_QUERY_BLOCK = 512
 
 def flex_query_blocks(unpadded: Unpadded) -> list[tuple[int, int, int, int]]:
     """Eager FlexAttention's work list: blocks of `FLEX_EAGER_QUERY_BLOCK` packed queries, each with the key
-    range its sequences span, `(q_start, q_end, k_start, k_end)` (host integers: for CPU tensors, read once)."""
+    range its sequences span, `(q_start, q_end, k_start, k_end)` (host integers, read once per forward)."""
     tokens = unpadded.sequence_ids.shape[0]
     q_start = torch.arange(0, tokens, FLEX_EAGER_QUERY_BLOCK, device=unpadded.sequence_ids.device)
     q_end = torch.clamp(q_start + FLEX_EAGER_QUERY_BLOCK, max=tokens)
@@ -358,11 +359,11 @@ class MosaicBertAttention(nn.Module):
         if self.training and self.attention_dropout > 0:
             raise RuntimeError("attention_backend=flex has no attention dropout; set attention_probs_dropout_prob=0 "
                                "or use another backend")
+        if qkv.shape[0] == 0:  # a batch of padding only
+            return qkv.new_zeros(0, self.num_heads * self.head_dim)
         q, k, v = qkv.permute(1, 2, 0, 3).unsqueeze(1).unbind(0)  # each [1, heads, tokens, head_dim]
         if not qkv.is_cuda:
-            context = torch.cat([self._flex_eager_block(q, k, v, unpadded, *block)
-                                 for block in flex_query_blocks(unpadded)], dim=2)
-            return context[0].transpose(0, 1).reshape(qkv.shape[0], -1)
+            return self._flex_eager(q, k, v, unpadded).transpose(0, 1).reshape(qkv.shape[0], -1)
         positions, sequence_ids, slopes = unpadded.positions, unpadded.sequence_ids, self.alibi_slopes
 
         def alibi(score, batch, head, q_idx, kv_idx):
@@ -375,6 +376,13 @@ class MosaicBertAttention(nn.Module):
             unpadded.block_mask = document_block_mask(sequence_ids, unpadded.cu_seqlens, same_sequence)
         context = _flex_attention(on_cuda=True)(q, k, v, score_mod=alibi, block_mask=unpadded.block_mask)
         return context[0].transpose(0, 1).reshape(qkv.shape[0], -1)
+
+    @torch._dynamo.disable  # host integers slice the blocks: one graph per block under torch.compile otherwise
+    def _flex_eager(self, q, k, v, unpadded: Unpadded) -> torch.Tensor:
+        """`[heads, tokens, head_dim]`: eager FlexAttention block by block of queries (`flex_query_blocks`)."""
+        if unpadded.flex_blocks is None:
+            unpadded.flex_blocks = flex_query_blocks(unpadded)  # once per forward, shared by the layers
+        return torch.cat([self._flex_eager_block(q, k, v, unpadded, *block) for block in unpadded.flex_blocks], dim=2)[0]
 
     def _flex_eager_block(self, q, k, v, unpadded: Unpadded, q_start: int, q_end: int, k_start: int, k_end: int):
         """Eager FlexAttention scores every query against every key it is given, `[heads, queries, keys]`: here
@@ -414,13 +422,15 @@ class MosaicBertAttention(nn.Module):
         return context.index_select(0, unpadded.packed_indices)
 
     def _alibi_bias(self, seq: int, dtype: torch.dtype) -> torch.Tensor:
-        """`[1, heads, seq, seq]`: -slope * |i - j|."""
+        """`[1, heads, seq, seq]`: -slope * |i - j|. Rows are allocated a multiple of 16 long (a view's columns
+        cut to `seq`): CUDA's memory-efficient kernel copies a mask whose rows are not aligned, per layer."""
         positions = torch.arange(seq, device=self.alibi_slopes.device)
-        distance = (positions[None, :] - positions[:, None]).abs()  # integers: exact at any length
+        columns = torch.arange(-(-seq // 16) * 16, device=self.alibi_slopes.device)
+        distance = (columns[None, :] - positions[:, None]).abs()  # integers: exact at any length
         # Computed in fp32, then rounded to the attention dtype, which SDPA requires of a float mask: in bf16 a
         # bias of -m * d keeps 8 significant bits (up to ~0.2 logit off at distance 127 where m is not a power
         # of two, e.g. 12 heads), where FlashAttention-2 and flex add it exactly. `make gpu-check` measures both.
-        return (-self.alibi_slopes[:, None, None] * distance).to(dtype)[None]
+        return (-self.alibi_slopes[:, None, None] * distance).to(dtype)[None, :, :, :seq]
 
 
 def sdpa_width(head_dim: int) -> int:
