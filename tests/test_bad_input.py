@@ -76,12 +76,16 @@ def case(name, tmp_path, sample_root, trained_checkpoint):
         return DEMO_YAML, {"model.model_config.vocab_size": 64}, "smaller than the tokenizer"
     if name == "sequence longer than the position table":
         return HF_BERT_YAML, {"max_seq_len": 128, "model.model_config.max_position_embeddings": 64}, "does not fit"
+    if name == "length schedule not increasing":
+        return DEMO_YAML, {"seq_len_schedule": "[{max_seq_len: 64, until: 0.5dur}, {max_seq_len: 32, until: 1dur}]"}, \
+            "increase phase by phase"
     raise AssertionError(name)
 
 
 CASES = ["malformed yaml", "unknown key", "wrong type", "impossible batch arithmetic", "missing data folder",
          "empty dataset", "truncated shard", "missing checkpoint", "truncated checkpoint", "incompatible checkpoint",
-         "tokenizer larger than the vocabulary", "sequence longer than the position table"]
+         "tokenizer larger than the vocabulary", "sequence longer than the position table",
+         "length schedule not increasing"]
 
 
 @pytest.mark.parametrize("name", CASES)

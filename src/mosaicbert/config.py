@@ -54,6 +54,16 @@ class LoaderConfig:
 
 
 @dataclass
+class LengthPhase:
+    """One phase of `seq_len_schedule`: sequences of `max_seq_len` tokens until `until` (0.9dur, 60000ba)."""
+
+    max_seq_len: int
+    until: str
+    # Sequences per microbatch in this phase (a short phase fits more); default: the run's microbatch.
+    device_train_microbatch_size: int | None = None
+
+
+@dataclass
 class TrainConfig:
     model: dict[str, Any]
     tokenizer_name: str
@@ -67,6 +77,9 @@ class TrainConfig:
     run_folder: str | None = None  # default: runs/<run_name>; logs, config and summary go here
     seed: int = 17
     max_seq_len: int = 128
+    # Shorter sequences for the early part of the run (BERT's 90% of steps at 128, then 512): phases in
+    # order, the last at max_seq_len and covering the run (data/length_schedule.py). None: max_seq_len throughout.
+    seq_len_schedule: list[LengthPhase] | None = None
     data_local: str | None = None
     data_remote: str | None = None
     variables: dict[str, Any] = field(default_factory=dict)  # free-form values for ${variables.x}
@@ -364,6 +377,8 @@ def finalize(config: TrainConfig, world_size: int | None = None) -> TrainConfig:
     check_intervals(config)
     if config.time_budget_seconds is not None:
         check_budgeted_schedule(config)
+    if config.seq_len_schedule is not None:
+        check_length_schedule(config)
     config.filled_defaults = filled
     return config
 
@@ -454,6 +469,74 @@ def check_budgeted_schedule(config: TrainConfig) -> None:
             f"scheduler.t_max={t_max}: a schedule trained to a time budget ends when the budget does; "
             "remove t_max or give it as a fraction of the budget (1dur)."
         )
+
+
+def check_length_schedule(config: TrainConfig) -> None:
+    """Phases of increasing length, ending at max_seq_len, whose ends increase in one unit and cover the run,
+    each microbatch dividing the device batch and holding no more tokens than the run's microbatch at
+    max_seq_len (the one sized to fit memory)."""
+    phases = config.seq_len_schedule
+    if not phases:
+        raise ConfigError("seq_len_schedule: give at least one phase, or null for max_seq_len throughout.")
+    lengths = [phase.max_seq_len for phase in phases]
+    if any(b <= a for a, b in zip(lengths, lengths[1:])) or lengths[0] <= 0:
+        raise ConfigError(f"seq_len_schedule: the phases' max_seq_len must be positive and increase phase by "
+                          f"phase, got {', '.join(map(str, lengths))}.")
+    if lengths[-1] != config.max_seq_len:
+        raise ConfigError(f"seq_len_schedule: the last phase's max_seq_len is {lengths[-1]} but the run's is "
+                          f"{config.max_seq_len}; set max_seq_len={lengths[-1]} (data is read at the longest length).")
+    ends = [_phase_end(phase.until) for phase in phases]
+    if len({unit for unit, _ in ends}) > 1 or any(b <= a for (_, a), (_, b) in zip(ends, ends[1:])):
+        raise ConfigError(f"seq_len_schedule: the phases' until must increase, all in dur or all in ba, got "
+                          f"{', '.join(phase.until for phase in phases)}.")
+    _check_schedule_covers_run(config, *ends[-1])
+    micro = config.device_train_microbatch_size
+    for i, phase in enumerate(phases):
+        if phase.device_train_microbatch_size is None:
+            continue
+        where = f"seq_len_schedule[{i}].device_train_microbatch_size={phase.device_train_microbatch_size}"
+        if not isinstance(micro, int):
+            raise ConfigError(f"{where}: the run's microbatch is '{micro}' (adapted on the fly); "
+                              "set device_train_microbatch_size to an integer to give phases their own.")
+        if phase.device_train_microbatch_size <= 0 or config.device_train_batch_size % phase.device_train_microbatch_size:
+            raise ConfigError(f"{where}: a phase's microbatch must be positive and divide the per-device batch "
+                              f"of {config.device_train_batch_size}.")
+        if phase.device_train_microbatch_size * phase.max_seq_len > micro * config.max_seq_len:
+            raise ConfigError(
+                f"{where} x {phase.max_seq_len} tokens = {phase.device_train_microbatch_size * phase.max_seq_len} "
+                f"tokens per microbatch, more than the run's {micro} x {config.max_seq_len} = "
+                f"{micro * config.max_seq_len} that device_train_microbatch_size is sized for; use at most "
+                f"{micro * config.max_seq_len // phase.max_seq_len} (or raise device_train_microbatch_size)."
+            )
+
+
+def _phase_end(until: str) -> tuple[str, float]:
+    from composer.core import Time, TimeUnit
+
+    try:
+        end = Time.from_timestring(str(until))
+    except (ValueError, TypeError):
+        end = None
+    if end is None or end.unit not in (TimeUnit.DURATION, TimeUnit.BATCH):
+        raise ConfigError(f"seq_len_schedule: until={until} is not a fraction of the run (0.9dur) or a batch (60000ba).")
+    return end.unit.value, float(end.value)
+
+
+def _check_schedule_covers_run(config: TrainConfig, unit: str, end: float) -> None:
+    from composer.core import Time, TimeUnit
+
+    if unit == "dur":
+        if end < 1:
+            raise ConfigError(f"seq_len_schedule: the last phase ends at {end:g}dur, before the run does; "
+                              "end it at 1dur.")
+        return
+    duration = None if config.time_budget_seconds is not None else Time.from_input(config.max_duration, TimeUnit.EPOCH)
+    if duration is None or duration.unit != TimeUnit.BATCH:
+        raise ConfigError(f"seq_len_schedule: max_duration={config.max_duration} has no fixed number of batches; "
+                          "give the phases' until as fractions of the run (0.9dur, 1dur).")
+    if end < duration.value:
+        raise ConfigError(f"seq_len_schedule: the last phase ends at batch {end:g}, before the run's "
+                          f"{duration.value}; end it at {duration.value}ba or 1dur.")
 
 
 def describe_defaults(config: TrainConfig) -> str:

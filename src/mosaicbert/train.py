@@ -109,9 +109,14 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
         from mosaicbert.model.pruning import slice_optimizer_state
 
         model.reshape_hooks.append(lambda replaced: slice_optimizer_state([optimizer], replaced))
+    length_schedule = None
+    if config.seq_len_schedule is not None:
+        from mosaicbert.data.length_schedule import LengthSchedule
+
+        length_schedule = LengthSchedule.from_config(config, tokenizer.sep_token_id)
     train_loader = build_mlm_dataloader(
         config.train_loader, tokenizer, config.max_seq_len, config.device_train_batch_size, seed=config.seed,
-        pin_memory=config.device == "gpu",
+        pin_memory=config.device == "gpu", length_schedule=length_schedule,
     )
     evaluators = []
     if config.eval_loader is not None:
@@ -125,6 +130,8 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
     datasets = [train_loader.dataloader.dataset] + [e.dataloader.dataloader.dataset for e in evaluators]
     callbacks = build_section(config, "callbacks") + [summary, ResumeRNG(), CheckpointOnSignal(),
                                                       ReleaseStreamingResources(datasets)] + list(extra_callbacks or [])
+    if length_schedule is not None:
+        callbacks.append(length_schedule)
     max_duration = config.max_duration
     if config.time_budget_seconds is not None:
         # First among the callbacks, so the others see each batch's new plan at the same event.

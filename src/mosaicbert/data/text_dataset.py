@@ -19,6 +19,7 @@ from streaming.base.shared.memory import SharedMemory
 from torch.utils.data import DataLoader
 
 from mosaicbert.config import LoaderConfig
+from mosaicbert.data.length_schedule import LengthSchedule
 from mosaicbert.data.mlm import MLMCollator
 from mosaicbert.data.packing import PackingCollator, count_documents
 from mosaicbert.data.remote import RemoteStream, ReportsFailedDownloads
@@ -219,7 +220,9 @@ def check_prep_info(info: dict[str, Any], where: str, cfg: LoaderConfig, vocab_s
 
 
 def build_mlm_dataloader(cfg: LoaderConfig, tokenizer, max_seq_len: int, device_batch_size: int, seed: int,
-                         pin_memory: bool = False) -> DataSpec:
+                         pin_memory: bool = False, length_schedule: LengthSchedule | None = None) -> DataSpec:
+    """Batches of `max_seq_len` tokens, masked (and packed). With a `length_schedule`, each batch is cut to the
+    current phase's length (and packed there) on its way to the device."""
     if cfg.remote is None:
         check_local_split(cfg.local, cfg.split)
         info = read_prep_info(cfg.local, cfg.split)
@@ -245,7 +248,7 @@ def build_mlm_dataloader(cfg: LoaderConfig, tokenizer, max_seq_len: int, device_
     loader = DataLoader(
         dataset,
         batch_size=device_batch_size,
-        collate_fn=PackingCollator(collate) if cfg.packing else collate,
+        collate_fn=PackingCollator(collate) if cfg.packing and length_schedule is None else collate,
         num_workers=cfg.num_workers,
         drop_last=cfg.drop_last,
         # For GPU runs only: on a GPU host, a CPU run that pinned would open a CUDA context per rank on GPU 0.
@@ -259,4 +262,5 @@ def build_mlm_dataloader(cfg: LoaderConfig, tokenizer, max_seq_len: int, device_
     )
     # Packed or not, a sample is a document: Composer's sample counts (and Streaming's resumption) stay in documents.
     return DataSpec(loader, get_num_tokens_in_batch=count_real_tokens,
-                    get_num_samples_in_batch=count_documents if cfg.packing else None)
+                    get_num_samples_in_batch=count_documents if cfg.packing else None,
+                    batch_transforms=length_schedule)
