@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import random
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
 import yaml
+from composer.core import Callback
 from streaming import LocalDataset
+
+from mosaicbert.callbacks.jsonl_logger import read_jsonl
 
 from mosaicbert.config import load_config
 from mosaicbert.train import train
 
-from conftest import DEMO_YAML, REPO, pretrain, tiny_overrides
+from conftest import DEMO_YAML, REPO, CrashAtBatch, pretrain, tiny_overrides
 
 BASE = REPO / "yamls" / "base.yaml"
 LENGTH_KEYS = {"run_name", "max_seq_len", "global_train_batch_size", "device_train_microbatch_size", "max_duration"}
@@ -32,6 +37,17 @@ def test_long_recipes_are_the_base_recipe_at_the_same_tokens_per_batch(clean_env
     assert config.global_train_batch_size * seq_len == 4096 * 128
     assert config.device_train_microbatch_size * seq_len == 128 * 128
     assert long["max_duration"] == "70000ba" and base["max_duration"] == f"{70000 * 4096}sp"
+
+
+def test_the_two_phase_recipe_is_the_base_recipe_then_512_tokens(clean_env):
+    base, two_phase = (yaml.safe_load(path.read_text()) for path in (BASE, REPO / "yamls" / "pretrain" / "mosaicbert-base-128-then-512.yaml"))
+    keys = LENGTH_KEYS | {"seq_len_schedule"}
+    assert {k: v for k, v in two_phase.items() if k not in keys} == {k: v for k, v in base.items() if k not in keys}
+    config = load_config(REPO / "yamls" / "pretrain" / "mosaicbert-base-128-then-512.yaml", [])
+    short, long = config.seq_len_schedule
+    assert (short.max_seq_len, short.until, long.max_seq_len, long.until) == (128, "0.9dur", 512, "1dur")
+    assert short.device_train_microbatch_size * 128 == config.device_train_microbatch_size * 512 == 128 * 128
+    assert config.global_train_batch_size == base["global_train_batch_size"] and config.max_duration == "70000ba"
 
 
 @pytest.mark.slow
@@ -124,3 +140,233 @@ def test_eval_lengths_bad_input_is_one_error_line(two_models, sample_root, tmp_p
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.count("\n") == 1 and message in err
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- sequence-length schedule
+
+SCHEDULE = "[{max_seq_len: 32, until: 0.5dur, device_train_microbatch_size: 16}, {max_seq_len: 64, until: 1dur}]"
+
+
+def test_a_cut_batch_is_what_the_tokenizer_gives_at_the_shorter_length(sample_root):
+    """Independent check of the cut: the tokenizer's own truncation at the phase's length."""
+    from mosaicbert.data.length_schedule import cut_to_length
+    from mosaicbert.data.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer(str(sample_root / "tokenizer"), 64)
+    texts = [LocalDataset(local=str(sample_root / "val_small"))[i]["text"] for i in range(12)] + ["A few words."]
+    at = {n: tokenizer(texts, truncation=True, padding="max_length", max_length=n, return_tensors="pt")
+          for n in (32, 64)}
+    labels = at[64]["input_ids"].clone()
+    batch = {"input_ids": at[64]["input_ids"], "attention_mask": at[64]["attention_mask"], "labels": labels}
+    cut = cut_to_length(batch, 32, tokenizer.sep_token_id)
+    assert torch.equal(cut["input_ids"], at[32]["input_ids"])
+    assert torch.equal(cut["attention_mask"], at[32]["attention_mask"])
+    runs_on = at[64]["attention_mask"][:, 32] == 1
+    assert 0 < int(runs_on.sum()) < len(texts)  # both kinds of row are in the batch
+    assert (cut["labels"][runs_on, 31] == -100).all()  # the [SEP] a cut row ends in is no target
+    assert torch.equal(cut["labels"][~runs_on], labels[~runs_on, :32]) and torch.equal(cut["labels"][:, :31], labels[:, :31])
+
+
+@pytest.mark.parametrize("until, batch, elapsed, length", [
+    (["0.9dur", "1dur"], 89, 0.89, 32), (["0.9dur", "1dur"], 90, 0.9, 64), (["3ba", "8ba"], 2, 0.25, 32),
+    (["3ba", "8ba"], 3, 0.375, 64), (["3ba", "8ba"], 8, 1.0, 64),
+])
+def test_the_phase_is_read_from_the_runs_progress(until, batch, elapsed, length):
+    from types import SimpleNamespace
+
+    from composer.core import Time, TimeUnit
+
+    from mosaicbert.data.length_schedule import LengthSchedule, Phase
+
+    schedule = LengthSchedule([Phase(32, Time.from_timestring(until[0])), Phase(64, Time.from_timestring(until[1]))],
+                              sep_token_id=3, packing=False, run_microbatch=8)
+    state = SimpleNamespace(timestamp=SimpleNamespace(batch=Time(batch, TimeUnit.BATCH)),
+                            get_elapsed_duration=lambda: Time(elapsed, TimeUnit.DURATION))
+    assert schedule.phase_at(state).max_seq_len == length
+
+
+@pytest.mark.parametrize("schedule, extra, message", [
+    ("[{max_seq_len: 64, until: 0.5dur}, {max_seq_len: 32, until: 1dur}]", {}, "increase phase by phase, got 64, 32"),
+    ("[{max_seq_len: 32, until: 0.5dur}, {max_seq_len: 48, until: 1dur}]", {}, "set max_seq_len=48"),
+    ("[{max_seq_len: 32, until: 0.5dur}, {max_seq_len: 64, until: 0.9dur}]", {}, "before the run does"),
+    ("[{max_seq_len: 32, until: 6ba}, {max_seq_len: 64, until: 10ba}]", {}, "before the run's 12"),
+    ("[{max_seq_len: 32, until: 0.5dur}, {max_seq_len: 64, until: 12ba}]", {}, "all in dur or all in ba"),
+    ("[{max_seq_len: 32, until: 6ba}, {max_seq_len: 64, until: 12ba}]", {"max_duration": "2m"}, "no fixed number"),
+    ("[{max_seq_len: 32, until: 6sp}, {max_seq_len: 64, until: 1dur}]", {}, "until=6sp"),
+    ("[{max_seq_len: 32, until: 0.5dur, device_train_microbatch_size: 16}, {max_seq_len: 64, until: 1dur}]",
+     {"device_train_microbatch_size": 4}, "more than the run's 4 x 64 = 256"),
+    ("[{max_seq_len: 32, until: 0.5dur, device_train_microbatch_size: 6}, {max_seq_len: 64, until: 1dur}]", {},
+     "divide the per-device batch of 16"),
+    ("[]", {}, "at least one phase"),
+])
+def test_a_bad_length_schedule_is_refused_with_its_fix(clean_env, sample_root, tmp_path, schedule, extra, message):
+    from mosaicbert.errors import ConfigError
+
+    overrides = tiny_overrides(sample_root, tmp_path / "run", **extra) + [f"seq_len_schedule={schedule}"]
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(DEMO_YAML, overrides)
+
+
+class LengthSpy(Callback):
+    """Each batch's shape and microbatch size as the model gets them."""
+
+    def __init__(self):
+        self.seen = []
+
+    def after_dataloader(self, state, logger):
+        self.seen.append((int(state.timestamp.batch), state.batch["input_ids"].shape[1],
+                          state.device_train_microbatch_size))
+
+
+@pytest.mark.slow
+def test_a_length_schedule_switches_at_its_step_and_resumes_exactly_across_the_switch(clean_env, sample_root, tmp_path):
+    """32 tokens (microbatch 16) for batches 0-3, then 64 (microbatch 8), packed; the same run killed before the
+    switch and after it, each time resumed, ends with the uninterrupted run's weights."""
+    def run(folder, *callbacks, **extra):
+        overrides = tiny_overrides(sample_root, folder, max_duration="8ba", save_interval="3ba", eval_interval="8ba",
+                                   **{"train_loader.packing": True}, **extra)
+        return train(load_config(DEMO_YAML, overrides + [f"seq_len_schedule={SCHEDULE}"]), extra_callbacks=list(callbacks))
+
+    spy = LengthSpy()
+    straight = run(tmp_path / "straight", spy)
+    assert spy.seen == [(b, 32, 16) for b in range(4)] + [(b, 64, 8) for b in range(4, 8)]
+    logged = [r["data/max_seq_len"] for r in read_jsonl(tmp_path / "straight" / "metrics.jsonl") if "data/max_seq_len" in r]
+    assert logged == [32] * 4 + [64] * 4
+
+    with pytest.raises(KeyboardInterrupt):  # killed at batch 4, its last checkpoint at 3: before the switch
+        run(tmp_path / "resumed", CrashAtBatch(4))
+    spy = LengthSpy()
+    with pytest.raises(KeyboardInterrupt):  # resumed at 3, across the switch, killed again at 7
+        run(tmp_path / "resumed", spy, CrashAtBatch(7), autoresume=True)
+    assert spy.seen[:2] == [(3, 32, 16), (4, 64, 8)]
+    spy = LengthSpy()
+    resumed = run(tmp_path / "resumed", spy, autoresume=True)  # resumed at 6, after the switch
+    assert spy.seen == [(6, 64, 8), (7, 64, 8)]
+    assert resumed["batches"] == 8 and resumed["batches_this_run"] == 2
+    a, b = (torch.load(s["checkpoint"], map_location="cpu", weights_only=False)["state"]["model"] for s in (straight, resumed))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+# --------------------------------------------------------------------------- long-document fine-tuning
+
+def random_texts(seed: int, count: int, most_words: int) -> list[str]:
+    rng = random.Random(seed)
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda".split()
+    return [" ".join(rng.choice(words) for _ in range(rng.randrange(1, most_words))) for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def sample_tokenizer(sample_root):
+    from mosaicbert.data.tokenizer import build_tokenizer
+
+    return build_tokenizer(str(sample_root / "tokenizer"), 4096)
+
+
+@pytest.mark.parametrize("max_seq_len", [16, 33, 64, 65, 128])
+def test_head_truncation_of_pairs_shares_the_room_as_the_tokenizer_does(sample_tokenizer, max_seq_len):
+    """The side-aware truncation's sharing of a pair, checked against the tokenizer's own longest-first truncation."""
+    from mosaicbert.glue.data import Examples, truncate_sides
+
+    a, b = random_texts(0, 300, 80) + ["alpha beta"] * 2, random_texts(1, 300, 80) + ["gamma delta"] * 2
+    ids, types = truncate_sides(Examples(a, b, [0] * len(a)), sample_tokenizer, max_seq_len, "head")
+    reference = sample_tokenizer(a, b, truncation=True, max_length=max_seq_len)
+    assert ids == reference["input_ids"] and types == reference["token_type_ids"]
+
+
+@pytest.mark.parametrize("side", ["tail", "head+tail"])
+def test_tail_and_head_plus_tail_keep_a_texts_ends(sample_tokenizer, side):
+    from mosaicbert.glue.data import Examples, TokenizedExamples
+
+    texts = random_texts(2, 50, 300)
+    dataset = TokenizedExamples(Examples(texts, None, [0] * len(texts)), sample_tokenizer, 64, False, truncation=side)
+    cls, sep = sample_tokenizer.cls_token_id, sample_tokenizer.sep_token_id
+    for text, ids in zip(texts, dataset.input_ids):
+        body = sample_tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(body) <= 62:
+            expected = body
+        else:
+            head = 0 if side == "tail" else round(62 * 0.25)  # 15 from the start, 47 from the end
+            expected = body[:head] + body[len(body) - (62 - head):]
+        assert ids == [cls, *expected, sep]
+    assert any(len(sample_tokenizer(t, add_special_tokens=False)["input_ids"]) > 62 for t in texts)
+
+
+def test_the_long_document_task_hides_its_cues_from_any_128_token_window(sample_root, sample_tokenizer, tmp_path):
+    """Every document is 600-2,000 tokens and names its label twice, each cue at least 128 tokens from its end of
+    the document: 128 tokens (head, tail or head+tail) see neither cue, the whole document both."""
+    import csv
+
+    from mosaicbert.glue.data import Examples, TokenizedExamples
+    from mosaicbert.glue.demo_data import write_long_document_task
+
+    count = lambda text: len(sample_tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])  # noqa: E731
+    out = write_long_document_task(tmp_path / "long", count, train_size=12, dev_size=6)
+    assert sorted(p.name for p in out.iterdir()) == ["dev.csv", "train.csv"]
+    rows = list(csv.DictReader((out / "train.csv").open(encoding="utf-8")))
+    assert len(rows) == 12 and len({r["label"] for r in rows}) > 1
+    texts, labels = [r["text"] for r in rows], [r["label"] for r in rows]
+    def cues(label: str) -> list[list[int]]:
+        office, verdict = label.split("-")
+        return [sample_tokenizer(cue, add_special_tokens=False)["input_ids"] for cue in
+                (f"This case was opened by the {office} office.", f"In the end the case was {verdict}.")]
+
+    def find(ids: list[int], cue: list[int]) -> int | None:
+        return next((i for i in range(len(ids) - len(cue) + 1) if ids[i:i + len(cue)] == cue), None)
+
+    whole = TokenizedExamples(Examples(texts, None, [0] * 12), sample_tokenizer, 4096, False)
+    for ids, label in zip(whole.input_ids, labels):
+        assert 600 <= len(ids) <= 2000
+        (first, second), (at, at_second) = cues(label), [find(ids, cue) for cue in cues(label)]
+        assert at >= 128 and len(ids) - (at_second + len(second)) >= 128
+    for side in ("head", "tail", "head+tail"):
+        short = TokenizedExamples(Examples(texts, None, [0] * 12), sample_tokenizer, 128, False, truncation=side)
+        for ids, label in zip(short.input_ids, labels):
+            assert [find(ids, cue[:3]) for cue in cues(label)] == [None, None]  # not even a cue's first 3 tokens
+
+
+@pytest.mark.parametrize("override, message", [
+    ("own_tasks.long.truncation=middle", "truncation must be one of head, tail, head+tail"),
+    ("own_tasks.long.kind=token_classification", "token classification keeps a sentence's first words"),
+])
+def test_a_bad_truncation_is_refused(tmp_path, override, message):
+    from mosaicbert.errors import ConfigError
+    from mosaicbert.glue.config import load_glue_config
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_glue_config(REPO / "yamls" / "finetune" / "long-documents.yaml",
+                         [f"starting_checkpoint={tmp_path}", f"run_folder={tmp_path / 'run'}", override])
+
+
+def test_hf_bert_fine_tuning_past_its_position_table_is_one_error(two_models, tmp_path, capsys):
+    from mosaicbert.glue.runner import main as glue_main
+
+    run = tmp_path / "run"
+    assert glue_main([str(REPO / "yamls" / "finetune" / "long-documents.yaml"), f"starting_checkpoint={two_models[1]}",
+                      "model_name=hf_bert", "max_seq_len=1024", f"run_folder={run}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: max_seq_len=1024 does not fit the position table of 512 entries") and err.count("\n") == 1
+    assert not run.exists()
+
+
+@pytest.mark.slow
+def test_mosaicbert_fine_tunes_on_whole_long_documents(two_models, sample_root, sample_tokenizer, tmp_path):
+    """A tiny MosaicBERT (pretrained at 64 tokens) fine-tuned and evaluated on documents of up to 2,000 tokens."""
+    import json
+
+    from mosaicbert.glue.demo_data import write_long_document_task
+    from mosaicbert.glue.runner import main as glue_main
+
+    count = lambda text: len(sample_tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])  # noqa: E731
+    data = write_long_document_task(tmp_path / "long", count, train_size=8, dev_size=4)
+    run = tmp_path / "run"
+    assert glue_main([str(REPO / "yamls" / "finetune" / "long-documents.yaml"), f"starting_checkpoint={two_models[0]}",
+                      f"tokenizer_name={sample_root / 'tokenizer'}", f"run_folder={run}",
+                      f"own_tasks.long.train={data / 'train.csv'}", f"own_tasks.long.dev={data / 'dev.csv'}",
+                      "own_tasks.long.epochs=1", "own_tasks.long.batch_size=4"]) == 0
+    (result_file,) = (run / "results").glob("long-seed19-*.json")
+    result = json.loads(result_file.read_text())
+    assert result["status"] == "ok" and 0 <= result["metrics"]["dev"]["accuracy"] <= 1
+    assert result["job"]["max_seq_len"] == 2048 and result["job"]["own_task"]["truncation"] == "head+tail"
+    predictions = result_file.with_name(result_file.stem + "-dev-predictions.jsonl").read_text().splitlines()
+    assert [json.loads(row)["id"] for row in predictions] == ["dev0", "dev1", "dev2", "dev3"]

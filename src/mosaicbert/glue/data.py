@@ -153,14 +153,25 @@ def _from_hub(task: Task, hub_split: str) -> Examples:
     return Examples(list(data[a]), list(data[b]) if b else None, [float(x) if task.num_labels == 1 else int(x) for x in data["label"]])
 
 
+TRUNCATION_SIDES = ("head", "tail", "head+tail")
+HEAD_SHARE = 0.25  # head+tail keeps a quarter of the text's tokens from its start, the rest from its end
+
+
 class TokenizedExamples(torch.utils.data.Dataset):
     """Examples tokenized once, truncated to `max_seq_len`; padding happens per batch in `collate`. Labels are
-    class ids, or floats for regression and multi-label tasks (`float_labels`)."""
+    class ids, or floats for regression and multi-label tasks (`float_labels`).
 
-    def __init__(self, examples: Examples, tokenizer, max_seq_len: int, float_labels: bool):
-        encoded = tokenizer(examples.text_a, examples.text_b, truncation=True, max_length=max_seq_len)
-        self.input_ids = encoded["input_ids"]
-        self.token_type_ids = encoded.get("token_type_ids") or [[0] * len(ids) for ids in self.input_ids]
+    `truncation` says which tokens of a text too long for `max_seq_len` stay: its first (`head`, the tokenizer's
+    own truncation, as GLUE runs), its last (`tail`), or a quarter from its start and the rest from its end
+    (`head+tail`; Sun et al. 2019, arXiv 1905.05583, found 128 + 382 of 512 best for long reviews)."""
+
+    def __init__(self, examples: Examples, tokenizer, max_seq_len: int, float_labels: bool, truncation: str = "head"):
+        if truncation == "head":
+            encoded = tokenizer(examples.text_a, examples.text_b, truncation=True, max_length=max_seq_len)
+            self.input_ids = encoded["input_ids"]
+            self.token_type_ids = encoded.get("token_type_ids") or [[0] * len(ids) for ids in self.input_ids]
+        else:
+            self.input_ids, self.token_type_ids = truncate_sides(examples, tokenizer, max_seq_len, truncation)
         self.labels = torch.tensor(examples.labels, dtype=torch.float32 if float_labels else torch.long)
 
     def __len__(self) -> int:
@@ -168,6 +179,39 @@ class TokenizedExamples(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[list[int], list[int], torch.Tensor]:
         return self.input_ids[i], self.token_type_ids[i], self.labels[i]
+
+
+def truncate_sides(examples: Examples, tokenizer, max_seq_len: int, side: str) -> tuple[list[list[int]], list[list[int]]]:
+    """(input_ids, token_type_ids) with each over-long text cut from the side `side` names. The tokenizer encodes
+    in full and says which positions are special tokens and which text each token belongs to; a pair shares the
+    room as the tokenizer's longest-first truncation does (the longer text gives up tokens first)."""
+    encoded = tokenizer(examples.text_a, examples.text_b, truncation=False, verbose=False)
+    input_ids, token_type_ids = [], []
+    for i, ids in enumerate(encoded["input_ids"]):
+        owners = encoded.sequence_ids(i)
+        spans = [[p for p, owner in enumerate(owners) if owner == text] for text in (0, 1)]
+        room = max_seq_len - (len(ids) - len(spans[0]) - len(spans[1]))
+        keep = [p for p, owner in enumerate(owners) if owner is None]  # [CLS], [SEP]
+        for span, size in zip(spans, _share(len(spans[0]), len(spans[1]), room)):
+            head = round(size * HEAD_SHARE) if side == "head+tail" else size if side == "head" else 0
+            keep += span[:head] + span[len(span) - (size - head):]
+        keep.sort()
+        types = encoded["token_type_ids"][i] if "token_type_ids" in encoded else [0] * len(ids)
+        input_ids.append([ids[p] for p in keep])
+        token_type_ids.append([types[p] for p in keep])
+    return input_ids, token_type_ids
+
+
+def _share(a: int, b: int, room: int) -> tuple[int, int]:
+    """Tokens kept of texts of `a` and `b` tokens in `room`: all when they fit, else the shorter keeps up to
+    half (rounded down) and the longer the rest, as the tokenizers' longest-first truncation shares it."""
+    if a + b <= room:
+        return a, b
+    if a <= b:
+        kept_a = min(a, room // 2)
+        return kept_a, room - kept_a
+    kept_b = min(b, room // 2)
+    return room - kept_b, kept_b
 
 
 def collate(pad_id: int):

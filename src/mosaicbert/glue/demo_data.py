@@ -9,6 +9,7 @@ or negation. The point is to exercise the whole flow offline, not to measure lan
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import re
@@ -191,4 +192,62 @@ def write_own_demo_tasks(out_dir: str | os.PathLike, train_size: int = 240, dev_
             first_id += size
             blocks = ["\n".join(f"{w} {t}" for w, t in _ner_sentence(rng.choice(flat), rng)) for _ in range(size)]
             (staging / "ner" / f"{split}.conll").write_text("-DOCSTART- O\n\n" + "\n\n".join(blocks) + "\n", encoding="utf-8")
+    return out
+
+
+# Long-document demo (docs/long-context.md): documents of 600-2,000 tokens of corpus sentences whose label
+# (4 classes) is named by two cue sentences, one 128-320 tokens from the start and one 128-320 tokens from
+# the end. No 128-token window (head, tail, or head+tail) reaches either cue; the whole document holds both.
+LONG_OFFICES = ("harbor", "summit")
+LONG_VERDICTS = ("approved", "rejected")
+LONG_LENGTHS = (600, 2000)
+CUE_DISTANCE = (128, 320)
+
+
+def long_document(flat: list[str], count_tokens, rng: random.Random) -> tuple[str, str]:
+    """(text, label): filler sentences, the office cue after the first 128-320 filler tokens, more filler, the
+    verdict cue, and 128-320 filler tokens after it; 600-2,000 tokens in all (counted with `count_tokens`,
+    which adds up over sentences as a WordPiece tokenizer's counts do; drawn again when outside)."""
+    office, verdict = rng.choice(LONG_OFFICES), rng.choice(LONG_VERDICTS)
+    cues = (f"This case was opened by the {office} office.", f"In the end the case was {verdict}.")
+    while True:
+        target = rng.randrange(*LONG_LENGTHS)
+        lead, trail = rng.randrange(*CUE_DISTANCE), rng.randrange(*CUE_DISTANCE)
+        middle = max(0, target - lead - trail - sum(count_tokens(c) for c in cues))
+        parts = [_filler(flat, count_tokens, lead, rng), cues[0], _filler(flat, count_tokens, middle, rng),
+                 cues[1], _filler(flat, count_tokens, trail, rng)]
+        if LONG_LENGTHS[0] <= sum(count_tokens(p) for p in parts if p) + 2 <= LONG_LENGTHS[1]:  # with [CLS], [SEP]
+            return " ".join(p for p in parts if p), f"{office}-{verdict}"
+
+
+def _filler(flat: list[str], count_tokens, at_least: int, rng: random.Random) -> str:
+    """Whole sentences of at least `at_least` tokens."""
+    chosen, tokens = [], 0
+    while tokens < at_least:
+        chosen.append(rng.choice(flat))
+        tokens += count_tokens(chosen[-1])
+    return " ".join(chosen)
+
+
+def write_long_document_task(out_dir: str | os.PathLike, count_tokens, train_size: int = 400, dev_size: int = 200,
+                             seed: int = 0, texts: list[str] | None = None) -> Path:
+    """Write `<out_dir>/{train,dev}.csv` (id, text, label) atomically; training and dev filler come from
+    different halves of the corpus."""
+    import csv
+    import io
+
+    out = Path(out_dir)
+    docs = sentences(texts if texts is not None else sample_corpus()["train"])
+    half = len(docs) // 2
+    splits = {"train": (docs[:half], train_size), "dev": (docs[half:], dev_size)}
+    count_tokens = functools.lru_cache(maxsize=None)(count_tokens)  # sentences recur across documents
+    with staged(out) as staging:
+        staging.mkdir(parents=True, exist_ok=True)
+        for split, (source, size) in splits.items():
+            rng = random.Random(f"{seed}-long-{split}")
+            flat = [s for d in source for s in d]
+            rows = [[f"{split}{i}", *long_document(flat, count_tokens, rng)] for i in range(size)]
+            text = io.StringIO()
+            csv.writer(text, lineterminator="\n").writerows([["id", "text", "label"]] + rows)
+            (staging / f"{split}.csv").write_text(text.getvalue(), encoding="utf-8")
     return out

@@ -100,7 +100,8 @@ class SentenceData:
 
     def tokenized(self, examples: data.Examples) -> data.TokenizedExamples:
         return data.TokenizedExamples(examples, self.tokenizer, self.job.max_seq_len,
-                                      float_labels=self.task.kind in ("regression", "multilabel"))
+                                      float_labels=self.task.kind in ("regression", "multilabel"),
+                                      truncation=self.task.truncation)
 
     def dataset(self, split: str) -> data.TokenizedExamples:
         return self.tokenized(self.examples(split)[1])

@@ -10,6 +10,7 @@
         label: label
         metrics: [accuracy, macro_f1]      # averaged into the task score
         epochs: 3                  # and lr, weight_decay, batch_size, seeds, max_seq_len
+        truncation: head           # of texts longer than max_seq_len keep the head, tail or head+tail
 
 `dataset: <Hugging Face dataset>` (with `dataset_config`) reads train/dev/test as that dataset's split names
 instead. A definition may also be a path to a YAML file holding one. Every file is read and checked before
@@ -31,7 +32,7 @@ import yaml
 from mosaicbert.config import build_dataclass
 from mosaicbert.errors import ConfigError, UserError, nearest
 from mosaicbert.glue import tagging
-from mosaicbert.glue.data import Examples
+from mosaicbert.glue.data import TRUNCATION_SIDES, Examples
 from mosaicbert.glue.metrics import DEFAULT_METRICS, KIND_METRICS
 
 KINDS = ("classification", "multilabel", "regression", "token_classification")
@@ -62,6 +63,7 @@ class OwnTask:
     label_separator: str = "|"  # multilabel labels in a CSV/TSV cell: "sports|politics"
     metrics: list[str] | None = None
     max_seq_len: int | None = None  # default: the config's
+    truncation: str = "head"  # which tokens of a longer text stay: head, tail or head+tail (glue/data.py)
     lr: float | None = None  # hyperparameters default to the config's `sane` settings
     weight_decay: float | None = None
     batch_size: int | None = None
@@ -147,6 +149,12 @@ def _definition_file(name: str, path: Path) -> dict[str, Any]:
 def _check_keys(task: OwnTask, where: str) -> None:
     if task.kind not in KINDS:
         raise ConfigError(f"{where}.kind must be one of {', '.join(KINDS)}, got '{task.kind}'.{nearest(task.kind, KINDS)}")
+    if task.truncation not in TRUNCATION_SIDES:
+        raise ConfigError(f"{where}.truncation must be one of {', '.join(TRUNCATION_SIDES)}, got "
+                          f"'{task.truncation}'.{nearest(task.truncation, TRUNCATION_SIDES)}")
+    if task.kind == "token_classification" and task.truncation != "head":
+        raise ConfigError(f"{where}.truncation={task.truncation}: token classification keeps a sentence's first "
+                          "words (its tags are per word); set truncation: head or split long sentences.")
     for split in ("train", "dev"):
         if not getattr(task, split):
             raise ConfigError(f"{where}.{split} is missing: a file ({', '.join(TABLE_FORMATS)}; CoNLL for "

@@ -336,6 +336,24 @@ def check_starts(config: GlueConfig) -> None:
     for path in (start, config.round_2_start):
         if path and Path(path).is_dir():
             check_model_name(str(path), folder_model_name(Path(path)), config.model_name)
+    check_position_table(config)
+
+
+def check_position_table(config: GlueConfig) -> None:
+    """hf_bert reads positions from a learned table, which bounds max_seq_len; MosaicBERT's ALiBi has no bound."""
+    from mosaicbert.model.loading import start_position_table
+
+    if config.model_name != "hf_bert":
+        return
+    table = start_position_table(config.starting_checkpoint, config.model_config)
+    lengths = {"max_seq_len": config.max_seq_len}
+    lengths.update({f"own_tasks.{name}.max_seq_len": task.max_seq_len
+                    for name, task in definitions(config).items() if task.max_seq_len and name in config.tasks})
+    for key, length in lengths.items():
+        if length > table:
+            raise UserError(f"{key}={length} does not fit the position table of {table} entries of "
+                            f"{config.starting_checkpoint} (hf_bert); lower it to {table} or less (MosaicBERT's "
+                            "ALiBi has no such limit).")
 
 
 def submission_folder(argv: list[str]) -> tuple[list[str], Path | None]:

@@ -55,6 +55,10 @@ class Task:
     def test_names(self) -> tuple[str, ...]:
         return tuple(test_set.name for test_set in self.test_sets)
 
+    @property
+    def truncation(self) -> str:
+        return "head"  # as GLUE has always been run
+
 
 TASKS: dict[str, Task] = {
     "mnli": Task("mnli", "MNLI", 3, ("premise", "hypothesis"), ("accuracy",),

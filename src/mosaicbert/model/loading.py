@@ -192,6 +192,19 @@ def fold_search_coefficients(state: dict[str, torch.Tensor]) -> dict[str, torch.
     return state
 
 
+def start_position_table(path: str, model_config: dict[str, Any] | None = None) -> int:
+    """The learned position table's size of a BERT start (its config.json, or the model_config.json beside a
+    checkpoint, or `model_config`), without reading its weights."""
+    start = Path(path)
+    if model_config is None:
+        config_file = start / "config.json" if start.is_dir() else start.parent / "model_config.json"
+        try:
+            model_config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        except json.JSONDecodeError:
+            model_config = {}  # the job that reads it says what is wrong with it
+    return int(model_config.get("max_position_embeddings", BertConfig().max_position_embeddings))
+
+
 def folder_model_name(folder: Path) -> str:
     """Which of `CLASSIFIERS` a Hugging Face model folder holds, by its config.json (`model_type`; the
     original MosaicBERT release says "bert" too, and is told apart by its markers)."""
