@@ -23,7 +23,8 @@ def main() -> int:
                         help="counts the long documents' tokens (default: the sample corpus's, make sample-shards)")
     args = parser.parse_args()
     if not args.long_documents:
-        out = write_own_demo_tasks(args.out, args.train_size or 240, args.dev_size or 60)
+        out = write_own_demo_tasks(args.out, 240 if args.train_size is None else args.train_size,
+                                   60 if args.dev_size is None else args.dev_size)
         print(f"wrote the topic (CSV) and ner (CoNLL) demo tasks under {out}")
         return 0
     from mosaicbert.data.tokenizer import build_tokenizer
@@ -35,7 +36,8 @@ def main() -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     count = lambda text: len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])  # noqa: E731
-    out = write_long_document_task(args.out, count, args.train_size or 400, args.dev_size or 200)
+    out = write_long_document_task(args.out, count, 400 if args.train_size is None else args.train_size,
+                                   200 if args.dev_size is None else args.dev_size)
     print(f"wrote the long-document task (train.csv, dev.csv) under {out}")
     return 0
 

@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import yaml
@@ -167,22 +169,53 @@ def test_a_cut_batch_is_what_the_tokenizer_gives_at_the_shorter_length(sample_ro
     assert torch.equal(cut["labels"][~runs_on], labels[~runs_on, :32]) and torch.equal(cut["labels"][:, :31], labels[:, :31])
 
 
-@pytest.mark.parametrize("until, batch, elapsed, length", [
-    (["0.9dur", "1dur"], 89, 0.89, 32), (["0.9dur", "1dur"], 90, 0.9, 64), (["3ba", "8ba"], 2, 0.25, 32),
-    (["3ba", "8ba"], 3, 0.375, 64), (["3ba", "8ba"], 8, 1.0, 64),
+@pytest.mark.parametrize("until, batch, max_duration, length", [
+    (["0.9dur", "1dur"], 89, "100ba", 32), (["0.9dur", "1dur"], 90, "100ba", 64), (["3ba", "8ba"], 2, "8ba", 32),
+    (["3ba", "8ba"], 3, "8ba", 64), (["3ba", "8ba"], 8, "8ba", 64),
+    # An epoch-long run is measured in batches (10 per epoch here): Composer's own fraction stays 0 within an epoch.
+    (["0.9dur", "1dur"], 8, "1ep", 32), (["0.9dur", "1dur"], 9, "1ep", 64), (["0.5dur", "1dur"], 9, "2ep", 32),
 ])
-def test_the_phase_is_read_from_the_runs_progress(until, batch, elapsed, length):
-    from types import SimpleNamespace
-
+def test_the_phase_is_read_from_the_runs_progress(until, batch, max_duration, length):
     from composer.core import Time, TimeUnit
 
     from mosaicbert.data.length_schedule import LengthSchedule, Phase
 
     schedule = LengthSchedule([Phase(32, Time.from_timestring(until[0])), Phase(64, Time.from_timestring(until[1]))],
                               sep_token_id=3, packing=False, run_microbatch=8)
-    state = SimpleNamespace(timestamp=SimpleNamespace(batch=Time(batch, TimeUnit.BATCH)),
-                            get_elapsed_duration=lambda: Time(elapsed, TimeUnit.DURATION))
-    assert schedule.phase_at(state).max_seq_len == length
+    assert schedule.phases[schedule.phase_at(progress(batch, max_duration))].max_seq_len == length
+
+
+def progress(batch: int, max_duration: str, batches_per_epoch: int = 10):
+    """A stand-in for Composer's State at `batch` of a run of `max_duration`."""
+    from types import SimpleNamespace
+
+    from composer.core import Time, TimeUnit
+
+    duration = Time.from_timestring(max_duration)
+    epoch = batch // batches_per_epoch
+    done = {TimeUnit.BATCH: batch, TimeUnit.EPOCH: epoch}[duration.unit]
+    return SimpleNamespace(timestamp=SimpleNamespace(batch=Time(batch, TimeUnit.BATCH)), max_duration=duration,
+                           dataloader_len=Time(batches_per_epoch, TimeUnit.BATCH),
+                           get_elapsed_duration=lambda: Time(done / duration.value, TimeUnit.DURATION))
+
+
+def test_a_phase_reached_is_kept_when_a_resumed_run_is_longer():
+    """Resumed with a larger max_duration (or time budget), the share done shrinks: the run stays at its length."""
+    from composer.core import Time
+
+    from mosaicbert.data.length_schedule import LengthSchedule, Phase
+
+    def schedule():
+        return LengthSchedule([Phase(32, Time.from_timestring("0.5dur")), Phase(64, Time.from_timestring("1dur"))],
+                              sep_token_id=3, packing=False, run_microbatch=8)
+
+    first = schedule()
+    first._follow(SimpleNamespace(**vars(progress(6, "10ba")), device_train_microbatch_size=8))
+    assert first.phase.max_seq_len == 64
+    resumed = schedule()
+    resumed.load_state_dict(first.state_dict())
+    assert resumed.phases[resumed.phase_at(progress(6, "20ba"))].max_seq_len == 64
+    assert schedule().phases[schedule().phase_at(progress(6, "20ba"))].max_seq_len == 32  # without the record
 
 
 @pytest.mark.parametrize("schedule, extra, message", [
@@ -257,6 +290,13 @@ def random_texts(seed: int, count: int, most_words: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
+def corpus_texts(sample_root) -> list[str]:
+    """The sample corpus's training documents, read from its shards (building them again takes longer)."""
+    train = LocalDataset(local=str(sample_root / "train"))
+    return [train[i]["text"] for i in range(len(train))]
+
+
+@pytest.fixture(scope="module")
 def sample_tokenizer(sample_root):
     from mosaicbert.data.tokenizer import build_tokenizer
 
@@ -292,7 +332,7 @@ def test_tail_and_head_plus_tail_keep_a_texts_ends(sample_tokenizer, side):
     assert any(len(sample_tokenizer(t, add_special_tokens=False)["input_ids"]) > 62 for t in texts)
 
 
-def test_the_long_document_task_hides_its_cues_from_any_128_token_window(sample_root, sample_tokenizer, tmp_path):
+def test_the_long_document_task_hides_its_cues_from_any_128_token_window(corpus_texts, sample_tokenizer, tmp_path):
     """Every document is 600-2,000 tokens and names its label twice, each cue at least 128 tokens from its end of
     the document: 128 tokens (head, tail or head+tail) see neither cue, the whole document both."""
     import csv
@@ -301,7 +341,7 @@ def test_the_long_document_task_hides_its_cues_from_any_128_token_window(sample_
     from mosaicbert.glue.demo_data import write_long_document_task
 
     count = lambda text: len(sample_tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])  # noqa: E731
-    out = write_long_document_task(tmp_path / "long", count, train_size=12, dev_size=6)
+    out = write_long_document_task(tmp_path / "long", count, train_size=12, dev_size=6, texts=corpus_texts)
     assert sorted(p.name for p in out.iterdir()) == ["dev.csv", "train.csv"]
     rows = list(csv.DictReader((out / "train.csv").open(encoding="utf-8")))
     assert len(rows) == 12 and len({r["label"] for r in rows}) > 1
@@ -350,7 +390,7 @@ def test_hf_bert_fine_tuning_past_its_position_table_is_one_error(two_models, tm
 
 
 @pytest.mark.slow
-def test_mosaicbert_fine_tunes_on_whole_long_documents(two_models, sample_root, sample_tokenizer, tmp_path):
+def test_mosaicbert_fine_tunes_on_whole_long_documents(two_models, sample_root, sample_tokenizer, corpus_texts, tmp_path):
     """A tiny MosaicBERT (pretrained at 64 tokens) fine-tuned and evaluated on documents of up to 2,000 tokens."""
     import json
 
@@ -358,7 +398,7 @@ def test_mosaicbert_fine_tunes_on_whole_long_documents(two_models, sample_root, 
     from mosaicbert.glue.runner import main as glue_main
 
     count = lambda text: len(sample_tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])  # noqa: E731
-    data = write_long_document_task(tmp_path / "long", count, train_size=8, dev_size=4)
+    data = write_long_document_task(tmp_path / "long", count, train_size=8, dev_size=4, texts=corpus_texts)
     run = tmp_path / "run"
     assert glue_main([str(REPO / "yamls" / "finetune" / "long-documents.yaml"), f"starting_checkpoint={two_models[0]}",
                       f"tokenizer_name={sample_root / 'tokenizer'}", f"run_folder={run}",

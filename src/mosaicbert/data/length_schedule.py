@@ -48,7 +48,7 @@ class LengthSchedule(Callback):
         self.sep_token_id = sep_token_id
         self.packing = packing
         self.run_microbatch = run_microbatch  # 'auto' (GPU): Composer adapts it, phases leave it alone
-        self.phase = phases[0]
+        self.reached = 0  # the furthest phase so far, checkpointed
 
     @classmethod
     def from_config(cls, config, sep_token_id: int) -> LengthSchedule:
@@ -56,12 +56,18 @@ class LengthSchedule(Callback):
                   for p in config.seq_len_schedule]
         return cls(phases, sep_token_id, config.train_loader.packing, config.device_train_microbatch_size)
 
-    def phase_at(self, state: State) -> Phase:
-        for phase in self.phases:
-            done = state.get_elapsed_duration() if phase.until.unit == TimeUnit.DURATION else state.timestamp.batch
-            if done is None or done.value < phase.until.value:
-                return phase
-        return self.phases[-1]
+    @property
+    def phase(self) -> Phase:
+        return self.phases[self.reached]
+
+    def phase_at(self, state: State) -> int:
+        """The phase the run's progress calls for; never one before a phase already reached, so a run resumed
+        with a longer budget or max_duration (a smaller share done) does not go back to shorter sequences."""
+        for i, phase in enumerate(self.phases):
+            done = run_fraction(state) if phase.until.unit == TimeUnit.DURATION else int(state.timestamp.batch)
+            if done < phase.until.value:
+                return max(i, self.reached)
+        return len(self.phases) - 1
 
     def fit_start(self, state: State, logger: Logger) -> None:
         self._follow(state, first=True)
@@ -74,16 +80,30 @@ class LengthSchedule(Callback):
         logger.log_metrics({"data/max_seq_len": self.phase.max_seq_len})
 
     def _follow(self, state: State, first: bool = False) -> None:
-        phase = self.phase_at(state)
-        if phase != self.phase or first:
-            log.info("sequence length %d from batch %d", phase.max_seq_len, int(state.timestamp.batch))
-        self.phase = phase
+        reached = self.phase_at(state)
+        if reached != self.reached or first:
+            log.info("sequence length %d from batch %d", self.phases[reached].max_seq_len, int(state.timestamp.batch))
+        self.reached = reached
         if isinstance(self.run_microbatch, int):
-            state.device_train_microbatch_size = phase.microbatch_size or self.run_microbatch
+            state.device_train_microbatch_size = self.phase.microbatch_size or self.run_microbatch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"reached": self.reached}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.reached = state["reached"]
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         batch = cut_to_length(batch, self.phase.max_seq_len, self.sep_token_id)
         return pack_batch(batch) if self.packing else batch
+
+
+def run_fraction(state: State) -> float:
+    """The share of the run done. A run of epochs is measured in batches: Composer's elapsed duration of an
+    epoch-long run moves only when an epoch ends."""
+    if state.max_duration.unit == TimeUnit.EPOCH and state.dataloader_len is not None:
+        return int(state.timestamp.batch) / (int(state.dataloader_len) * state.max_duration.value)
+    return state.get_elapsed_duration().value
 
 
 def cut_to_length(batch: dict[str, torch.Tensor], length: int, sep_token_id: int) -> dict[str, torch.Tensor]:

@@ -52,17 +52,24 @@ def pack_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise ValueError("a batch without real tokens cannot be packed")
     rows = [[d for d in group if lengths[d] > 0] for group in best_fit_decreasing(lengths, seq_len)]
     rows = [row for row in rows if row]
-    padding = mask == 0
-    packed = {key: value.new_full((len(rows), seq_len), int(value[padding][0]) if bool(padding.any()) else 0)
-              for key, value in batch.items()}
-    packed["attention_mask"].zero_()
-    for r, documents in enumerate(rows):
+    row_of, start_of, number_of = [0] * len(lengths), [0] * len(lengths), [0] * len(lengths)
+    for r, documents in enumerate(rows):  # each document's row, first slot and number within the row
         start = 0
         for number, d in enumerate(documents, 1):
-            end = start + lengths[d]
-            for key, value in batch.items():
-                packed[key][r, start:end] = number if key == "attention_mask" else value[d, : lengths[d]]
-            start = end
+            row_of[d], start_of[d], number_of[d] = r, start, number
+            start += lengths[d]
+    # Every real token moves at once: from (its document, j) to (its document's row, the document's start + j).
+    document, position = mask.nonzero(as_tuple=True)  # right padding: a document's tokens are positions 0..n-1
+    row_of, start_of, number_of = (torch.tensor(values) for values in (row_of, start_of, number_of))
+    to_row, to_slot = row_of[document], start_of[document] + position
+    # Padding keeps each tensor's own pad value, read where the shortest row is padded (0 when none is).
+    shortest = min(range(len(lengths)), key=lengths.__getitem__)
+    fill = {key: int(value[shortest, -1]) if lengths[shortest] < seq_len else 0 for key, value in batch.items()}
+    packed = {key: value.new_full((len(rows), seq_len), fill[key]) for key, value in batch.items()}
+    for key, value in batch.items():
+        packed[key][to_row, to_slot] = value[document, position]
+    packed["attention_mask"].zero_()
+    packed["attention_mask"][to_row, to_slot] = number_of[document].to(mask.dtype)
     if "labels" in packed:  # padding is never a target
         packed["labels"][packed["attention_mask"] == 0] = -100
     return packed

@@ -196,8 +196,9 @@ def write_own_demo_tasks(out_dir: str | os.PathLike, train_size: int = 240, dev_
 
 
 # Long-document demo (docs/long-context.md): documents of 600-2,000 tokens of corpus sentences whose label
-# (4 classes) is named by two cue sentences, one 128-320 tokens from the start and one 128-320 tokens from
-# the end. No 128-token window (head, tail, or head+tail) reaches either cue; the whole document holds both.
+# (4 classes) is named by two cue sentences, one after at least 128 tokens and one followed by at least 128 (a
+# draw of 128-320, rounded up to whole sentences). No 128-token window (head, tail, or head+tail) reaches
+# either cue; the whole document holds both.
 LONG_OFFICES = ("harbor", "summit")
 LONG_VERDICTS = ("approved", "rejected")
 LONG_LENGTHS = (600, 2000)
@@ -205,8 +206,8 @@ CUE_DISTANCE = (128, 320)
 
 
 def long_document(flat: list[str], count_tokens, rng: random.Random) -> tuple[str, str]:
-    """(text, label): filler sentences, the office cue after the first 128-320 filler tokens, more filler, the
-    verdict cue, and 128-320 filler tokens after it; 600-2,000 tokens in all (counted with `count_tokens`,
+    """(text, label): filler sentences, the office cue after at least 128-320 filler tokens (whole sentences, so
+    a little more), more filler, the verdict cue, and at least 128-320 filler tokens after it; 600-2,000 tokens in all (counted with `count_tokens`,
     which adds up over sentences as a WordPiece tokenizer's counts do; drawn again when outside)."""
     office, verdict = rng.choice(LONG_OFFICES), rng.choice(LONG_VERDICTS)
     cues = (f"This case was opened by the {office} office.", f"In the end the case was {verdict}.")

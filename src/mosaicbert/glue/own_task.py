@@ -208,8 +208,12 @@ def _check_label_count(task: OwnTask, labels: list[str] | None, metrics: list[st
 
 
 def job_definition(task: OwnTask) -> dict[str, Any]:
-    """What a job carries of its task (`Job.own_task`): the definition without the hyperparameters it holds itself."""
-    return {key: value for key, value in asdict(task).items() if key not in HYPERPARAMETER_KEYS}
+    """What a job carries of its task (`Job.own_task`): the definition without the hyperparameters it holds itself
+    (and without the default truncation, so results from before it existed are still this job's)."""
+    definition = {key: value for key, value in asdict(task).items() if key not in HYPERPARAMETER_KEYS}
+    if definition["truncation"] == "head":
+        del definition["truncation"]
+    return definition
 
 
 def _identity(task: OwnTask, split: str) -> list[Any] | None:

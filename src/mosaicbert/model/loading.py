@@ -193,10 +193,10 @@ def fold_search_coefficients(state: dict[str, torch.Tensor]) -> dict[str, torch.
 
 
 def start_position_table(path: str, model_config: dict[str, Any] | None = None) -> int:
-    """The learned position table's size of a BERT start (its config.json, or the model_config.json beside a
-    checkpoint, or `model_config`), without reading its weights."""
+    """The learned position table's size of a BERT start (a folder's config.json; for a checkpoint `model_config`,
+    else the model_config.json beside it, as the loader reads them), without reading its weights."""
     start = Path(path)
-    if model_config is None:
+    if model_config is None or start.is_dir():
         config_file = start / "config.json" if start.is_dir() else start.parent / "model_config.json"
         try:
             model_config = json.loads(config_file.read_text()) if config_file.is_file() else {}
