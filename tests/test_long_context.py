@@ -216,6 +216,13 @@ def test_a_phase_reached_is_kept_when_a_resumed_run_is_longer():
     resumed.load_state_dict(first.state_dict())
     assert resumed.phases[resumed.phase_at(progress(6, "20ba"))].max_seq_len == 64
     assert schedule().phases[schedule().phase_at(progress(6, "20ba"))].max_seq_len == 32  # without the record
+    extended = LengthSchedule([Phase(64, Time.from_timestring("0.5dur")), Phase(128, Time.from_timestring("1dur"))],
+                              sep_token_id=3, packing=False, run_microbatch=8)
+    extended.load_state_dict(first.state_dict())  # resumed with a context-extension schedule: from 64 on
+    assert extended.phase.max_seq_len == 64
+    older = schedule()
+    older.load_state_dict({})  # a checkpoint of this callback's first version
+    assert older.phase.max_seq_len == 32
 
 
 @pytest.mark.parametrize("schedule, extra, message", [
@@ -272,6 +279,8 @@ def test_a_length_schedule_switches_at_its_step_and_resumes_exactly_across_the_s
     with pytest.raises(KeyboardInterrupt):  # resumed at 3, across the switch, killed again at 7
         run(tmp_path / "resumed", spy, CrashAtBatch(7), autoresume=True)
     assert spy.seen[:2] == [(3, 32, 16), (4, 64, 8)]
+    assert torch.load(tmp_path / "resumed" / "checkpoints" / "ep0-ba6-rank0.pt", map_location="cpu",
+                      weights_only=False)["state"]["callbacks"]["LengthSchedule"] == {"max_seq_len": 64}
     spy = LengthSpy()
     resumed = run(tmp_path / "resumed", spy, autoresume=True)  # resumed at 6, after the switch
     assert spy.seen == [(6, 64, 8), (7, 64, 8)]
@@ -410,3 +419,12 @@ def test_mosaicbert_fine_tunes_on_whole_long_documents(two_models, sample_root, 
     assert result["job"]["max_seq_len"] == 2048 and result["job"]["own_task"]["truncation"] == "head+tail"
     predictions = result_file.with_name(result_file.stem + "-dev-predictions.jsonl").read_text().splitlines()
     assert [json.loads(row)["id"] for row in predictions] == ["dev0", "dev1", "dev2", "dev3"]
+
+
+def test_the_default_truncation_leaves_own_tasks_job_hashes_as_they_were():
+    """Results of own tasks saved before `truncation` existed are still their jobs' (the spec hash is unchanged)."""
+    from mosaicbert.glue.own_task import OwnTask, from_json, job_definition
+
+    head, tail = job_definition(OwnTask(name="t")), job_definition(OwnTask(name="t", truncation="tail"))
+    assert "truncation" not in head and tail["truncation"] == "tail"
+    assert from_json(head).truncation == "head" and from_json(tail).truncation == "tail"

@@ -13,9 +13,9 @@ The loaders tokenize and mask at the longest length (`max_seq_len`). Before each
 is cut to the current phase's length: a document longer than that ends in [SEP] there (not a target), as a
 tokenizer's truncation would end it, and with packing the documents are packed into rows of that length
 (packing moves here from the loader's workers, which run ahead of training and cannot know the phase). Masks
-are drawn per token, so a cut batch keeps the masking rate. The phase comes from the run's timestamp
-before every batch: a resumed run continues at the length its step calls for, and under a time budget a
-`dur` phase is that share of the budget. Evaluation always runs at `max_seq_len`, one measure across phases.
+are drawn per token, so a cut batch keeps the masking rate. The phase comes from the run's progress
+before every batch, and never goes back to a shorter one (the length reached is checkpointed): a resumed run
+continues at the length its step calls for, and under a time budget a `dur` phase is that share of the budget. Evaluation always runs at `max_seq_len`, one measure across phases.
 """
 
 from __future__ import annotations
@@ -88,10 +88,12 @@ class LengthSchedule(Callback):
             state.device_train_microbatch_size = self.phase.microbatch_size or self.run_microbatch
 
     def state_dict(self) -> dict[str, int]:
-        return {"reached": self.reached}
+        return {"max_seq_len": self.phase.max_seq_len}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.reached = state["reached"]
+        """The first phase at least as long as the checkpoint's, so a resume may also change the schedule."""
+        reached = state.get("max_seq_len", 0)  # checkpoints of the first version of this callback hold {}
+        self.reached = next((i for i, p in enumerate(self.phases) if p.max_seq_len >= reached), len(self.phases) - 1)
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         batch = cut_to_length(batch, self.phase.max_seq_len, self.sep_token_id)

@@ -60,7 +60,7 @@ def pack_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             start += lengths[d]
     # Every real token moves at once: from (its document, j) to (its document's row, the document's start + j).
     document, position = mask.nonzero(as_tuple=True)  # right padding: a document's tokens are positions 0..n-1
-    row_of, start_of, number_of = (torch.tensor(values) for values in (row_of, start_of, number_of))
+    row_of, start_of, number_of = (torch.tensor(values, device=mask.device) for values in (row_of, start_of, number_of))
     to_row, to_slot = row_of[document], start_of[document] + position
     # Padding keeps each tensor's own pad value, read where the shortest row is padded (0 when none is).
     shortest = min(range(len(lengths)), key=lengths.__getitem__)
