@@ -14,8 +14,9 @@ is cut to the current phase's length: a document longer than that ends in [SEP] 
 tokenizer's truncation would end it, and with packing the documents are packed into rows of that length
 (packing moves here from the loader's workers, which run ahead of training and cannot know the phase). Masks
 are drawn per token, so a cut batch keeps the masking rate. The phase comes from the run's progress
-before every batch, and never goes back to a shorter one (the length reached is checkpointed): a resumed run
-continues at the length its step calls for, and under a time budget a `dur` phase is that share of the budget. Evaluation always runs at `max_seq_len`, one measure across phases.
+before every batch, and never goes back to a shorter one (the length reached is checkpointed): a resumed
+run continues at the length its step calls for, and under a time budget a `dur` phase is that share of the
+budget. Evaluation always runs at `max_seq_len`, one measure across phases.
 """
 
 from __future__ import annotations

@@ -196,8 +196,10 @@ def start_position_table(path: str, model_config: dict[str, Any] | None = None) 
     """The learned position table's size of a BERT start (a folder's config.json; for a checkpoint `model_config`,
     else the model_config.json beside it, as the loader reads them), without reading its weights."""
     start = Path(path)
-    if model_config is None or start.is_dir():
-        config_file = start / "config.json" if start.is_dir() else start.parent / "model_config.json"
+    if start.is_dir():
+        model_config = folder_config(start)
+    elif model_config is None:
+        config_file = start.parent / "model_config.json"
         try:
             model_config = json.loads(config_file.read_text()) if config_file.is_file() else {}
         except json.JSONDecodeError:
