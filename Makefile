@@ -21,6 +21,7 @@ DEMO_RUN ?= demo-$(NOW)
 DEMO_ARGS ?=
 GLUE_DEMO_ARGS ?=
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
 
 GLUE_DEMO_ROOT ?= data/glue_demo
 GLUE_DEMO_RUN ?= glue-demo-$(NOW)
@@ -58,7 +59,7 @@ GPU_WHEELS := mosaicml==0.32.1 mosaicml-streaming==0.13.0 transformers==4.53.3 t
 	questionary==2.0.1 prompt-toolkit==3.0.36 wcwidth==0.9.4 validators==0.36.0 brotli==1.2.1 pytorch-ranger==0.1.1
 GPU_WHEEL_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64
 
-.PHONY: shards tokenizer install demo glue-demo finetune-demo earlybert-demo pareto-demo bench gpu-check gpu-wheels export test sample-shards c4-shards lock clean
+.PHONY: shards tokenizer install demo glue-demo finetune-demo earlybert-demo pareto-demo bench gpu-check gpu-wheels export test test-fast sample-shards c4-shards lock clean
 
 install: $(STAMP)
 
@@ -161,8 +162,14 @@ export: $(STAMP)
 	@test -n "$(CKPT)" || { echo "error: no checkpoint to export: run \`make demo\` first or set CKPT=runs/<run>/checkpoints/<file>.pt" >&2; exit 2; }
 	$(PY) src/export.py $(CKPT) $(OUT) $(if $(TOKENIZER),--tokenizer $(TOKENIZER)) $(if $(OVERWRITE),--overwrite)
 
+# The whole suite (CI's command), on TEST_WORKERS processes (pytest-xdist). A test file stays on one
+# worker, so a module's fixtures (the test Slurm cluster, a shared straight run) start once.
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# The suite without the `slow` end-to-end tests (training runs, CLIs in subprocesses, Slurm): a quick check.
+test-fast: $(STAMP)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 # Re-resolve the pinned stack from pyproject.toml in a scratch venv and rewrite requirements.lock.
 lock:

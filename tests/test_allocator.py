@@ -42,6 +42,7 @@ def test_existing_tunables_are_kept_and_the_switch_turns_it_off():
     assert len([line for line in lines if line.startswith("start")]) == 1 and lines[-1] == "tunables None"
 
 
+@pytest.mark.slow
 def test_the_tunables_cut_the_page_faults_of_repeated_large_allocations():
     """What the tuning is for: a freed 32 MiB activation is reused from the heap, not unmapped and faulted in
     again at the next step (by default each of the 40 faults in all of its 8192 pages; tuned, a few

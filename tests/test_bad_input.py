@@ -102,6 +102,7 @@ def test_bad_input_is_one_message_exit_2_and_nothing_written(name, clean_env, sa
     assert not run.exists()  # no run folder, logs or checkpoints from a run that could not start
 
 
+@pytest.mark.slow
 def test_disk_full_during_a_checkpoint_write_removes_the_partial_file(clean_env, sample_root, tmp_path):
     """A file-size limit (RLIMIT_FSIZE) stands in for a full disk: the checkpoint write fails part way."""
     run = tmp_path / "run"

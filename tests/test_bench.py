@@ -300,6 +300,7 @@ def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
                           text=True, env={**os.environ, **env}, cwd=REPO)
 
 
+@pytest.mark.slow
 def test_cli_smoke_writes_table_json_chart_and_profiles(sample_root, tmp_path):
     out = tmp_path / "bench"
     done = run_cli("--preset", "tiny", "--hidden-size", "64", "--lengths", "corpus", "full", "--data-root",
@@ -315,6 +316,7 @@ def test_cli_smoke_writes_table_json_chart_and_profiles(sample_root, tmp_path):
     assert "x the non-padding tokens/s of BertForMaskedLM (SDPA)" in done.stdout
 
 
+@pytest.mark.slow
 def test_cli_bad_input_is_one_message(tmp_path):
     done = run_cli("--lengths", "corpus", "--data-root", str(tmp_path), "--out", str(tmp_path / "o"))
     assert done.returncode == 1 and "make sample-shards" in done.stderr and "Traceback" not in done.stderr
@@ -322,6 +324,7 @@ def test_cli_bad_input_is_one_message(tmp_path):
     assert done.returncode == 2 and "invalid choice: 'huge'" in done.stderr
 
 
+@pytest.mark.slow
 def test_cli_seq_lens_keeps_the_tokens_per_batch_and_stops_bert_at_its_positions(tmp_path):
     out = tmp_path / "bench"
     done = run_cli("--preset", "tiny", "--hidden-size", "64", "--seq-lens", "32", "600", "--tokens-per-batch", "1200",

@@ -39,6 +39,7 @@ def test_compiled_and_eager_agree_in_outputs_and_gradients():
             torch.testing.assert_close(g_c, g_e, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_compile_config_reaches_composer(clean_env, sample_root, tmp_path):
     config = load_config(DEMO_YAML, tiny_overrides(sample_root, tmp_path / "run") + ["compile_config={dynamic: true}"])
     assert config.compile_config == {"dynamic": True}

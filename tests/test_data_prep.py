@@ -124,6 +124,7 @@ def test_prep_killed_mid_write_then_run_again_completes(tmp_path):
     assert [p.name for p in out.iterdir()] == ["train"]  # the killed run's staging folder is gone
 
 
+@pytest.mark.slow
 def test_sample_corpus_is_deterministic_english_and_split_by_module():
     first, second = prep.sample_corpus(), prep.sample_corpus()
     assert first == second

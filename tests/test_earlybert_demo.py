@@ -28,6 +28,7 @@ def write_run(folder, name, step_seconds, accuracy, draw=None):
     return str(folder)
 
 
+@pytest.mark.slow
 def test_pairs_of_runs_report_mean_and_spread(tmp_path):
     runs = [  # baseline step times, candidate step times (search up to the draw, then pruned), draw, accuracies
         ([1.0] * 9 + [9.0], [1.2] * 4 + [0.6] * 6, 4, 0.25, 0.26),  # a busy spell slowed the baseline's last step

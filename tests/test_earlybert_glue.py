@@ -69,6 +69,7 @@ def test_glue_earlybert_settings_are_checked():
             load_glue_config(FINETUNE_YAML, base + override.split())
 
 
+@pytest.mark.slow
 def test_search_at_a_constant_rate_then_the_ticket_with_its_own_lr_and_epochs(tmp_path, sample_root, monkeypatch):
     import composer
     from composer.core import Callback

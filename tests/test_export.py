@@ -56,6 +56,7 @@ def composer_model_from(checkpoint: Path, tokenizer) -> ComposerMosaicBert:
     return model.eval()
 
 
+@pytest.mark.slow
 def test_export_loads_with_plain_transformers_and_matches_the_composer_model(mosaic_checkpoint, tokenizer, tmp_path):
     out = tmp_path / "exported"
     report = export_model(str(mosaic_checkpoint), str(out), **quiet)
@@ -136,6 +137,7 @@ def pruned_checkpoint(folder: Path, tokenizer) -> tuple[Path, MosaicBertForMaske
     return checkpoint, model.eval()
 
 
+@pytest.mark.slow
 def test_pruned_model_exports_with_its_widths_and_matches(tokenizer, sample_root, tmp_path):
     checkpoint, model = pruned_checkpoint(tmp_path / "run", tokenizer)
     with pytest.raises(UserError, match="--tokenizer"):  # no run record beside it names the tokenizer
@@ -154,6 +156,7 @@ def labelled(names: list[str]) -> dict[str, dict]:
     return {"id2label": dict(enumerate(names)), "label2id": {name: i for i, name in enumerate(names)}}
 
 
+@pytest.mark.slow
 def test_fine_tuned_classifier_exports_with_its_label_names_and_matches(tokenizer, sample_root, tmp_path):
     torch.manual_seed(0)
     names = ["entailment", "neutral", "contradiction"]
@@ -179,6 +182,7 @@ def test_fine_tuned_classifier_exports_with_its_label_names_and_matches(tokenize
         check_parity(renamed, tokenizer, tmp_path / "out", "AutoModelForSequenceClassification")
 
 
+@pytest.mark.slow
 def test_multi_label_classifier_pipeline_gives_the_labels_above_one_half(tokenizer, sample_root, tmp_path):
     torch.manual_seed(0)
     classifier = MosaicBertForSequenceClassification(MosaicBertConfig(
@@ -202,6 +206,7 @@ def token_classifier(model_name: str, vocab_size: int) -> torch.nn.Module:
     return BertForTokenClassification(BertConfig(vocab_size=vocab_size, **TINY, **labelled(TAGS))).eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_name", ["mosaic_bert", "hf_bert"])
 def test_token_classifier_exports_and_its_pipeline_tags_as_the_source_model(model_name, tokenizer, sample_root,
                                                                              tmp_path):
@@ -230,6 +235,7 @@ def test_simple_groups_follow_the_pipelines_rule():
                                             ["LOC", 18, 20]]
 
 
+@pytest.mark.slow
 def test_token_pipeline_groups_are_checked_against_the_source_model(tokenizer, sample_root, tmp_path, monkeypatch):
     model = token_classifier("mosaic_bert", len(tokenizer))
     model.save_pretrained(tmp_path / "job")
@@ -312,6 +318,7 @@ def test_card_lists_failed_glue_tasks_and_classifier_training(tmp_path):
     assert "padded to a multiple of 64" in card and "tags: [mosaicbert, encoder, fill-mask]" in card
 
 
+@pytest.mark.slow
 def test_folder_missing_its_code_fails_the_isolated_load(mosaic_checkpoint, tokenizer, tmp_path):
     out = tmp_path / "exported"
     export_model(str(mosaic_checkpoint), str(out), check=False, **quiet)
@@ -320,6 +327,7 @@ def test_folder_missing_its_code_fails_the_isolated_load(mosaic_checkpoint, toke
         check_parity(composer_model_from(mosaic_checkpoint, tokenizer).model, tokenizer, out, "AutoModelForMaskedLM")
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line_without_traceback(mosaic_checkpoint, tmp_path, capsys, monkeypatch):
     # One run of the script itself, in its own process; the other cases call its main() (same code, no start-up).
     missing = subprocess.run([sys.executable, str(REPO / "src" / "export.py"), str(tmp_path / "nope.pt"),

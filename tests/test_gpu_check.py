@@ -27,6 +27,7 @@ def test_make_gpu_check_without_a_gpu_says_so_in_one_line_and_measures_nothing(t
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_the_check_runs_end_to_end_on_cpu_with_a_tiny_model(tmp_path, capsys):
     import gpu_check
 

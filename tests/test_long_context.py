@@ -76,6 +76,7 @@ def two_models(sample_root, tmp_path_factory):
             pretrain(REPO / "yamls" / "pretrain" / "hf-bert-demo.yaml", sample_root, runs / "hf"))
 
 
+@pytest.mark.slow
 def test_lengths_are_scored_on_the_same_masks_and_bert_stops_at_its_position_table(two_models, sample_root, tmp_path):
     from mosaicbert.evaluation.lengths import evaluate_lengths
 
@@ -113,6 +114,7 @@ def test_a_lengths_score_is_the_models_own_mean_loss_on_those_pieces(two_models,
     assert (pieces["input_ids"][:, 0] == tokenizer.cls_token_id).all() and (pieces["input_ids"][:, -1] == tokenizer.sep_token_id).all()
 
 
+@pytest.mark.slow
 def test_eval_lengths_writes_a_table_and_a_plot(two_models, sample_root, tmp_path):
     out = tmp_path / "out"
     command = [sys.executable, "src/eval_lengths.py", str(two_models[0]), "--lengths", "32", "96",

@@ -278,6 +278,7 @@ def training_step_peak(model, rows: int, seq: int) -> int:
     return cpu_allocation_peak(prof)
 
 
+@pytest.mark.slow
 def test_peak_memory_per_token_stays_flat_from_128_to_2048_tokens_per_sequence():
     """8,192 tokens per batch as 64 x 128 and as 4 x 2048: training memory follows the tokens, not the batch
     times the square of the sequence (SDPA's per-sequence bias: 1.8x here) or the square of the batch's tokens
@@ -555,6 +556,7 @@ def _ddp_ranks_see_different_lengths(rank: int, world_size: int, init_file: str,
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_with_a_longer_batch_on_one_rank_keeps_ranks_identical(tmp_path):
     import torch.multiprocessing as mp
 

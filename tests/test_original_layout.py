@@ -142,6 +142,7 @@ def test_release_mlm_loads_for_pretraining_and_computes_the_release_forward(toke
         assert torch.equal(same.state_dict()[key], value), key
 
 
+@pytest.mark.slow
 def test_release_mlm_converts_and_loads_without_the_package(tokenizer, sample_root, tmp_path):
     folder = write_release(tmp_path / "mosaic-bert-base", release_state())
     report = export_model(str(folder), str(tmp_path / "converted"), tokenizer_name=str(sample_root / "tokenizer"),
@@ -164,6 +165,7 @@ def test_release_with_unpadded_vocabulary_rows_keeps_them(tokenizer, tmp_path):
     torch.testing.assert_close(logits[0, :7].double(), expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_release_classifier_fine_tunes_and_exports_to_this_layout(tokenizer, sample_root, tmp_path):
     state = release_state(classifier=True)
     folder = write_release(tmp_path / "release-classifier", state, architectures=["BertForSequenceClassification"],

@@ -118,6 +118,7 @@ def test_bad_sweeps_fail_before_anything_runs_naming_the_cell(tmp_path, sample_r
     assert message in str(err.value)
 
 
+@pytest.mark.slow
 def test_bad_sweep_on_the_command_line_is_one_message_and_nothing_written(tmp_path, sample_root):
     path = write_sweep(tmp_path, sample_root, grid={"seed": [17, 18], "optimizer.lrr": [1.0e-3]})
     done = sweep_cli(str(path), "--launcher", "slurm")
@@ -194,6 +195,7 @@ def read_rows(folder: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_local_sweep_collects_the_table_and_resumes(tmp_path, sample_root):
     path = write_sweep(tmp_path, sample_root)
     folder = tmp_path / "sweep"

@@ -17,6 +17,8 @@ from conftest import REPO
 from slurm_cluster import free_port
 from test_sweep import read_rows, sweep_cli, write_sweep
 
+pytestmark = pytest.mark.slow  # every test runs sweeps or launches through a real Slurm
+
 
 def submitted(folder) -> dict[str, str]:
     """The job ids of the sweep's latest submission."""

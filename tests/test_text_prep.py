@@ -345,6 +345,7 @@ def test_bad_input_is_one_clear_message_and_nothing_written(tmp_path, make_input
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_the_script_prints_one_error_line_and_exits_2(tmp_path):
     command = [sys.executable, str(REPO / "data_prep" / "convert_dataset.py"), "text", "--input",
                str(tmp_path / "missing"), "--out-root", str(tmp_path / "out")]

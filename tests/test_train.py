@@ -136,6 +136,7 @@ def test_two_process_cpu_run(clean_env, sample_root, tmp_path):
     assert os.path.isfile(summary["checkpoint"])
 
 
+@pytest.mark.slow
 def test_paper_recipe_without_data_names_make_c4_shards(tmp_path):
     result = subprocess.run(
         [sys.executable, "src/main.py", "yamls/base.yaml", f"data_local={tmp_path / 'c4'}", f"run_folder={tmp_path / 'run'}"],
