@@ -59,7 +59,7 @@ GPU_WHEELS := mosaicml==0.32.1 mosaicml-streaming==0.13.0 transformers==4.53.3 t
 	questionary==2.0.1 prompt-toolkit==3.0.36 wcwidth==0.9.4 validators==0.36.0 brotli==1.2.1 pytorch-ranger==0.1.1
 GPU_WHEEL_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64
 
-.PHONY: shards tokenizer install demo glue-demo finetune-demo earlybert-demo pareto-demo bench gpu-check gpu-wheels export test test-fast sample-shards c4-shards lock clean
+.PHONY: shards tokenizer install demo glue-demo finetune-demo earlybert-demo pareto-demo bench gpu-check gpu-wheels export time-to-quality test test-fast sample-shards c4-shards lock clean
 
 install: $(STAMP)
 
@@ -138,6 +138,15 @@ earlybert-demo: $(STAMP) sample-shards
 pareto-demo: $(STAMP) sample-shards
 	$(PY) src/sweep.py yamls/sweeps/demo.yaml --launcher local folder=$(PARETO_FOLDER) $(PARETO_ARGS)
 
+# Time to quality (docs/time-to-quality.md): each model's learning rate tuned at the middle budget, then
+# MosaicBERT, a Hugging Face BERT and EarlyBERT each trained to 1.5, 3 and 6 minute budgets, 3 seeds, on this
+# machine's CPU; time to target accuracies with bootstrap intervals in TTQ_FOLDER. A second run continues.
+TTQ_FOLDER ?= runs/sweeps/time-to-quality
+# Options and `key=value` changes of the study, e.g. TTQ_ARGS="--no-tuning grid.seed=[17]".
+TTQ_ARGS ?=
+time-to-quality: $(STAMP) sample-shards
+	$(PY) src/time_to_quality.py yamls/sweeps/time-to-quality.yaml folder=$(TTQ_FOLDER) $(TTQ_ARGS)
+
 # Training-step throughput of MosaicBERT, BertForMaskedLM (SDPA) and ModernBertForMaskedLM side by side
 # on this machine (its GPU when there is one) at the offline corpus's real padding and at none: a table,
 # results.json, a bar chart and per-op profiles in runs/bench/<time>/ (docs/benchmarks.md).
@@ -163,13 +172,16 @@ export: $(STAMP)
 	$(PY) src/export.py $(CKPT) $(OUT) $(if $(TOKENIZER),--tokenizer $(TOKENIZER)) $(if $(OVERWRITE),--overwrite)
 
 # The whole suite (CI's command), on TEST_WORKERS processes (pytest-xdist). A test file stays on one
-# worker, so a module's fixtures (the test Slurm cluster, a shared straight run) start once.
+# worker, so a module's fixtures (the test Slurm cluster, a shared straight run) start once. Tests marked
+# `serial` compare machine-wide state, which the other worker would change: they run alone afterwards
+# (exit status 5 is pytest's "no test selected", when PYTEST_ARGS picks none of them).
 test: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not serial" $(PYTEST_ARGS)
+	$(PY) -m pytest -m serial $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # The suite without the `slow` end-to-end tests (training runs, CLIs in subprocesses, Slurm): a quick check.
 test-fast: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow and not serial" $(PYTEST_ARGS)
 
 # Re-resolve the pinned stack from pyproject.toml in a scratch venv and rewrite requirements.lock.
 lock:

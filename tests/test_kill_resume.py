@@ -133,6 +133,7 @@ def assert_resumed_exactly(straight_dir: Path, straight_run: Path, tmp_path: Pat
             torch.testing.assert_close(b[key], value, rtol=1e-5, atol=1e-6, msg=key)
 
 
+@pytest.mark.serial  # compares machine-wide /dev/shm and temporary-folder listings
 @pytest.mark.slow
 @pytest.mark.parametrize("kill", KILLS)
 def test_sigkill_then_autoresume_loses_and_repeats_nothing(kill, clean_env, sample_root, straight, tmp_path):

@@ -28,6 +28,7 @@ def resources() -> dict[str, object]:
             "tmp": set(os.listdir(tempfile.gettempdir())), "rss": process.memory_info().rss}
 
 
+@pytest.mark.serial  # compares machine-wide /dev/shm and temporary-folder listings
 @pytest.mark.slow
 def test_jobs_one_after_another_leak_nothing(clean_env, sample_root, tmp_path):
     texts = [f"Sentence number {i} talks about parsing files. It returns a value for item {i}. Then it stops here now."

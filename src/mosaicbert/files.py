@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any
 
 
 def write_json_atomically(path: str | os.PathLike, payload: Any) -> None:
@@ -13,9 +15,21 @@ def write_json_atomically(path: str | os.PathLike, payload: Any) -> None:
 
 def write_text_atomically(path: str | os.PathLike, text: str) -> None:
     """Written whole under a temporary name beside `path`, then renamed: never a partial file under its name."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    partial = f"{path}.partial-{os.getpid()}"
-    with open(partial, "w", encoding="utf-8") as f:
+    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
+    with replacing(path) as f:
         f.write(text)
-    os.replace(partial, path)
+
+
+@contextmanager
+def replacing(path: str | os.PathLike, binary: bool = False) -> Iterator[IO[Any]]:
+    """A file whose content appears at `path` only once the block finishes without error."""
+    path = os.fspath(path)
+    partial = f"{path}.partial-{os.getpid()}"
+    try:
+        with open(partial, "wb") if binary else open(partial, "w", encoding="utf-8", newline="") as f:
+            yield f
+        os.replace(partial, path)
+    finally:
+        # Only left behind when the block failed; a finished write has already been renamed away.
+        if os.path.exists(partial):
+            os.remove(partial)

@@ -152,7 +152,7 @@ def compare_runs(pairs: list[tuple[str, str]]) -> str:
         if base["batches"] != cand["batches"]:
             raise UserError(f"{baseline} and {candidate} differ in length: {base['batches']} vs {cand['batches']} batches")
         ticket = _read_json(candidate, "ticket.json") if os.path.isfile(os.path.join(candidate, "ticket.json")) else None
-        base_steps, cand_steps = _step_seconds(baseline), _step_seconds(candidate)
+        base_steps, cand_steps = step_seconds(baseline), step_seconds(candidate)
         draw = ticket["step"] if ticket else len(cand_steps)
         phases = [statistics.median(base_steps), statistics.median(cand_steps[:draw])]
         phases.append(statistics.median(cand_steps[draw:]) if draw < len(cand_steps) else phases[1])
@@ -184,7 +184,7 @@ def compare_runs(pairs: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def _step_seconds(folder: str) -> list[float]:
+def step_seconds(folder: str) -> list[float]:
     """Wall-clock seconds of each training step of a run, from the cumulative `time/train` metric (hours,
     evaluation excluded) that Composer logs every batch into metrics.jsonl."""
     path = os.path.join(folder, "metrics.jsonl")

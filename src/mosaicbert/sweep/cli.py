@@ -83,7 +83,7 @@ def _main(args: argparse.Namespace) -> int:
             launch.submit_slurm(plan, dry_run=True)
         else:
             for run in plan.runs:
-                print(f"\n{run.run_id}:\n  composer src/main.py {shlex.join([run.recipe, *run.overrides])}\n  {shlex.join(launch.evaluate_command(plan, run))}")
+                print(f"\n{run.run_id}:\n  {shlex.join(launch.pretraining_command(plan, run, 0))}\n  {shlex.join(launch.evaluate_command(plan, run))}")
         return 0
     if args.launcher == "slurm":
         jobs = launch.submit_slurm(plan)  # saves the plan once no earlier submission is still running

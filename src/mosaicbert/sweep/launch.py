@@ -93,17 +93,25 @@ def run_local(plan: Plan) -> bool:
     return ok
 
 
+def pretraining_command(plan: Plan, run: Run, slot_index: int) -> list[str]:
+    """`src/main.py` alone for one process (Composer's launcher would only add a second interpreter start,
+    about 8 s of imports on a small CPU, to every run); Composer's launcher for several, on the slot's own
+    rendezvous port so that concurrent slots do not collide."""
+    nproc = max(plan.sweep.gpus_per_node, 1)
+    if nproc == 1:
+        return [sys.executable, "src/main.py", run.recipe, *run.overrides]
+    port = str(plan.sweep.slurm.master_port + slot_index)
+    return [str(BIN / "composer"), "-n", str(nproc), "--master_port", port, "src/main.py", run.recipe, *run.overrides]
+
+
 def _train_and_evaluate(plan: Plan, run: Run, slot: str | None, index: int, tag: str, started: float,
                         children: ChildProcesses) -> bool:
     env = dict(os.environ)
     if slot is not None:
         env["CUDA_VISIBLE_DEVICES"] = slot
-    nproc = max(plan.sweep.gpus_per_node, 1)
     steps = []
     if not is_trained(run):
-        # Concurrent slots need their own rendezvous port.
-        port = str(plan.sweep.slurm.master_port + index)
-        steps.append(("pretraining", [str(BIN / "composer"), "-n", str(nproc), "--master_port", port, "src/main.py", run.recipe, *run.overrides]))
+        steps.append(("pretraining", pretraining_command(plan, run, index)))
     steps.append(("evaluation", evaluate_command(plan, run)))
     os.makedirs(run.folder, exist_ok=True)
     log_path = os.path.join(run.folder, "sweep.log")

@@ -18,11 +18,11 @@ import math
 import numbers
 import os
 import statistics
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from typing import IO, TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from mosaicbert.errors import UserError, nearest
+from mosaicbert.files import replacing
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -105,7 +105,7 @@ def write_report(folder: str | os.PathLike[str], rows: Sequence[Mapping[str, Any
     models = list(dict.fromkeys(p["model"] for p in points))
     os.makedirs(folder, exist_ok=True)
 
-    with _replacing(os.path.join(folder, "results.csv")) as f:
+    with replacing(os.path.join(folder, "results.csv")) as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(costed)
@@ -119,12 +119,12 @@ def write_report(folder: str | os.PathLike[str], rows: Sequence[Mapping[str, Any
         "frontier": {model: [p["point"] for p in points if p["model"] == model and p["on_frontier"]]
                      for model in models},
     }
-    with _replacing(os.path.join(folder, "results.json")) as f:
+    with replacing(os.path.join(folder, "results.json")) as f:
         json.dump(summary, f, indent=2)
         f.write("\n")
 
     figure = plot_frontiers(points, title)
-    with _replacing(os.path.join(folder, "pareto.png"), binary=True) as f:
+    with replacing(os.path.join(folder, "pareto.png"), binary=True) as f:
         figure.savefig(f, format="png", dpi=150)
     return markdown_table(points)
 
@@ -283,17 +283,3 @@ def _places(value: float, digits: int) -> int:
     if value == 0 or abs(value) >= 1:
         return 2
     return max(2, digits - 1 - math.floor(math.log10(abs(value))))
-
-
-@contextmanager
-def _replacing(path: str, binary: bool = False) -> Iterator[IO[Any]]:
-    """A file whose content appears at `path` only once the block finishes without error."""
-    partial = f"{path}.partial-{os.getpid()}"
-    try:
-        with open(partial, "wb") if binary else open(partial, "w", encoding="utf-8", newline="") as f:
-            yield f
-        os.replace(partial, path)
-    finally:
-        # Only left behind when the block failed; a finished write has already been renamed away.
-        if os.path.exists(partial):
-            os.remove(partial)

@@ -1,0 +1,256 @@
+"""Time to quality: how long each model needs to reach fixed held-out accuracies, with uncertainty over seeds.
+
+Every point is a separate run that completed its whole schedule (warm-up and decay as fractions of
+its time budget) within that budget, so a point never understates what its training time can reach.
+For each model the seeds' qualities are averaged per budget; the time to a target accuracy is
+interpolated between the two budgets around the first crossing, linearly in log time. A target that
+the shortest budget already reaches is reported as "at most" that time, one that the longest does not
+reach as "more than" it: a ratio is only claimed between interpolated times.
+
+Uncertainty comes from a bootstrap over seeds: each model's seeds are resampled with replacement
+(a seed keeps its runs at every budget together), the times recomputed, and the 2.5th and 97.5th
+percentiles of the ratio to the baseline reported, with the share of resamples in which either time
+fell outside the budgets (then no interval is claimed if that share exceeds 5%).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mosaicbert.callbacks.run_summary import step_seconds
+from mosaicbert.config import wall_clock_seconds
+from mosaicbert.errors import UserError
+from mosaicbert.files import replacing
+from mosaicbert.sweep.plan import Plan
+
+RESAMPLES = 2000
+CENSORED_SHARE_LIMIT = 0.05
+
+
+@dataclass
+class Point:
+    """One finished run: a model at a budget and seed, scored once at its end."""
+
+    run: str
+    model: str
+    seed: int
+    budget: str
+    budget_seconds: float
+    train_seconds: float
+    quality: float
+    steps: int
+    tokens: int
+    median_step_seconds: float
+    draw_step: int | None = None  # EarlyBERT: the step its ticket was drawn at
+    search_seconds: float | None = None  # and the training time up to the draw
+    median_step_seconds_before_draw: float | None = None
+    median_step_seconds_after_draw: float | None = None
+
+
+def read_points(plan: Plan, rows: Sequence[dict[str, Any]]) -> list[Point]:
+    """One point per evaluated run of a budget sweep (`evaluation.checkpoints: last`, grid over max_duration)."""
+    runs = {run.run_id: run for run in plan.runs}
+    points = []
+    for row in rows:
+        run = runs[row["run"]]
+        budget = str(run.cell.get("max_duration", ""))
+        seconds = wall_clock_seconds(budget)
+        if seconds is None:
+            raise UserError(f"run {run.run_id} has no wall-clock budget in the grid (max_duration={budget!r}): "
+                            "time to quality compares runs of grid.max_duration time budgets, e.g. [2m, 4m, 8m].")
+        steps = step_seconds(run.folder)
+        point = Point(run=run.run_id, model=run.model, seed=int(row["seed"]), budget=budget, budget_seconds=seconds,
+                      train_seconds=float(row["wall_clock_hours"]) * 3600, quality=float(row["quality"]),
+                      steps=int(row["step"]), tokens=int(row["tokens"]), median_step_seconds=statistics.median(steps))
+        ticket = os.path.join(run.folder, "ticket.json")
+        if os.path.isfile(ticket):
+            with open(ticket, encoding="utf-8") as f:
+                drawn = json.load(f)
+            draw = point.draw_step = int(drawn["step"])
+            point.search_seconds = drawn.get("search_seconds")
+            point.median_step_seconds_before_draw = statistics.median(steps[:draw]) if steps[:draw] else None
+            point.median_step_seconds_after_draw = statistics.median(steps[draw:]) if steps[draw:] else None
+        points.append(point)
+    return points
+
+
+def time_to_target(minutes: Sequence[float], qualities: Sequence[float], target: float) -> tuple[float, str]:
+    """(minutes, how) to reach `target` on a curve of budgets in increasing order.
+
+    how: "interpolated" between the budgets around the first crossing (linear in log time), "at most"
+    when the shortest budget already reaches it, "more than" when the longest does not."""
+    for i, quality in enumerate(qualities):
+        if quality >= target:
+            if i == 0:
+                return minutes[0], "at most"
+            low, high = qualities[i - 1], quality
+            share = (target - low) / (high - low)
+            return math.exp(math.log(minutes[i - 1]) + share * (math.log(minutes[i]) - math.log(minutes[i - 1]))), "interpolated"
+    return minutes[-1], "more than"
+
+
+def curve(points: Sequence[Point]) -> tuple[list[float], list[float]]:
+    """One model's mean training minutes and mean quality per budget, in budget order."""
+    budgets = sorted({p.budget_seconds for p in points})
+    at = [[p for p in points if p.budget_seconds == b] for b in budgets]
+    return ([statistics.fmean(p.train_seconds for p in group) / 60 for group in at],
+            [statistics.fmean(p.quality for p in group) for group in at])
+
+
+def default_targets(by_model: dict[str, list[Point]], baseline: str) -> list[float]:
+    """Three accuracies every model's mean curve reaches within its budgets (a quarter, half and three
+    quarters into the common range); when there is no common range, the baseline's own means at its
+    budgets after the shortest, which it reaches by construction."""
+    curves = {model: curve(points)[1] for model, points in by_model.items()}
+    low = max(qualities[0] for qualities in curves.values())
+    high = min(qualities[-1] for qualities in curves.values())
+    if low < high:
+        return [low + share * (high - low) for share in (0.25, 0.5, 0.75)]
+    return curves[baseline][1:]
+
+
+def bootstrap_ratios(model: list[Point], baseline: list[Point], target: float, seed: int = 0) -> dict[str, Any]:
+    """Percentile interval of time(model) / time(baseline) to `target`, resampling each model's seeds."""
+    rng = np.random.default_rng(seed)
+    ratios, censored = [], 0
+    for _ in range(RESAMPLES):
+        times = []
+        for points in (model, baseline):
+            seeds = sorted({p.seed for p in points})
+            drawn = rng.choice(seeds, size=len(seeds), replace=True)
+            resampled = [p for s in drawn for p in points if p.seed == s]
+            times.append(time_to_target(*curve(resampled), target))
+        if times[0][1] == times[1][1] == "interpolated":
+            ratios.append(times[0][0] / times[1][0])
+        else:
+            censored += 1
+    share = censored / RESAMPLES
+    if share > CENSORED_SHARE_LIMIT or not ratios:
+        return {"low": None, "high": None, "censored_share": share}
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    return {"low": float(low), "high": float(high), "censored_share": share}
+
+
+def analyse(points: list[Point], baseline: str, targets: list[float] | None = None) -> dict[str, Any]:
+    """Per-model curves, the time each model needs to every target, and its ratio to the baseline's."""
+    by_model: dict[str, list[Point]] = {}
+    for point in points:
+        by_model.setdefault(point.model, []).append(point)
+    if baseline not in by_model:
+        raise UserError(f"the baseline {baseline!r} has no finished runs; models with results: {', '.join(by_model)}.")
+    targets = targets if targets is not None else default_targets(by_model, baseline)
+    rows = []
+    for target in targets:
+        base_time, base_how = time_to_target(*curve(by_model[baseline]), target)
+        for model, mine in by_model.items():
+            minutes, how = time_to_target(*curve(mine), target)
+            row = {"target": target, "model": model, "minutes": minutes, "how": how}
+            if model != baseline:
+                both = how == base_how == "interpolated"
+                row["ratio"] = minutes / base_time if both else None
+                row["interval"] = bootstrap_ratios(mine, by_model[baseline], target) if both else None
+            rows.append(row)
+    return {"baseline": baseline, "targets": targets, "times": rows,
+            "curves": {model: dict(zip(("minutes", "quality"), curve(mine))) for model, mine in by_model.items()}}
+
+
+def budget_table(points: list[Point]) -> str:
+    """Markdown: each model at each budget, over seeds."""
+    lines = ["| model | budget | seeds | held-out MLM accuracy | steps | tokens | median s/step |",
+             "|---|---|--:|--:|--:|--:|--:|"]
+    groups: dict[tuple[str, float], list[Point]] = {}
+    for p in points:
+        groups.setdefault((p.model, p.budget_seconds), []).append(p)
+    for (model, _), group in sorted(groups.items(), key=lambda item: (list(dict.fromkeys(p.model for p in points)).index(item[0][0]), item[0][1])):
+        qualities = [p.quality for p in group]
+        spread = f" ± {statistics.stdev(qualities):.4f}" if len(group) > 1 else ""
+        lines.append(f"| {model} | {group[0].budget} | {len(group)} | {statistics.fmean(qualities):.4f}{spread} | "
+                     f"{statistics.fmean(p.steps for p in group):,.0f} | {statistics.fmean(p.tokens for p in group):,.0f} | "
+                     f"{statistics.median(p.median_step_seconds for p in group):.3f} |")
+    return "\n".join(lines)
+
+
+def targets_table(analysis: dict[str, Any]) -> str:
+    """Markdown: minutes to each target per model, and the ratio to the baseline with its interval."""
+    baseline = analysis["baseline"]
+    lines = [f"| target accuracy | model | minutes to reach it | time / {baseline}'s (95% bootstrap interval) |",
+             "|--:|---|--:|---|"]
+    for row in analysis["times"]:
+        minutes = {"interpolated": f"{row['minutes']:.2f}", "at most": f"≤ {row['minutes']:.2f}",
+                   "more than": f"> {row['minutes']:.2f}"}[row["how"]]
+        ratio = "-" if row["model"] == baseline else _ratio_text(row)
+        lines.append(f"| {row['target']:.4f} | {row['model']} | {minutes} | {ratio} |")
+    return "\n".join(lines)
+
+
+def _ratio_text(row: dict[str, Any]) -> str:
+    if row["ratio"] is None:
+        return "n/a (a time outside the budgets)"
+    interval = row["interval"]
+    if interval["low"] is None:
+        return f"{row['ratio']:.2f} (no interval: {interval['censored_share']:.0%} of resamples outside the budgets)"
+    return f"{row['ratio']:.2f} ({interval['low']:.2f} to {interval['high']:.2f})"
+
+
+def runs_table(points: list[Point]) -> str:
+    """Markdown: every run, with its step count, tokens and step times (EarlyBERT's before and after its draw)."""
+    lines = ["| run | model | budget | seed | training s | steps | tokens | median s/step | ticket drawn at "
+             "(share of steps, of training time) | median s/step before, after the draw | accuracy |",
+             "|---|---|---|--:|--:|--:|--:|--:|---|---|--:|"]
+    for p in points:
+        draw = "-" if p.draw_step is None else f"step {p.draw_step} ({p.draw_step / p.steps:.0%}, " + (
+            f"{p.search_seconds / p.train_seconds:.0%})" if p.search_seconds is not None else "n/a)")
+        phases = "-" if p.draw_step is None else ", ".join(
+            "-" if s is None else f"{s:.3f}" for s in (p.median_step_seconds_before_draw, p.median_step_seconds_after_draw))
+        lines.append(f"| {p.run} | {p.model} | {p.budget} | {p.seed} | {p.train_seconds:.1f} | {p.steps:,} | "
+                     f"{p.tokens:,} | {p.median_step_seconds:.3f} | {draw} | {phases} | {p.quality:.4f} |")
+    return "\n".join(lines)
+
+
+def plot(points: list[Point], analysis: dict[str, Any], title: str):
+    """Mean accuracy against training minutes per model (log-2 time axis), seeds as dots, targets dashed."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    axes = figure.add_subplot()
+    for index, (model, line) in enumerate(analysis["curves"].items()):
+        colour = f"C{index}"
+        mine = [p for p in points if p.model == model]
+        axes.plot(line["minutes"], line["quality"], "o-", color=colour, label=model, zorder=3)
+        axes.scatter([p.train_seconds / 60 for p in mine], [p.quality for p in mine], color=colour, alpha=0.35, s=14)
+    for target in analysis["targets"]:
+        axes.axhline(target, color="grey", linestyle="--", linewidth=0.8)
+    axes.set_xscale("log", base=2)
+    axes.set_xlabel("training wall clock (minutes), each point a run that decayed fully within its budget")
+    axes.set_ylabel("held-out MLM accuracy")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(title="line: mean over seeds; dots: seeds", fontsize="small", title_fontsize="small")
+    return figure
+
+
+def write_time_to_quality(folder: str, points: list[Point], analysis: dict[str, Any], tuning: str | None,
+                          title: str) -> str:
+    """time-to-quality.md, .json and .png in `folder`; returns the markdown."""
+    sections = [f"# {title}", "", "## Accuracy at each budget", "", budget_table(points), "",
+                "## Time to target accuracies", "", targets_table(analysis), ""]
+    if tuning:
+        sections += ["## Learning-rate tuning", "", tuning, ""]
+    sections += ["## Runs", "", runs_table(points), ""]
+    text = "\n".join(sections)
+    with replacing(os.path.join(folder, "time-to-quality.md")) as f:
+        f.write(text)
+    with replacing(os.path.join(folder, "time-to-quality.json")) as f:
+        json.dump({"points": [p.__dict__ for p in points], **analysis}, f, indent=2)
+        f.write("\n")
+    with replacing(os.path.join(folder, "time-to-quality.png"), binary=True) as f:
+        plot(points, analysis, title).savefig(f, format="png", dpi=150)
+    return text

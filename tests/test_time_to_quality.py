@@ -1,0 +1,187 @@
+"""Time to quality: interpolated times against numpy, the seed bootstrap against its known censoring
+probability, learning-rate tuning's range extension, the study's checks, and (slow) a whole tiny study."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from mosaicbert.errors import ConfigError
+from mosaicbert.sweep import study
+from mosaicbert.sweep.plan import make_plan, read_sweep
+from mosaicbert.sweep.time_to_quality import Point, analyse, bootstrap_ratios, default_targets, time_to_target
+from mosaicbert.sweep.tuning import LR_KEY, best_rate, next_rate, tune_model, tuning_sweep, with_rates
+from test_sweep import TINY_MODEL, in_repo  # noqa: F401 (a fixture)
+
+SHIPPED = REPO / "yamls" / "sweeps" / "time-to-quality.yaml"
+
+
+def point(model, seed, minutes, quality):
+    return Point(run=f"{model}-{seed}-{minutes}", model=model, seed=seed, budget=f"{minutes}m",
+                 budget_seconds=60.0 * minutes, train_seconds=60.0 * minutes, quality=quality, steps=100, tokens=1000,
+                 median_step_seconds=0.5)
+
+
+# --------------------------------------------------------------------------- times
+
+
+@pytest.mark.parametrize("target", [0.31, 0.35, 0.399, 0.41, 0.47])
+def test_time_to_target_interpolates_in_log_time_as_numpy_does(target):
+    minutes, qualities = [2.0, 4.0, 8.0], [0.30, 0.40, 0.48]
+    expected = float(np.exp(np.interp(target, qualities, np.log(minutes))))
+    found, how = time_to_target(minutes, qualities, target)
+    assert how == "interpolated" and math.isclose(found, expected, rel_tol=1e-12)
+
+
+def test_a_target_outside_the_budgets_is_a_bound_and_the_first_crossing_counts():
+    assert time_to_target([2.0, 4.0], [0.30, 0.40], 0.25) == (2.0, "at most")
+    assert time_to_target([2.0, 4.0], [0.30, 0.40], 0.45) == (4.0, "more than")
+    # A curve that dips after crossing: the first crossing is the time to the target.
+    found, _ = time_to_target([1.0, 2.0, 4.0], [0.2, 0.4, 0.3], 0.3)
+    assert math.isclose(found, math.sqrt(2.0))
+
+
+def test_default_targets_lie_in_the_range_every_model_reaches_else_are_the_baselines_own():
+    by_model = {"fast": [point("fast", 17, m, q) for m, q in ((2, 0.35), (4, 0.45), (8, 0.50))],
+                "slow": [point("slow", 17, m, q) for m, q in ((2, 0.30), (4, 0.38), (8, 0.44))]}
+    assert np.allclose(default_targets(by_model, "slow"), [0.3725, 0.395, 0.4175])
+    by_model["fast"] = [point("fast", 17, m, q) for m, q in ((2, 0.46), (4, 0.48), (8, 0.50))]
+    assert default_targets(by_model, "slow") == [0.38, 0.44]
+
+
+def test_bootstrap_resamples_whole_seeds_and_reports_the_share_outside_the_budgets():
+    """Seed 19 of `model` is so poor that any resample holding it misses the target within the budgets;
+    a resample leaves it out with probability (2/3)^3, so (19/27) of them are censored."""
+    baseline = [point("base", s, m, q) for s in (17, 18, 19) for m, q in ((2, 0.30), (4, 0.40), (8, 0.50))]
+    model = [point("model", s, m, q + (-0.5 if s == 19 else 0.0)) for s in (17, 18, 19)
+             for m, q in ((2, 0.35), (4, 0.45), (8, 0.55))]
+    result = bootstrap_ratios(model, baseline, 0.42)
+    assert abs(result["censored_share"] - 19 / 27) < 0.035 and result["low"] is None
+    # Identical seeds: every resample gives the same curves, so the interval is the ratio itself.
+    same = [p for p in model if p.seed != 19]
+    steady = bootstrap_ratios(same, [p for p in baseline if p.seed != 19], 0.42)
+    ratio = time_to_target([2, 4, 8], [0.35, 0.45, 0.55], 0.42)[0] / time_to_target([2, 4, 8], [0.30, 0.40, 0.50], 0.42)[0]
+    assert steady["censored_share"] == 0 and math.isclose(steady["low"], ratio) and math.isclose(steady["high"], ratio)
+
+
+def test_analysis_gives_each_model_its_time_and_only_interpolated_ratios():
+    points = [point("base", s, m, q + 0.01 * (s - 18)) for s in (17, 18, 19) for m, q in ((2, 0.30), (4, 0.40), (8, 0.50))]
+    points += [point("fast", s, m, q + 0.01 * (s - 18)) for s in (17, 18, 19) for m, q in ((2, 0.36), (4, 0.46), (8, 0.52))]
+    analysis = analyse(points, "base", [0.38, 0.31])
+    rows = {(r["target"], r["model"]): r for r in analysis["times"]}
+    fast = rows[(0.38, "fast")]
+    expected = time_to_target([2, 4, 8], [0.36, 0.46, 0.52], 0.38)[0] / time_to_target([2, 4, 8], [0.30, 0.40, 0.50], 0.38)[0]
+    assert fast["how"] == "interpolated" and math.isclose(fast["ratio"], expected)
+    assert fast["interval"]["low"] <= fast["ratio"] <= fast["interval"]["high"]
+    assert rows[(0.31, "fast")]["how"] == "at most" and rows[(0.31, "fast")]["ratio"] is None
+    assert "ratio" not in rows[(0.38, "base")]
+
+
+# --------------------------------------------------------------------------- tuning
+
+
+def test_the_best_rate_must_be_inside_the_range_tried():
+    assert next_rate({5e-4: 0.3, 1e-3: 0.4, 2e-3: 0.35}) is None
+    assert next_rate({5e-4: 0.3, 1e-3: 0.35, 2e-3: 0.4}) == 4e-3
+    assert next_rate({5e-4: 0.4, 1e-3: 0.35, 2e-3: 0.3}) == 2.5e-4
+    assert best_rate({5e-4: 0.4, 1e-3: 0.4}) == 5e-4  # of equals, the lower rate
+
+
+def fake_runner(quality_of_rate, calls):
+    """A sweep runner that plans for real (every cell validated) and scores by a function of the rate."""
+    def run(sweep):
+        plan = make_plan(sweep)
+        calls.append(sorted(run.cell[LR_KEY] for run in plan.runs))
+        return plan, [{"run": r.run_id, "quality": quality_of_rate(r.cell[LR_KEY])} for r in plan.runs]
+    return run
+
+
+def tiny_sweep(tmp_path, sample_root):
+    return read_sweep(SHIPPED, [f"folder={tmp_path}", f"overrides.data_local={sample_root}"])
+
+
+def test_tuning_extends_the_range_past_an_edge_until_the_best_rate_is_inside(tmp_path, sample_root, in_repo):
+    sweep = tiny_sweep(tmp_path, sample_root)
+    calls = []
+    peak = 4e-3  # the recipe's 1e-3 x 4: two extensions upwards reach past it
+    result = tune_model(sweep, "hf-bert", "3m", 17, str(tmp_path), fake_runner(lambda lr: -abs(math.log(lr / peak)), calls))
+    assert calls == [[5e-4, 1e-3, 2e-3], [5e-4, 1e-3, 2e-3, 4e-3], [5e-4, 1e-3, 2e-3, 4e-3, 8e-3]]
+    assert result.chosen == peak and result.interior and list(result.results) == calls[-1]
+    capped = tune_model(sweep, "hf-bert", "3m", 17, str(tmp_path), fake_runner(lambda lr: lr, []), max_extensions=1)
+    assert capped.chosen == 4e-3 and not capped.interior
+    cut = tuning_sweep(sweep, "earlybert", [1e-3], "3m", 17, str(tmp_path))
+    assert cut.grid == {"model": ["earlybert"], "seed": [17], "max_duration": ["3m"], LR_KEY: [1e-3]}
+    assert cut.folder == str(tmp_path / "tuning" / "earlybert")
+
+
+def test_chosen_rates_become_model_overrides_and_a_grid_of_rates_is_refused(tmp_path, sample_root, in_repo):
+    sweep = tiny_sweep(tmp_path, sample_root)
+    plan = make_plan(with_rates(sweep, {"mosaicbert": 2e-3, "hf-bert": 2.5e-4, "earlybert": 1e-3}))
+    from mosaicbert.config import read_yaml
+
+    rates = {run.model: read_yaml(run.recipe, run.overrides)["optimizer"]["lr"] for run in plan.runs}
+    assert rates == {"mosaicbert": 2e-3, "hf-bert": 2.5e-4, "earlybert": 1e-3}
+    earlybert = next(run for run in plan.runs if run.model == "earlybert")
+    assert read_yaml(earlybert.recipe, earlybert.overrides)["algorithms"]["earlybert"]["mode"] == "in_run"
+    with pytest.raises(ConfigError, match="grid.optimizer.lr would override the tuned rates"):
+        with_rates(read_sweep(SHIPPED, ["grid.optimizer.lr=[1e-3]"]), {"mosaicbert": 1e-3})
+
+
+# --------------------------------------------------------------------------- the study
+
+
+def test_the_shipped_study_plans_three_models_at_three_budgets_spanning_4x_and_three_seeds(in_repo, clean_env):
+    sweep = read_sweep(SHIPPED)
+    assert study.budgets(sweep) == ["1.5m", "3m", "6m"]
+    plan = make_plan(sweep)
+    assert len(plan.runs) == 27 and [run.model for run in plan.runs[:3]] == ["mosaicbert", "hf-bert", "earlybert"]
+    from mosaicbert.config import read_yaml
+
+    sizes = {run.model: read_yaml(run.recipe, run.overrides)["model"]["model_config"] for run in plan.runs}
+    assert sizes["mosaicbert"] == sizes["hf-bert"] == sizes["earlybert"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["grid.max_duration=[3m]"], "at least two wall-clock budgets"),
+    (["grid.max_duration=[100ba,200ba]"], "at least two wall-clock budgets"),
+    (["evaluation.checkpoints=all"], "evaluation must be {kind: mlm, checkpoints: last}"),
+])
+def test_a_study_that_cannot_give_times_is_one_message_before_anything_runs(overrides, message, tmp_path, in_repo,
+                                                                            capsys):
+    assert study.main([str(SHIPPED), f"folder={tmp_path / 'study'}", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "study").exists()
+
+
+def test_report_of_a_folder_without_a_plan_is_one_message(tmp_path, capsys):
+    assert study.main(["--report", str(tmp_path)]) == 2
+    assert "holds no plan.json" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_tiny_study_tunes_trains_and_reports_then_resumes_with_nothing_to_do(tmp_path, sample_root, in_repo):
+    """EarlyBERT alone (its pruned checkpoints are the ones a scorer could trip on), one seed, 4 and 8 s budgets.
+    (`make time-to-quality` runs all three models in CI's short form, without tuning.)"""
+    folder = tmp_path / "study"
+    earlybert = "models.earlybert.overrides.algorithms.earlybert"
+    overrides = [f"folder={folder}", f"overrides.data_local={sample_root}", "overrides.max_seq_len=64",
+                 f"overrides.model.model_config={json.dumps(TINY_MODEL)}", "overrides.global_train_batch_size=8",
+                 "evaluation.split=val_small", "evaluation.batches=2", "grid.seed=[17]", "grid.max_duration=[4s,8s]",
+                 "grid.model=[earlybert]", f"{earlybert}.min_search_steps=2", f"{earlybert}.max_search_steps=4",
+                 f"{earlybert}.check_interval=1", f"{earlybert}.window=2", f"{earlybert}.min_units_per_layer=8"]
+    assert study.main([str(SHIPPED), *overrides, "--baseline", "earlybert", "--targets", "0.01"]) == 0
+    (tuning,) = json.loads((folder / "tuning.json").read_text())
+    assert tuning["model"] == "earlybert" and len(tuning["results"]) >= 3
+    report = json.loads((folder / "time-to-quality.json").read_text())
+    assert [p["budget"] for p in report["points"]] == ["4s", "8s"] and (folder / "time-to-quality.png").stat().st_size > 0
+    assert all(p["draw_step"] is not None and p["draw_step"] <= min(4, p["steps"]) for p in report["points"])
+    text = (folder / "time-to-quality.md").read_text()
+    assert f"**{tuning['chosen']:g}: " in text and "## Time to target accuracies" in text
+    trained = {p: p.stat().st_mtime_ns for p in folder.rglob("*.pt")}
+    assert study.main([str(SHIPPED), *overrides, "--baseline", "earlybert", "--targets", "0.01"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*.pt")} == trained  # a second run trains nothing
