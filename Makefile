@@ -180,8 +180,10 @@ test: $(STAMP)
 	$(PY) -m pytest -m serial $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # The suite without the `slow` end-to-end tests (training runs, CLIs in subprocesses, Slurm): a quick check.
+# (PYTEST_ARGS adds options such as -x or -k; a -m there would replace these selections.)
 test-fast: $(STAMP)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow and not serial" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "serial and not slow" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # Re-resolve the pinned stack from pyproject.toml in a scratch venv and rewrite requirements.lock.
 lock:

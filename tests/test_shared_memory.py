@@ -107,6 +107,7 @@ def file_ids(paths: list[Path]) -> dict[str, tuple[int, int]]:
     return {p.name: (p.stat().st_dev, p.stat().st_ino) for p in paths if p.exists()}
 
 
+@pytest.mark.serial  # a run starting in another worker cleans stale files too, before this call can
 @pytest.mark.parametrize("how", ["mapped", "open"])
 def test_live_runs_keep_their_segments_and_lock_files_ended_ones_lose_them(holders, how):
     live, dead, orphan = free_prefixes(3)
@@ -128,6 +129,7 @@ def test_live_runs_keep_their_segments_and_lock_files_ended_ones_lose_them(holde
     assert not (SHM / f"{dead}_locals").exists() and not locks[1].exists() and not locks[2].exists()
 
 
+@pytest.mark.serial  # a run starting in another worker cleans stale files too, before this call can
 def test_a_segment_stays_while_any_process_attached_to_it_lives(holders):
     (prefix,) = free_prefixes(1)
     names = [f"{prefix}_locals", f"{prefix}_next_epoch"]
@@ -142,6 +144,7 @@ def test_a_segment_stays_while_any_process_attached_to_it_lives(holders):
     assert set(names) <= set(remove_stale_streaming_files())
 
 
+@pytest.mark.serial  # a run starting in another worker cleans stale files too, before this call can
 def test_a_process_mapping_an_unlinked_segment_does_not_keep_a_new_one_of_its_name(holders):
     (prefix,) = free_prefixes(1)
     name = f"{prefix}_locals"

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from slurm_cluster import SlurmCluster, alive
+
+pytestmark = pytest.mark.slow  # a real Slurm cluster
 
 
 def test_a_batch_job_runs_and_writes_its_output(slurm_cluster, tmp_path):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from mosaicbert.errors import ConfigError
 from mosaicbert.sweep import study
 from mosaicbert.sweep.plan import make_plan, read_sweep
 from mosaicbert.sweep.time_to_quality import Point, analyse, bootstrap_ratios, default_targets, time_to_target
-from mosaicbert.sweep.tuning import LR_KEY, best_rate, next_rate, tune_model, tuning_sweep, with_rates
+from mosaicbert.sweep.tuning import LR_KEY, best_rate, next_rate, tune_models, tuning_sweep, tuning_table, with_rates
 from test_sweep import TINY_MODEL, in_repo  # noqa: F401 (a fixture)
 
 SHIPPED = REPO / "yamls" / "sweeps" / "time-to-quality.yaml"
@@ -89,33 +91,46 @@ def test_the_best_rate_must_be_inside_the_range_tried():
     assert next_rate({5e-4: 0.3, 1e-3: 0.35, 2e-3: 0.4}) == 4e-3
     assert next_rate({5e-4: 0.4, 1e-3: 0.35, 2e-3: 0.3}) == 2.5e-4
     assert best_rate({5e-4: 0.4, 1e-3: 0.4}) == 5e-4  # of equals, the lower rate
+    assert next_rate({5e-4: 0.3, 1e-3: 0.35, 2e-3: None}) is None  # a failed run is the worst
 
 
-def fake_runner(quality_of_rate, calls):
-    """A sweep runner that plans for real (every cell validated) and scores by a function of the rate."""
-    def run(sweep):
-        plan = make_plan(sweep)
-        calls.append(sorted(run.cell[LR_KEY] for run in plan.runs))
-        return plan, [{"run": r.run_id, "quality": quality_of_rate(r.cell[LR_KEY])} for r in plan.runs]
-    return run
+def fake_scorer(quality_of_rate, calls):
+    """A one-run scorer that plans for real (the cell validated) and scores by a function of the model and rate."""
+    def score(sweep):
+        (run,) = make_plan(sweep).runs
+        calls.append((run.model, run.cell[LR_KEY]))
+        return quality_of_rate(run.model, run.cell[LR_KEY])
+    return score
 
 
 def tiny_sweep(tmp_path, sample_root):
     return read_sweep(SHIPPED, [f"folder={tmp_path}", f"overrides.data_local={sample_root}"])
 
 
-def test_tuning_extends_the_range_past_an_edge_until_the_best_rate_is_inside(tmp_path, sample_root, in_repo):
+def test_tuning_extends_past_an_edge_until_the_best_rate_is_inside_with_the_models_alternating(tmp_path, sample_root,
+                                                                                                 in_repo):
     sweep = tiny_sweep(tmp_path, sample_root)
     calls = []
-    peak = 4e-3  # the recipe's 1e-3 x 4: two extensions upwards reach past it
-    result = tune_model(sweep, "hf-bert", "3m", 17, str(tmp_path), fake_runner(lambda lr: -abs(math.log(lr / peak)), calls))
-    assert calls == [[5e-4, 1e-3, 2e-3], [5e-4, 1e-3, 2e-3, 4e-3], [5e-4, 1e-3, 2e-3, 4e-3, 8e-3]]
-    assert result.chosen == peak and result.interior and list(result.results) == calls[-1]
-    capped = tune_model(sweep, "hf-bert", "3m", 17, str(tmp_path), fake_runner(lambda lr: lr, []), max_extensions=1)
-    assert capped.chosen == 4e-3 and not capped.interior
-    cut = tuning_sweep(sweep, "earlybert", [1e-3], "3m", 17, str(tmp_path))
+    peaks = {"hf-bert": 4e-3, "mosaicbert": 1e-3}  # hf-bert's lies two extensions above the recipe's 1e-3
+    tunings = tune_models(sweep, ["hf-bert", "mosaicbert"], "3m", 17, str(tmp_path),
+                          fake_scorer(lambda model, lr: -abs(math.log(lr / peaks[model])), calls))
+    assert calls == [("hf-bert", 1e-3), ("mosaicbert", 1e-3), ("hf-bert", 5e-4), ("mosaicbert", 5e-4),
+                     ("hf-bert", 2e-3), ("mosaicbert", 2e-3), ("hf-bert", 4e-3), ("hf-bert", 8e-3)]
+    assert [(t.model, t.chosen, t.interior) for t in tunings] == [("hf-bert", 4e-3, True), ("mosaicbert", 1e-3, True)]
+    assert list(tunings[0].results) == [5e-4, 1e-3, 2e-3, 4e-3, 8e-3]
+    capped = tune_models(sweep, ["hf-bert"], "3m", 17, str(tmp_path), fake_scorer(lambda model, lr: lr, []), max_extensions=1)
+    assert (capped[0].chosen, capped[0].interior) == (4e-3, False)
+    cut = tuning_sweep(sweep, "earlybert", 1e-3, "3m", 17, str(tmp_path))
     assert cut.grid == {"model": ["earlybert"], "seed": [17], "max_duration": ["3m"], LR_KEY: [1e-3]}
     assert cut.folder == str(tmp_path / "tuning" / "earlybert")
+
+
+def test_a_failed_run_counts_as_the_worst_rate_and_shows_in_the_table(tmp_path, sample_root, in_repo):
+    sweep = tiny_sweep(tmp_path, sample_root)
+    diverges = fake_scorer(lambda model, lr: None if lr >= 2e-3 else 0.3 + lr, [])
+    (tuning,) = tune_models(sweep, ["mosaicbert"], "3m", 17, str(tmp_path), diverges)
+    assert tuning.chosen == 1e-3 and tuning.interior and tuning.results[2e-3] is None
+    assert "0.002: failed" in tuning_table([tuning])
 
 
 def test_chosen_rates_become_model_overrides_and_a_grid_of_rates_is_refused(tmp_path, sample_root, in_repo):
@@ -149,6 +164,9 @@ def test_the_shipped_study_plans_three_models_at_three_budgets_spanning_4x_and_t
     (["grid.max_duration=[3m]"], "at least two wall-clock budgets"),
     (["grid.max_duration=[100ba,200ba]"], "at least two wall-clock budgets"),
     (["evaluation.checkpoints=all"], "evaluation must be {kind: mlm, checkpoints: last}"),
+    (["grid.model=[mosaicbert,earlybert]", "--baseline", "hf-bert"], "--baseline hf-bert is not among the study's models"),
+    (["grid.optimizer.lr=[1e-3,2e-3]"], "grid.optimizer.lr would override the tuned rates"),
+    (["grid.seed=[17]", "overrides.max_seq_len=long"], "sweep cell 0"),
 ])
 def test_a_study_that_cannot_give_times_is_one_message_before_anything_runs(overrides, message, tmp_path, in_repo,
                                                                             capsys):
@@ -166,7 +184,7 @@ def test_report_of_a_folder_without_a_plan_is_one_message(tmp_path, capsys):
 @pytest.mark.slow
 def test_a_tiny_study_tunes_trains_and_reports_then_resumes_with_nothing_to_do(tmp_path, sample_root, in_repo):
     """EarlyBERT alone (its pruned checkpoints are the ones a scorer could trip on), one seed, 4 and 8 s budgets.
-    (`make time-to-quality` runs all three models in CI's short form, without tuning.)"""
+    (CI's short form of `make time-to-quality` runs MosaicBERT beside it, without tuning.)"""
     folder = tmp_path / "study"
     earlybert = "models.earlybert.overrides.algorithms.earlybert"
     overrides = [f"folder={folder}", f"overrides.data_local={sample_root}", "overrides.max_seq_len=64",
@@ -185,3 +203,53 @@ def test_a_tiny_study_tunes_trains_and_reports_then_resumes_with_nothing_to_do(t
     trained = {p: p.stat().st_mtime_ns for p in folder.rglob("*.pt")}
     assert study.main([str(SHIPPED), *overrides, "--baseline", "earlybert", "--targets", "0.01"]) == 0
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("*.pt")} == trained  # a second run trains nothing
+
+
+def test_a_tickets_flops_are_those_of_a_model_built_at_its_widths_and_the_head_share_its_formula():
+    import torch
+
+    from mosaicbert.model.configuration_mosaicbert import MosaicBertConfig
+    from mosaicbert.model.modeling_mosaicbert import MosaicBertForMaskedLM
+    from mosaicbert.model.mosaic_bert import mlm_training_flops
+    from mosaicbert.sweep.time_to_quality import ticket_flops
+
+    kept_heads = [[0, 1, 3], [1, 2, 3], [0, 2, 3], [0, 1, 2]]
+    kept_units = [list(range(0, 512, 2)), list(range(400)), list(range(512)), list(range(64))]
+    width = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 512,
+             "vocab_size": 8192}
+    mask = torch.ones(8, 128, dtype=torch.long)
+    mask[:, 100:] = 0
+    labels = torch.full((8, 128), -100)
+    labels[:, :30] = 5  # 8 x 30 masked tokens
+    full = MosaicBertForMaskedLM(MosaicBertConfig(**width))
+    narrow = MosaicBertForMaskedLM(MosaicBertConfig(**width, head_indices_per_layer=kept_heads,
+                                                    intermediate_size_per_layer=[len(u) for u in kept_units]))
+    expected = mlm_training_flops(narrow, mask, labels) / mlm_training_flops(full, mask, labels)
+    found = ticket_flops(full, {"kept_heads": kept_heads, "kept_units": kept_units},
+                         {"attention_mask": mask, "labels": labels})
+    assert math.isclose(found["flop_ratio"], expected) and expected < 0.9
+    # The head: transform (256 x 256) and decoder (256 x 8192) on 240 tokens, forward and backward.
+    head = 3 * 2 * 240 * (256 * 256 + 256 * 8192)
+    tokens, squares = 8 * 100, 8 * 100**2
+    layer = 2 * tokens * 256 * 3 * 256 + 4 * squares * 256
+    layers = 3 * (layer + 2 * tokens * (256 * 256 + 3 * 512 * 256)) + layer + 2 * 240 * (256 * 256 + 3 * 512 * 256)
+    assert math.isclose(found["head_share"], head / (3 * layers + head))
+
+
+def test_the_study_reports_earlybert_step_costs_from_a_run_and_its_ticket(tmp_path, sample_root, in_repo):
+    from mosaicbert.sweep.time_to_quality import diagnosis_table
+
+    plan = make_plan(read_sweep(SHIPPED, [f"folder={tmp_path}", f"overrides.data_local={sample_root}", "grid.seed=[17]",
+                                          "grid.model=[mosaicbert,earlybert]", "grid.max_duration=[1m,2m]"]))
+    earlybert = next(run for run in plan.runs if run.model == "earlybert" and run.cell["max_duration"] == "1m")
+    os.makedirs(earlybert.folder)
+    ticket = {"kept_heads": [[0, 1, 2]] * 4, "kept_units": [list(range(358))] * 4}
+    (Path(earlybert.folder) / "ticket.json").write_text(json.dumps(ticket))
+    points = [point("mosaicbert", 17, 1, 0.3), point("earlybert", 17, 1, 0.3)]
+    points[1].run, points[1].draw_step = earlybert.run_id, 20
+    points[1].median_step_seconds_before_draw, points[1].median_step_seconds_after_draw = 0.6, 0.4
+    table = diagnosis_table(points, plan, "mosaicbert")
+    (row,) = [line for line in table.splitlines() if line.startswith(f"| {earlybert.run_id}")]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[3:6] == ["step 20 (20%)", "1.20", "0.80"]
+    assert 0.5 < float(cells[6]) < 0.9 and cells[7].endswith("%")

@@ -82,7 +82,7 @@ def mlm_training_flops(model: MosaicBertForMaskedLM, attention_mask: torch.Tenso
     seqlens = unpad(attention_mask).seqlens.long()  # per document when rows are packed
     tokens = int(seqlens.sum())
     squares = int((seqlens**2).sum())
-    masked = int(((labels != IGNORE_INDEX) & attention_mask.bool()).sum())
+    masked = masked_tokens(attention_mask, labels)
     hidden = model.config.hidden_size
     layers = model.bert.encoder.layer
     forward = 0
@@ -93,8 +93,17 @@ def mlm_training_flops(model: MosaicBertForMaskedLM, attention_mask: torch.Tenso
         forward += 2 * tokens * hidden * 3 * inner  # Wqkv
         forward += 2 * 2 * squares * inner  # QK^T and attention x V
         forward += 2 * rows_after_attention * (inner * hidden + 3 * mlp.intermediate_size * hidden)  # dense, GeGLU
-    forward += 2 * masked * (hidden * hidden + hidden * model.config.vocab_size)  # head transform + decoder
-    return 3 * forward
+    return 3 * forward + mlm_head_training_flops(model.config, masked)
+
+
+def masked_tokens(attention_mask: torch.Tensor, labels: torch.Tensor) -> int:
+    return int(((labels != IGNORE_INDEX) & attention_mask.bool()).sum())
+
+
+def mlm_head_training_flops(config: MosaicBertConfig, masked: int) -> int:
+    """Forward + backward FLOPs of the MLM head's transform and vocabulary decoder on `masked` tokens:
+    the part of a step that EarlyBERT's pruning of heads and units leaves whole."""
+    return 3 * 2 * masked * (config.hidden_size * config.hidden_size + config.hidden_size * config.vocab_size)
 
 
 def build_mosaic_bert(

@@ -1,8 +1,8 @@
 """Launchers: run a plan's pretraining and evaluation jobs on this machine, or submit them to Slurm.
 
-Both launch the same two commands per run: `composer src/main.py <recipe> <overrides>` (autoresume on,
-so an interrupted run continues from its latest checkpoint) and `python src/sweep.py --evaluate
-<sweep folder> <run>`. Finished runs and evaluated checkpoints are skipped.
+Both launch the same two commands per run: `src/main.py <recipe> <overrides>` (under Composer's launcher
+for several processes; autoresume on, so an interrupted run continues from its latest checkpoint) and
+`python src/sweep.py --evaluate <sweep folder> <run>`. Finished runs and evaluated checkpoints are skipped.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def pretraining_command(plan: Plan, run: Run, slot_index: int) -> list[str]:
 
 def _train_and_evaluate(plan: Plan, run: Run, slot: str | None, index: int, tag: str, started: float,
                         children: ChildProcesses) -> bool:
-    env = dict(os.environ)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")  # as Composer's launcher sets it: a killed run's log keeps its last lines
     if slot is not None:
         env["CUDA_VISIBLE_DEVICES"] = slot
     steps = []

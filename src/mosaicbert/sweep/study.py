@@ -25,7 +25,7 @@ from mosaicbert.config import wall_clock_seconds
 from mosaicbert.errors import ConfigError, Stopped, UserError
 from mosaicbert.files import write_json_atomically
 from mosaicbert.sweep.plan import Plan, SweepConfig, flatten, load_plan, make_plan, read_sweep, save_plan
-from mosaicbert.sweep.tuning import LR_KEY, Tuning, tune_model, tuning_table, with_rates
+from mosaicbert.sweep.tuning import LR_KEY, Tuning, recipe_rate, tune_models, tuning_table, with_rates
 
 TUNING_FILE = "tuning.json"
 
@@ -57,8 +57,22 @@ def budgets(sweep: SweepConfig) -> list[str]:
     return sorted(values, key=seconds.get)
 
 
-def run_sweep(sweep: SweepConfig) -> tuple[Plan, list[dict]]:
-    """Train and score every unfinished run of `sweep` on this machine; its plan and rows."""
+def models_of(sweep: SweepConfig) -> list[str]:
+    return list(sweep.grid.get("model", list(sweep.models)))
+
+
+def check_study(sweep: SweepConfig, tuning: bool, baseline: str | None) -> None:
+    """Everything that can be wrong with the study, before its first run: the budgets, the baseline, a grid
+    of rates that tuning would fight, and every cell of the main sweep planned (and validated)."""
+    budgets(sweep)
+    if baseline is not None and baseline not in models_of(sweep):
+        raise ConfigError(f"--baseline {baseline} is not among the study's models ({', '.join(models_of(sweep))}).")
+    make_plan(with_rates(sweep, {model: recipe_rate(sweep, model) for model in models_of(sweep)}) if tuning else sweep)
+
+
+def run_sweep(sweep: SweepConfig) -> tuple[Plan, list[dict], list[str]]:
+    """Train and score every unfinished run of `sweep` on this machine: its plan, the scored rows, and the
+    runs that failed (reported, not fatal: the others' results stand, and a second invocation retries them)."""
     from mosaicbert.sweep import launch
     from mosaicbert.sweep.cli import report
     from mosaicbert.sweep.evaluate import collect
@@ -66,20 +80,30 @@ def run_sweep(sweep: SweepConfig) -> tuple[Plan, list[dict]]:
     plan = make_plan(sweep)
     print(launch.describe_plan(plan), flush=True)
     save_plan(plan)
-    if not launch.run_local(plan):
-        raise UserError(f"some runs of {plan.folder} failed (see above); run the study again to resume them.")
-    print(report(plan.folder), flush=True)
-    return plan, collect(plan)
+    launch.run_local(plan)
+    rows = collect(plan)
+    scored = {row["run"] for row in rows}
+    if rows:
+        print(report(plan.folder), flush=True)
+    return plan, rows, [run.run_id for run in plan.runs if run.run_id not in scored]
+
+
+def score_one(sweep: SweepConfig) -> float | None:
+    """The held-out quality of a one-run sweep, None if it failed (a diverging learning rate)."""
+    _, rows, _ = run_sweep(sweep)
+    return float(rows[0]["quality"]) if rows else None
 
 
 def tune(sweep: SweepConfig, folder: str) -> list[Tuning]:
     middle = budgets(sweep)[len(budgets(sweep)) // 2]
     seed = int(sweep.grid.get("seed", [17])[0])
-    tunings = []
-    for model in sweep.grid.get("model", list(sweep.models)):
-        tunings.append(tune_model(sweep, model, middle, seed, folder, run_sweep))
-        print(f"[tuning] {model}: peak learning rate {tunings[-1].chosen:g}", flush=True)
+    tunings = tune_models(sweep, models_of(sweep), middle, seed, folder, score_one)
     write_json_atomically(os.path.join(folder, TUNING_FILE), [dataclasses.asdict(t) for t in tunings])
+    for tuning in tunings:
+        if tuning.results[tuning.chosen] is None:
+            raise UserError(f"every learning rate tried for {tuning.model} failed ({', '.join(map(str, tuning.results))}); "
+                            f"see the logs under {folder}/tuning/{tuning.model}/runs.")
+        print(f"[tuning] {tuning.model}: peak learning rate {tuning.chosen:g}", flush=True)
     return tunings
 
 
@@ -99,17 +123,18 @@ def tuned_rate(plan: Plan, model: str) -> float | None:
 
 
 def write_report(plan: Plan, rows: list[dict], baseline: str | None, targets: list[float] | None) -> str:
-    from mosaicbert.sweep.time_to_quality import analyse, read_points, write_time_to_quality
+    from mosaicbert.sweep.time_to_quality import analyse, diagnosis_table, read_points, write_time_to_quality
 
     if not rows:
         raise UserError(f"no run of {plan.folder} has been scored yet; run the study first.")
-    models = list(plan.sweep.models)
-    baseline = baseline or ("hf-bert" if "hf-bert" in models else models[0])
     points = read_points(plan, rows)
+    models = list(dict.fromkeys(point.model for point in points))
+    baseline = baseline or ("hf-bert" if "hf-bert" in models else models[0])
     tunings = read_tunings(plan.folder)
     tuned = tunings is not None and all(tuned_rate(plan, t.model) == t.chosen for t in tunings)
+    diagnosis = diagnosis_table(points, plan, "mosaicbert") if "mosaicbert" in models else ""
     text = write_time_to_quality(plan.folder, points, analyse(points, baseline, targets),
-                                 tuning_table(tunings) if tuned else None, f"time to quality: sweep {plan.sweep.name}")
+                                 tuning_table(tunings) if tuned else None, diagnosis, f"time to quality: sweep {plan.sweep.name}")
     return f"{text}\nwritten: {plan.folder}/time-to-quality.md, .json, .png"
 
 
@@ -124,12 +149,16 @@ def main(argv: list[str] | None = None) -> int:
             print(write_report(plan, collect(plan), args.baseline, args.targets), flush=True)
             return 0
         sweep = read_sweep(args.sweep, args.overrides)
-        budgets(sweep)
         sweep.folder = sweep.folder or f"runs/sweeps/{sweep.name}"
+        check_study(sweep, not args.no_tuning, args.baseline)
         if not args.no_tuning:
             sweep = with_rates(sweep, {t.model: t.chosen for t in tune(sweep, sweep.folder)})
-        plan, rows = run_sweep(sweep)
+        plan, rows, failed = run_sweep(sweep)
         print(write_report(plan, rows, args.baseline, args.targets), flush=True)
+        if failed:
+            print(f"error: {len(failed)} run(s) failed and are left out of the report: {', '.join(failed)}; their logs "
+                  f"are {plan.folder}/runs/<run>/sweep.log, and the study retries them when run again.", file=sys.stderr)
+            return 1
         return 0
     except UserError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)

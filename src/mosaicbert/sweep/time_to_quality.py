@@ -19,6 +19,7 @@ import json
 import math
 import os
 import statistics
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,10 +27,10 @@ from typing import Any
 import numpy as np
 
 from mosaicbert.callbacks.run_summary import step_seconds
-from mosaicbert.config import wall_clock_seconds
+from mosaicbert.config import read_yaml, wall_clock_seconds
 from mosaicbert.errors import UserError
 from mosaicbert.files import replacing
-from mosaicbert.sweep.plan import Plan
+from mosaicbert.sweep.plan import Plan, Run
 
 RESAMPLES = 2000
 CENSORED_SHARE_LIMIT = 0.05
@@ -49,8 +50,9 @@ class Point:
     steps: int
     tokens: int
     median_step_seconds: float
-    draw_step: int | None = None  # EarlyBERT: the step its ticket was drawn at
-    search_seconds: float | None = None  # and the training time up to the draw
+    searched: bool = False  # an EarlyBERT run
+    draw_step: int | None = None  # the step its ticket was drawn at (None: not drawn within the run)
+    draw_time_share: float | None = None  # the share of its training time up to the draw
     median_step_seconds_before_draw: float | None = None
     median_step_seconds_after_draw: float | None = None
 
@@ -70,12 +72,13 @@ def read_points(plan: Plan, rows: Sequence[dict[str, Any]]) -> list[Point]:
         point = Point(run=run.run_id, model=run.model, seed=int(row["seed"]), budget=budget, budget_seconds=seconds,
                       train_seconds=float(row["wall_clock_hours"]) * 3600, quality=float(row["quality"]),
                       steps=int(row["step"]), tokens=int(row["tokens"]), median_step_seconds=statistics.median(steps))
+        point.searched = "earlybert" in (read_yaml(run.recipe, run.overrides).get("algorithms") or {})
         ticket = os.path.join(run.folder, "ticket.json")
         if os.path.isfile(ticket):
             with open(ticket, encoding="utf-8") as f:
-                drawn = json.load(f)
-            draw = point.draw_step = int(drawn["step"])
-            point.search_seconds = drawn.get("search_seconds")
+                draw = point.draw_step = int(json.load(f)["step"])
+            # From the per-step times rather than the ticket's clock, which restarts with a resumed run.
+            point.draw_time_share = sum(steps[:draw]) / sum(steps)
             point.median_step_seconds_before_draw = statistics.median(steps[:draw]) if steps[:draw] else None
             point.median_step_seconds_after_draw = statistics.median(steps[draw:]) if steps[draw:] else None
         points.append(point)
@@ -206,13 +209,63 @@ def runs_table(points: list[Point]) -> str:
              "(share of steps, of training time) | median s/step before, after the draw | accuracy |",
              "|---|---|---|--:|--:|--:|--:|--:|---|---|--:|"]
     for p in points:
-        draw = "-" if p.draw_step is None else f"step {p.draw_step} ({p.draw_step / p.steps:.0%}, " + (
-            f"{p.search_seconds / p.train_seconds:.0%})" if p.search_seconds is not None else "n/a)")
+        draw = (f"step {p.draw_step} ({p.draw_step / p.steps:.0%}, {p.draw_time_share:.0%})" if p.draw_step is not None
+                else f"not drawn in {p.steps:,} steps" if p.searched else "-")
         phases = "-" if p.draw_step is None else ", ".join(
             "-" if s is None else f"{s:.3f}" for s in (p.median_step_seconds_before_draw, p.median_step_seconds_after_draw))
         lines.append(f"| {p.run} | {p.model} | {p.budget} | {p.seed} | {p.train_seconds:.1f} | {p.steps:,} | "
                      f"{p.tokens:,} | {p.median_step_seconds:.3f} | {draw} | {phases} | {p.quality:.4f} |")
     return "\n".join(lines)
+
+
+def pruning_flops(run: Run) -> dict[str, float]:
+    """`ticket_flops` of the run's ticket, on its model and one training batch of its data."""
+    from mosaicbert import registry
+    from mosaicbert.config import load_config, split_named
+    from mosaicbert.data.text_dataset import build_mlm_dataloader
+    from mosaicbert.data.tokenizer import build_tokenizer
+
+    config = load_config(run.recipe, [o for o in run.overrides if not o.startswith("algorithms")], world_size=1)
+    tokenizer = build_tokenizer(config.tokenizer_name, config.max_seq_len)
+    model = registry.models.build(*split_named(config.model, "model"), "model", tokenizer=tokenizer).model
+    batch = next(iter(build_mlm_dataloader(config.train_loader, tokenizer, config.max_seq_len,
+                                           config.global_train_batch_size, seed=config.seed).dataloader))
+    with open(os.path.join(run.folder, "ticket.json"), encoding="utf-8") as f:
+        return ticket_flops(model, json.load(f), batch)
+
+
+def ticket_flops(model, ticket: dict[str, Any], batch: dict[str, Any]) -> dict[str, float]:
+    """What EarlyBERT's ticket should save per step by FLOPs, counted as the speed monitor counts them: the
+    pruned model's training FLOPs over the unpruned `model`'s (which this prunes), and the unpruned step's
+    share in the MLM head and decoder, which pruning leaves whole."""
+    from mosaicbert.model.mosaic_bert import masked_tokens, mlm_head_training_flops, mlm_training_flops
+    from mosaicbert.model.pruning import prune
+
+    full = mlm_training_flops(model, batch["attention_mask"], batch["labels"])
+    head = mlm_head_training_flops(model.config, masked_tokens(batch["attention_mask"], batch["labels"]))
+    prune(model, ticket["kept_heads"], ticket["kept_units"])
+    return {"flop_ratio": mlm_training_flops(model, batch["attention_mask"], batch["labels"]) / full,
+            "head_share": head / full}
+
+
+def diagnosis_table(points: list[Point], plan: Plan, base: str) -> str:
+    """Markdown: each EarlyBERT run's draw, its step times against the unpruned model's at the same budget and
+    seed (search steps carry coefficients and the L1 term; pruned steps should be faster), and what FLOPs predict."""
+    runs = {run.run_id: run for run in plan.runs}
+    unpruned = {(p.budget, p.seed): p for p in points if p.model == base}
+    lines = [f"| run | budget | seed | ticket drawn at (share of steps) | search s/step ÷ {base}'s | pruned s/step ÷ "
+             f"{base}'s | FLOPs pruned ÷ unpruned | MLM head's share of the unpruned FLOPs |",
+             "|---|---|--:|---|--:|--:|--:|--:|"]
+    for p in points:
+        if p.draw_step is None or (p.budget, p.seed) not in unpruned:
+            continue
+        reference = unpruned[(p.budget, p.seed)].median_step_seconds
+        flops = pruning_flops(runs[p.run])
+        ratios = ["-" if s is None else f"{s / reference:.2f}"
+                  for s in (p.median_step_seconds_before_draw, p.median_step_seconds_after_draw)]
+        lines.append(f"| {p.run} | {p.budget} | {p.seed} | step {p.draw_step} ({p.draw_step / p.steps:.0%}) | "
+                     f"{ratios[0]} | {ratios[1]} | {flops['flop_ratio']:.2f} | {flops['head_share']:.0%} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def plot(points: list[Point], analysis: dict[str, Any], title: str):
@@ -238,12 +291,17 @@ def plot(points: list[Point], analysis: dict[str, Any], title: str):
 
 
 def write_time_to_quality(folder: str, points: list[Point], analysis: dict[str, Any], tuning: str | None,
-                          title: str) -> str:
+                          diagnosis: str, title: str) -> str:
     """time-to-quality.md, .json and .png in `folder`; returns the markdown."""
-    sections = [f"# {title}", "", "## Accuracy at each budget", "", budget_table(points), "",
-                "## Time to target accuracies", "", targets_table(analysis), ""]
+    sections = [f"# {title}", "", "## Accuracy at each budget", "", budget_table(points), ""]
+    if len(set(Counter((p.model, p.budget) for p in points).values())) > 1:
+        sections += ["Not every model and budget has the same number of seeds yet (the `seeds` column): the "
+                     "means, times and intervals below mix different seeds until the study is complete.", ""]
+    sections += ["## Time to target accuracies", "", targets_table(analysis), ""]
     if tuning:
         sections += ["## Learning-rate tuning", "", tuning, ""]
+    if diagnosis:
+        sections += ["## EarlyBERT's step costs", "", diagnosis, ""]
     sections += ["## Runs", "", runs_table(points), ""]
     text = "\n".join(sections)
     with replacing(os.path.join(folder, "time-to-quality.md")) as f:
