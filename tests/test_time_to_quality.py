@@ -62,8 +62,12 @@ def test_default_targets_lie_in_the_range_every_model_reaches_else_around_the_ot
     # A baseline on its plateau, best at its shortest budget: every model reaches that "at most" at once, so no target.
     by_model["slow"] = [point("slow", 17, m, q) for m, q in ((2, 0.056), (4, 0.053), (8, 0.055))]
     assert np.allclose(default_targets(by_model, "slow"), [0.47, 0.48, 0.49])
-    with pytest.raises(UserError, match="--targets"):
-        default_targets({"slow": by_model["slow"]}, "slow")
+    # Every model on that plateau (CI's seconds-long budgets): no target, and the report says how to give one.
+    plateau = by_model["slow"] + [point("fast", 17, m, 0.055) for m in (2, 4, 8)]
+    assert default_targets({"slow": by_model["slow"]}, "slow") == []
+    analysis = analyse(plateau, ["slow"])
+    assert analysis["targets"] == [] and analysis["times"] == []
+    assert "No default target" in targets_table(analysis) and "--targets" in targets_table(analysis)
 
 
 @pytest.mark.parametrize("algorithms, role", [
@@ -110,6 +114,7 @@ def test_bootstrap_resamples_whole_seeds_and_widens_to_a_bound_where_a_resample_
 def test_analysis_gives_each_model_its_time_and_its_ratio_to_every_reference():
     points = [point("base", s, m, q + 0.01 * (s - 18)) for s in (17, 18, 19) for m, q in ((2, 0.30), (4, 0.40), (8, 0.50))]
     points += [point("fast", s, m, q + 0.01 * (s - 18)) for s in (17, 18, 19) for m, q in ((2, 0.36), (4, 0.46), (8, 0.52))]
+    points += [point("pruned", s, m, q) for s in (17, 18, 19) for m, q in ((2, 0.37), (4, 0.47), (8, 0.53))]
     analysis = analyse(points, ["base", "fast"], [0.38, 0.31])
     rows = {(r["target"], r["model"]): r for r in analysis["times"]}
     fast = rows[(0.38, "fast")]
@@ -118,12 +123,16 @@ def test_analysis_gives_each_model_its_time_and_its_ratio_to_every_reference():
     ratio = fast["ratios"]["base"]
     assert fast["how"] == "interpolated" and math.isclose(ratio["low"], expected) and ratio["high"] == ratio["low"]
     assert ratio["interval"]["low"] <= expected <= ratio["interval"]["high"]
-    assert math.isclose(rows[(0.38, "base")]["ratios"]["fast"]["low"], 1 / expected)
+    # The second reference is for the models that are no reference: base ÷ fast would only invert fast ÷ base.
+    pruned = rows[(0.38, "pruned")]["ratios"]
+    own = time_to_target([2, 4, 8], [0.37, 0.47, 0.53], 0.38)[0]
+    assert math.isclose(pruned["base"]["low"], own / base_time)
+    assert math.isclose(pruned["fast"]["low"], own / time_to_target([2, 4, 8], [0.36, 0.46, 0.52], 0.38)[0])
     # 0.31: "fast" reaches it within the shortest budget, the base only after it, so fast needs at most 2/t.
     early = rows[(0.31, "fast")]["ratios"]["base"]
     assert rows[(0.31, "fast")]["how"] == "at most" and early["low"] == 0
     assert math.isclose(early["high"], 2 / time_to_target([2, 4, 8], [0.30, 0.40, 0.50], 0.31)[0])
-    assert set(fast["ratios"]) == {"base"} and set(rows[(0.38, "base")]["ratios"]) == {"fast"}
+    assert set(fast["ratios"]) == {"base"} and rows[(0.38, "base")]["ratios"] == {}
     table = targets_table(analysis)
     assert "time ÷ base's" in table and f"≤ {early['high']:.2f}" in table
 

@@ -41,8 +41,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="a model the others' times are divided by, repeatable (default: hf-bert, and "
                              "mosaicbert beside it when the study has EarlyBERT runs)")
     parser.add_argument("--targets", nargs="+", type=float, metavar="ACCURACY",
-                        help="target accuracies (default: three that every model reaches within its budgets, "
-                             "or see time_to_quality.default_targets)")
+                        help="target accuracies (default: a quarter, half and three quarters into the range "
+                             "every model's mean curve crosses; without one, into the range the other models "
+                             "share, plus the baseline's best mean; without that, none, and the report says so)")
     args = parser.parse_intermixed_args(argv)
     if bool(args.sweep) == bool(args.report):
         parser.error("give a sweep YAML or --report SWEEP_FOLDER")

@@ -125,11 +125,16 @@ def _spread(curves: Sequence[Sequence[float]]) -> list[float]:
     return [low + share * (high - low) for share in (0.25, 0.5, 0.75)] if low < high else []
 
 
+NO_TARGET = ("No default target: the models' mean accuracies share no range within the budgets (all still on "
+             "their initial plateau, or the baseline's best at its shortest budget), so no time to target says anything.")
+
+
 def default_targets(by_model: dict[str, list[Point]], baseline: str) -> list[float]:
     """Three accuracies in the range every model's mean curve crosses within its budgets, so every time is
     interpolated. Without such a range (a baseline that stays below the others), three in the range the
     other models share, and the baseline's best mean where it improves on its shortest budget: targets where
-    one side's time is measured and the other's bounded, which still bounds their ratio."""
+    one side's time is measured and the other's bounded, which still bounds their ratio. Otherwise none: the
+    report then says so and asks for --targets."""
     curves = {model: curve(points)[1] for model, points in by_model.items()}
     targets = _spread(list(curves.values()))
     if targets:
@@ -139,10 +144,7 @@ def default_targets(by_model: dict[str, list[Point]], baseline: str) -> list[flo
     own = curves[baseline]
     if max(own) > own[0]:  # a best at the shortest budget is reached "at most" then by every model above it
         targets.append(max(own))
-    if not targets:
-        raise UserError("the models' accuracies share no range within the budgets, so no default target says "
-                        "anything; give target accuracies with --targets.")
-    return sorted(targets)
+    return sorted(targets)  # none when the curves share no range (e.g. all still on the initial plateau)
 
 
 def time_bounds(minutes: float, how: str) -> tuple[float, float]:
@@ -194,7 +196,8 @@ def analyse(points: list[Point], references: list[str], targets: list[float] | N
         for model, (minutes, how) in times.items():
             ratios = {}
             for reference in references:
-                if reference != model:
+                # Later references are for the other models (EarlyBERT / MosaicBERT), not each other's inverse.
+                if reference != model and (reference == references[0] or model not in references):
                     low, high = ratio_bounds(times[model], times[reference])
                     ratios[reference] = {"low": low, "high": None if math.isinf(high) else high,
                                          "interval": bootstrap_ratios(by_model[model], by_model[reference], target)}
@@ -222,6 +225,9 @@ def budget_table(points: list[Point]) -> str:
 def targets_table(analysis: dict[str, Any]) -> str:
     """Markdown: minutes to each target per model, and the ratio to each reference's with its interval."""
     references = analysis["references"]
+    if not analysis["targets"]:
+        return (NO_TARGET + " Give target accuracies with `python src/time_to_quality.py --report SWEEP_FOLDER "
+                "--targets ACCURACY ...`.")
     lines = ["| target accuracy | model | minutes to reach it | "
              + " | ".join(f"time ÷ {reference}'s (95% interval)" for reference in references) + " |",
              "|--:|---|--:|" + "---|" * len(references)]
@@ -341,6 +347,9 @@ def plot(points: list[Point], analysis: dict[str, Any], title: str):
     for target in analysis["targets"]:
         axes.axhline(target, color="grey", linestyle="--", linewidth=0.8)
     axes.set_xscale("log", base=2)
+    budgets = sorted({p.budget_seconds / 60 for p in points})
+    axes.set_xticks(budgets, [f"{minutes:g}" for minutes in budgets])
+    axes.minorticks_off()
     axes.set_xlabel("training wall clock (minutes), each point a run that decayed fully within its budget")
     axes.set_ylabel("held-out MLM accuracy")
     axes.set_title(title)
