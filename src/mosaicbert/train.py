@@ -59,12 +59,8 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
     from mosaicbert.callbacks.resume_rng import ResumeRNG
     from mosaicbert.callbacks.run_summary import RunSummary
     from mosaicbert.callbacks.time_budget import PLACEHOLDER_MAX_DURATION, TimeBudget
-    from mosaicbert.checkpointing import (
-        install_atomic_checkpoint_writes,
-        install_clear_load_errors,
-        install_per_node_signal_files,
-        remove_partial_writes,
-    )
+    from mosaicbert import composer_patches
+    from mosaicbert.checkpointing import remove_partial_writes
     from mosaicbert.data.shared_memory import remove_stale_streaming_files
     from mosaicbert.data.text_dataset import ReleaseStreamingResources, build_mlm_dataloader, check_local_split
     from mosaicbert.data.tokenizer import build_tokenizer
@@ -75,12 +71,10 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
     for loader in (config.train_loader, config.eval_loader):  # before the tokenizer, which may need the hub
         if loader is not None and loader.remote is None:
             check_local_split(loader.local, loader.split)
-    install_atomic_checkpoint_writes()
-    install_clear_load_errors()
+    composer_patches.apply()
     if dist.get_global_rank() == 0:
         for name in remove_partial_writes(config.save_folder):
             log.warning("removed %s from %s: a checkpoint write cut short by a killed run", name, config.save_folder)
-    install_per_node_signal_files()
     reproducibility.seed_all(config.seed)
     if config.clean_stale_shared_memory and dist.get_local_rank() == 0:  # the other local ranks would find the same
         removed = remove_stale_streaming_files()
