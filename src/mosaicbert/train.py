@@ -15,7 +15,7 @@ import warnings
 from omegaconf import OmegaConf
 
 from mosaicbert.config import TrainConfig, describe_defaults, load_config, split_named, to_dict
-from mosaicbert.errors import Interrupted, UserError
+from mosaicbert.errors import UserError, entry_point
 
 log = logging.getLogger("mosaicbert")
 MODEL_CONFIG_FILE = "model_config.json"
@@ -212,6 +212,7 @@ def train(config: TrainConfig, extra_callbacks: list | None = None, extra_logger
             remove_saver_temp_folders(trainer)
 
 
+@entry_point()
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
@@ -219,12 +220,5 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
-    try:
-        train(load_config(argv[0], argv[1:]))
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return 2
-    except Interrupted as stop:
-        print(str(stop), file=sys.stderr, flush=True)
-        return 128 + stop.signum
+    train(load_config(argv[0], argv[1:]))
     return 0

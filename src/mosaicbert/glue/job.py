@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from mosaicbert.errors import entry_point
 from mosaicbert.precision import default_gpu_precision
 
 
@@ -89,18 +90,13 @@ def predictions_path(result_path: str, split: str) -> str:
     return f"{os.path.splitext(result_path)[0]}-{split}-predictions.jsonl"
 
 
+@entry_point()
 def main() -> int:
     with open(sys.argv[1], encoding="utf-8") as f:
         job = Job(**json.load(f))
-    from mosaicbert.errors import UserError
-
     from mosaicbert.glue.finetune import run
 
-    try:
-        result = run(job)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return 2
+    result = run(job)
     print(json.dumps(result["metrics"]), flush=True)
     return 0
 

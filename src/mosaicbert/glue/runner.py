@@ -18,7 +18,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from mosaicbert.errors import Stopped, UserError
+from mosaicbert.errors import Stopped, UserError, entry_point
 from mosaicbert.glue.config import GlueConfig, hyperparameters
 from mosaicbert.files import write_json_atomically
 from mosaicbert.glue.job import Job, job_task, predictions_path, resolve_precision
@@ -366,6 +366,7 @@ def submission_folder(argv: list[str]) -> tuple[list[str], Path | None]:
     return argv[:at] + argv[at + 2:], Path(argv[at + 1])
 
 
+@entry_point("glue")
 def main(argv: list[str] | None = None) -> int:
     from mosaicbert.glue.config import load_glue_config
 
@@ -373,15 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0 if argv else 2
-    try:
-        argv, submission = submission_folder(argv)
-        config = load_glue_config(argv[0], argv[1:])
-        check_starts(config)
-        report = run_glue(config, submission)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return 2
-    except Stopped as stop:
-        print(f"[glue] {stop}", file=sys.stderr, flush=True)
-        return 128 + stop.signum
+    argv, submission = submission_folder(argv)
+    config = load_glue_config(argv[0], argv[1:])
+    check_starts(config)
+    report = run_glue(config, submission)
     return 0 if all(row["status"] == "ok" for row in report["jobs"]) else 1
