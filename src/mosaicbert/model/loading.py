@@ -35,6 +35,7 @@ from mosaicbert.model import original_layout
 from mosaicbert.model.configuration_mosaicbert import MosaicBertConfig
 from mosaicbert.model.modeling_mosaicbert import (MosaicBertForMaskedLM, MosaicBertForSequenceClassification,
                                                   MosaicBertForTokenClassification)
+from mosaicbert.model.pruning import FOLDED_INTO, column_scale
 
 log = logging.getLogger(__name__)
 MODEL_TYPES = {"mosaic_bert": "mosaic_bert", "hf_bert": "bert"}  # our registry name -> transformers model_type
@@ -182,13 +183,12 @@ def fold_search_coefficients(state: dict[str, torch.Tensor]) -> dict[str, torch.
     """A checkpoint taken during an EarlyBERT search still holds head and unit coefficients: scale the
     following projections by them (as the search did) so the encoder computes the same function."""
     state = dict(state)
-    for key in [k for k in state if k.endswith((".attention.head_coef", ".mlp.unit_coef"))]:
+    for key in [k for k in state if k.rsplit(".", 1)[-1] in FOLDED_INTO]:
         coef = state.pop(key)
-        prefix = key.rsplit(".", 1)[0]
-        target = f"{prefix}.dense.weight" if key.endswith("head_coef") else f"{prefix}.wo.weight"
+        prefix, name = key.rsplit(".", 1)
+        target = f"{prefix}.{FOLDED_INTO[name]}.weight"
         weight = state[target]
-        scale = coef.repeat_interleave(weight.shape[1] // coef.numel()).to(weight.dtype)
-        state[target] = weight * scale[None, :]
+        state[target] = weight * column_scale(coef, weight.shape[1]).to(weight.dtype)[None, :]
     return state
 
 
