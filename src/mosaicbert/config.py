@@ -19,10 +19,11 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Union
 
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from mosaicbert import registry
@@ -207,17 +208,30 @@ def build_dataclass(cls: type, values: dict[str, Any], where: str = "") -> Any:
 
 
 def read_yaml(yaml_path: str | os.PathLike, overrides: list[str] | None = None) -> dict[str, Any]:
-    """YAML + dotlist overrides, with run_name (default: $COMPOSER_RUN_NAME or the file's stem) and
+    """A recipe + dotlist overrides, with run_name (default: $COMPOSER_RUN_NAME or the file's stem) and
     run_folder (default: runs/<run_name>) filled in, interpolations resolved."""
-    path = Path(yaml_path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}. Recipes live under yamls/, e.g. yamls/demo.yaml.")
-    try:
-        cfg = OmegaConf.merge(OmegaConf.load(path), _parse_overrides(overrides or []))
+
+    def fill_run_names(cfg: DictConfig, path: Path) -> None:
         if cfg.get("run_name") is None:
             cfg.run_name = os.environ.get("COMPOSER_RUN_NAME") or path.stem
         if cfg.get("run_folder") is None:
             cfg.run_folder = f"runs/{cfg.run_name}"
+
+    return read_mapping(yaml_path, overrides, kind="config", fill=fill_run_names)
+
+
+def read_mapping(yaml_path: str | os.PathLike, overrides: list[str] | None = None, kind: str = "config",
+                 look_in: str = "Recipes live under yamls/, e.g. yamls/demo.yaml.", example: str = "max_duration=50ba",
+                 fill: Callable[[DictConfig, Path], None] | None = None) -> dict[str, Any]:
+    """A YAML mapping (a `kind` file: config, sweep) + dotlist overrides, `fill`ed, interpolations resolved;
+    a missing or malformed file, a bad override or a missing value is one ConfigError naming the file."""
+    path = Path(yaml_path)
+    if not path.is_file():
+        raise ConfigError(f"{kind} file not found: {path}. {look_in}")
+    try:
+        cfg = OmegaConf.merge(OmegaConf.load(path), _parse_overrides(overrides or [], example))
+        if fill is not None:
+            fill(cfg, path)
         resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as err:
         raise ConfigError(f"{path} leaves '{err.full_key}' to be set: add {err.full_key}=... on the command line.") from None
@@ -228,7 +242,7 @@ def read_yaml(yaml_path: str | os.PathLike, overrides: list[str] | None = None) 
         at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
         raise ConfigError(f"could not read {path}: malformed YAML{at}: {getattr(err, 'problem', None) or err}") from None
     if not isinstance(resolved, dict):
-        raise ConfigError(f"{path} must hold a mapping of config keys.")
+        raise ConfigError(f"{path} must hold a mapping of {kind} keys.")
     return resolved
 
 
@@ -240,10 +254,10 @@ def load_config(yaml_path: str | os.PathLike, overrides: list[str] | None = None
     return finalize(config, world_size)
 
 
-def _parse_overrides(overrides: list[str]) -> Any:
+def _parse_overrides(overrides: list[str], example: str) -> Any:
     bad = [o for o in overrides if "=" not in o]
     if bad:
-        raise ConfigError(f"override '{bad[0]}' is not of the form key=value (e.g. max_duration=50ba).")
+        raise ConfigError(f"override '{bad[0]}' is not of the form key=value (e.g. {example}).")
     try:
         return OmegaConf.from_dotlist(overrides)
     except OmegaConfBaseException as err:

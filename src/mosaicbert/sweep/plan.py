@@ -27,10 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from mosaicbert.config import build_dataclass, load_config, read_yaml
+from mosaicbert.config import build_dataclass, load_config, read_mapping, read_yaml
 from mosaicbert.errors import ConfigError, UserError
 from mosaicbert.files import write_json_atomically
 
@@ -140,19 +138,8 @@ def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def read_sweep(path: str | os.PathLike, overrides: list[str] | None = None) -> SweepConfig:
     """The sweep YAML (plus `key=value` overrides of it), type-checked."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file not found: {path}. Shipped sweeps live in yamls/sweeps/, e.g. yamls/sweeps/demo.yaml.")
-    bad = [o for o in overrides or [] if "=" not in o]
-    if bad:
-        raise ConfigError(f"sweep override '{bad[0]}' is not of the form key=value (e.g. folder=runs/sweeps/try2).")
-    try:
-        raw = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides or [])))
-        values = OmegaConf.to_container(raw, resolve=True)
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"could not read {path}: {err}") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path} must hold a mapping (name, models, grid, ...).")
+    values = read_mapping(path, overrides, kind="sweep", example="folder=runs/sweeps/try2",
+                          look_in="Shipped sweeps live in yamls/sweeps/, e.g. yamls/sweeps/demo.yaml.")
     sweep = build_dataclass(SweepConfig, values)
     # `grid.optimizer.lr=[...]` on the command line nests; in the YAML it is one dotted key. Same thing.
     sweep.grid = flatten(sweep.grid)
