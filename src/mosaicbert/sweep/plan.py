@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from mosaicbert.config import build_dataclass, load_config, read_mapping, read_yaml
 from mosaicbert.errors import ConfigError, UserError
 from mosaicbert.files import write_json_atomically
