@@ -11,9 +11,9 @@ from composer.models import HuggingFaceModel
 from transformers import BertConfig, BertForMaskedLM
 from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
 
-from mosaicbert.data.tokenizer import padded_vocab_size
-from mosaicbert.errors import ConfigError, nearest
-from mosaicbert.model.loading import check_model_name, check_vocabulary, folder_model_name
+from mosaicbert.errors import ConfigError
+from mosaicbert.model.loading import (check_config_keys, check_model_name, check_vocabulary, folder_model_name,
+                                     with_vocab_size)
 
 
 class ComposerHFBert(HuggingFaceModel):
@@ -58,13 +58,8 @@ def build_hf_bert(
         if model.config.vocab_size % vocab_multiple:
             model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=vocab_multiple)
     else:
-        valid = set(BertConfig().to_dict())
-        unknown = sorted(set(overrides) - valid)
-        if unknown:
-            raise ConfigError(f"model.model_config: BertConfig has no field '{unknown[0]}'.{nearest(unknown[0], valid)}")
-        overrides.setdefault("vocab_size", padded_vocab_size(len(tokenizer), vocab_multiple))
-        check_vocabulary(overrides["vocab_size"], tokenizer)
-        config = BertConfig(pad_token_id=tokenizer.pad_token_id, **overrides)
+        check_config_keys(overrides, BertConfig)
+        config = BertConfig(pad_token_id=tokenizer.pad_token_id, **with_vocab_size(overrides, tokenizer, vocab_multiple))
         model = BertForMaskedLM(config)
     # The training entry sets model_max_length to the run's max_seq_len; a tokenizer loaded without it says "unbounded".
     if VERY_LARGE_INTEGER > tokenizer.model_max_length > model.config.max_position_embeddings:

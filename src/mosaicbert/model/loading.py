@@ -30,7 +30,8 @@ from typing import Any
 import torch
 from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertForTokenClassification
 
-from mosaicbert.errors import UserError
+from mosaicbert.data.tokenizer import padded_vocab_size
+from mosaicbert.errors import ConfigError, UserError, nearest
 from mosaicbert.model import original_layout
 from mosaicbert.model.configuration_mosaicbert import MosaicBertConfig
 from mosaicbert.model.modeling_mosaicbert import (MosaicBertForMaskedLM, MosaicBertForSequenceClassification,
@@ -104,6 +105,23 @@ def local_start(name_or_path: str) -> str:
     except Exception as err:  # huggingface_hub's errors for unknown repos, no network, gated access
         raise UserError(f"could not download {name_or_path} from the Hugging Face hub ({err.__class__.__name__}); "
                         "check the id, or download the folder once with network access and point at it.") from None
+
+
+def check_config_keys(model_config: dict[str, Any], config_class: type) -> None:
+    """model.model_config's keys must be fields of `config_class` (the nearest valid one is suggested)."""
+    valid = set(config_class().to_dict())
+    unknown = sorted(set(model_config) - valid)
+    if unknown:
+        raise ConfigError(f"model.model_config: {config_class.__name__} has no field '{unknown[0]}'."
+                          f"{nearest(unknown[0], valid)}")
+
+
+def with_vocab_size(model_config: dict[str, Any], tokenizer: Any, vocab_multiple: int) -> dict[str, Any]:
+    """A fresh model's config: vocab_size by default the tokenizer's size rounded up to `vocab_multiple`
+    (30522 -> 30528 at 64), and never below the tokenizer's."""
+    config = {"vocab_size": padded_vocab_size(len(tokenizer), vocab_multiple), **model_config}
+    check_vocabulary(config["vocab_size"], tokenizer)
+    return config
 
 
 def check_vocabulary(vocab_size: int, tokenizer: Any, pretrained_model_name: str | None = None,

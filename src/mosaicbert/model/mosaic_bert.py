@@ -9,10 +9,9 @@ import torch
 from composer.metrics.nlp import LanguageCrossEntropy, MaskedAccuracy
 from composer.models import ComposerModel
 
-from mosaicbert.data.tokenizer import padded_vocab_size
-from mosaicbert.errors import ConfigError, nearest
+from mosaicbert.errors import ConfigError
 from mosaicbert.model.configuration_mosaicbert import MosaicBertConfig
-from mosaicbert.model.loading import check_vocabulary, load_masked_lm, local_start
+from mosaicbert.model.loading import check_config_keys, check_vocabulary, load_masked_lm, local_start, with_vocab_size
 from mosaicbert.model.modeling_mosaicbert import (
     IGNORE_INDEX,
     MosaicBertForMaskedLM,
@@ -117,18 +116,14 @@ def build_mosaic_bert(
     and weights from a Hugging Face folder or hub id (this package's export or the original
     mosaicml/mosaic-bert-base layout) or a Composer checkpoint, instead of initialising fresh ones."""
     overrides = dict(model_config or {})
-    valid = set(MosaicBertConfig().to_dict())
-    for key in overrides:
-        if key == "alibi_starting_size":
-            raise ConfigError("model.model_config.alibi_starting_size is no longer a setting: ALiBi distances are "
-                              "computed per batch, for any length. Remove the key from the recipe.")
-        if key not in valid:
-            raise ConfigError(f"model.model_config: MosaicBertConfig has no field '{key}'.{nearest(key, valid)}")
+    if "alibi_starting_size" in overrides:
+        raise ConfigError("model.model_config.alibi_starting_size is no longer a setting: ALiBi distances are "
+                          "computed per batch, for any length. Remove the key from the recipe.")
+    check_config_keys(overrides, MosaicBertConfig)
     if pretrained_model_name is not None:
         model = load_masked_lm(local_start(pretrained_model_name), "mosaic_bert", **overrides)
         check_vocabulary(model.config.vocab_size, tokenizer, pretrained_model_name, vocab_multiple)
     else:
-        overrides.setdefault("vocab_size", padded_vocab_size(len(tokenizer), vocab_multiple))
-        check_vocabulary(overrides["vocab_size"], tokenizer)
+        overrides = with_vocab_size(overrides, tokenizer, vocab_multiple)
         model = MosaicBertForMaskedLM(MosaicBertConfig(pad_token_id=tokenizer.pad_token_id, **overrides))
     return ComposerMosaicBert(model, tokenizer)
