@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from mosaicbert.builders import validate_entries
 from mosaicbert.config import load_config
 from mosaicbert.errors import ConfigError
 
@@ -9,7 +10,10 @@ from conftest import DEMO_YAML
 
 
 def load(*overrides: str):
-    return load_config(DEMO_YAML, list(overrides))
+    """The demo recipe as the training entry checks it: the config, then its registry entries."""
+    config = load_config(DEMO_YAML, list(overrides))
+    validate_entries(config)
+    return config
 
 
 def test_demo_config_resolves_with_cpu_defaults(clean_env):

@@ -1,8 +1,10 @@
-"""Registry entries for Composer's optimizers, schedulers, algorithms, callbacks and loggers.
+"""The registries filled, checked against a config, and built from it.
 
-Project-specific entries register themselves next to their code (models in `model/`);
-this module holds the ones that come straight from Composer, plus the `build_*`
-helpers the training entry uses.
+Importing this module fills every registry, here and nowhere else: the two models,
+Composer's optimizers, schedulers, algorithms, callbacks and loggers, and this package's
+EarlyBERT and non-finite guard. `validate_entries` checks a config's
+entries against their constructors before anything is built; the `build_*` helpers
+build them for the training entry.
 """
 
 from __future__ import annotations
@@ -26,9 +28,15 @@ from composer.optim import (
 from mosaicbert import registry
 from mosaicbert.algorithms.earlybert import EarlyBERT
 from mosaicbert.callbacks.nonfinite_guard import NonFiniteGuard
-from mosaicbert.config import TrainConfig, named_entries, split_named
+from mosaicbert.config import TrainConfig
+from mosaicbert.model.hf_bert import build_hf_bert
+from mosaicbert.model.mosaic_bert import build_mosaic_bert
+from mosaicbert.registry import named_entries, split_named
 
 log = logging.getLogger("mosaicbert")
+
+registry.models.register("hf_bert", build_hf_bert, provided=("tokenizer",))
+registry.models.register("mosaic_bert", build_mosaic_bert, provided=("tokenizer",))
 
 registry.optimizers.register("decoupled_adamw", DecoupledAdamW, provided=("params",))
 
@@ -137,6 +145,25 @@ registry.callbacks.register("nonfinite_guard", NonFiniteGuard, provided=("run_fo
 registry.loggers.register("wandb", WandBLogger)
 registry.loggers.register("mlflow", MLFlowLogger)
 registry.loggers.register("tensorboard", TensorboardLogger)
+
+
+SECTIONS = ("algorithms", "callbacks", "loggers")  # the config's sections of named entries
+
+
+def validate_entries(config: TrainConfig) -> None:
+    """Every registry entry of `config` (model, optimizer, scheduler, and the SECTIONS) against its constructor's
+    signature: an unknown name or argument is one ConfigError naming the nearest valid one."""
+    registry.models.validate(*split_named(config.model, "model"), "model")
+    registry.optimizers.validate(*split_named(config.optimizer, "optimizer"), "optimizer")
+    registry.schedulers.validate(*split_named(config.scheduler, "scheduler"), "scheduler")
+    for section in SECTIONS:
+        for name, kwargs in named_entries(getattr(config, section), section):
+            getattr(registry, section).validate(name, kwargs, f"{section}.{name}")
+
+
+def build_model(config: TrainConfig, tokenizer: Any) -> Any:
+    """The config's Composer model (the encoder is its `.model`)."""
+    return registry.models.build(*split_named(config.model, "model"), "model", tokenizer=tokenizer)
 
 
 def build_optimizer(config: TrainConfig, params: Any) -> Any:

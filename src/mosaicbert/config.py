@@ -4,10 +4,11 @@
 (`max_duration=50ba train_loader.num_workers=0`), resolves interpolations and turns the
 result into a `TrainConfig`. Every key is checked against the dataclasses below: an
 unknown key names itself and the nearest valid one, a wrong type names the expected
-type, and the batch arithmetic is checked against the world size. Registry entries
-(`model`, `optimizer`, `scheduler`, `algorithms`, `callbacks`, `loggers`) are checked
-against their constructors' signatures. Device-dependent defaults (precision,
-microbatch size) are filled in last and reported by `describe_defaults`.
+type, and the batch arithmetic is checked against the world size. Device-dependent
+defaults (precision, microbatch size) are filled in last and reported by
+`describe_defaults`. The registry entries (`model`, `optimizer`, `scheduler`,
+`algorithms`, `callbacks`, `loggers`) are checked against their constructors'
+signatures by `builders.validate_entries`, which the training and sweep entries call.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from mosaicbert import registry
 from mosaicbert.errors import ConfigError, nearest
+from mosaicbert.registry import split_named
 
 CPU_PRECISIONS = ("fp32",)
 GPU_PRECISIONS = ("fp32", "amp_bf16", "amp_fp16")
@@ -249,9 +250,7 @@ def read_mapping(yaml_path: str | os.PathLike, overrides: list[str] | None = Non
 def load_config(yaml_path: str | os.PathLike, overrides: list[str] | None = None, world_size: int | None = None) -> TrainConfig:
     """Read, merge, resolve, type-check and finalize a training config. `world_size` checks the batch
     arithmetic for a launch elsewhere (a sweep planning Slurm jobs); by default this process's."""
-    config = build_dataclass(TrainConfig, read_yaml(yaml_path, overrides))
-    validate_registry_entries(config)
-    return finalize(config, world_size)
+    return finalize(build_dataclass(TrainConfig, read_yaml(yaml_path, overrides)), world_size)
 
 
 def _parse_overrides(overrides: list[str], example: str) -> Any:
@@ -262,43 +261,6 @@ def _parse_overrides(overrides: list[str], example: str) -> Any:
         return OmegaConf.from_dotlist(overrides)
     except OmegaConfBaseException as err:
         raise ConfigError(f"could not parse overrides {overrides}: {err}") from None
-
-
-def split_named(entry: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]:
-    """`{name: x, **kwargs}` (model, optimizer, scheduler) -> (x, kwargs)."""
-    if "name" not in entry:
-        raise ConfigError(f"{where}: missing 'name' (the registered {where} to build).")
-    kwargs = dict(entry)
-    return kwargs.pop("name"), kwargs
-
-
-def named_entries(section: dict[str, Any] | None, where: str) -> list[tuple[str, dict[str, Any]]]:
-    """`{name: kwargs-or-null, ...}` (algorithms, callbacks, loggers) -> [(name, kwargs)]."""
-    entries = []
-    for name, kwargs in (section or {}).items():
-        if kwargs is None:
-            kwargs = {}
-        if not isinstance(kwargs, dict):
-            raise ConfigError(f"{where}.{name}: expected a mapping of arguments (or {{}}), got {kwargs!r}.")
-        entries.append((name, kwargs))
-    return entries
-
-
-def validate_registry_entries(config: TrainConfig) -> None:
-    # Importing the builders fills the registries.
-    import mosaicbert.builders  # noqa: F401
-    import mosaicbert.model  # noqa: F401
-
-    registry.models.validate(*split_named(config.model, "model"), "model")
-    registry.optimizers.validate(*split_named(config.optimizer, "optimizer"), "optimizer")
-    registry.schedulers.validate(*split_named(config.scheduler, "scheduler"), "scheduler")
-    for section, reg in (
-        ("algorithms", registry.algorithms),
-        ("callbacks", registry.callbacks),
-        ("loggers", registry.loggers),
-    ):
-        for name, kwargs in named_entries(getattr(config, section), section):
-            reg.validate(name, kwargs, f"{section}.{name}")
 
 
 # --------------------------------------------------------------------------- derived values

@@ -14,7 +14,7 @@ import warnings
 
 from omegaconf import OmegaConf
 
-from mosaicbert.config import TrainConfig, describe_defaults, load_config, split_named, to_dict
+from mosaicbert.config import TrainConfig, describe_defaults, load_config, to_dict
 from mosaicbert.errors import UserError, entry_point
 
 log = logging.getLogger("mosaicbert")
@@ -52,8 +52,7 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
     from composer.loggers import FileLogger
     from composer.utils import dist, reproducibility
 
-    from mosaicbert import registry
-    from mosaicbert.builders import build_optimizer, build_scheduler, build_section
+    from mosaicbert.builders import build_model, build_optimizer, build_scheduler, build_section, validate_entries
     from mosaicbert.callbacks.checkpoint_on_signal import CheckpointOnSignal
     from mosaicbert.callbacks.jsonl_logger import JSONLinesLogger
     from mosaicbert.callbacks.resume_rng import ResumeRNG
@@ -65,6 +64,7 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
     from mosaicbert.data.text_dataset import ReleaseStreamingResources, build_mlm_dataloader, check_local_split
     from mosaicbert.data.tokenizer import build_tokenizer
 
+    validate_entries(config)
     check_save_folder(config)
     # Composer warns whenever a last, smaller evaluation batch is not split into microbatches; that is expected.
     warnings.filterwarnings("ignore", message="Cannot split tensor of length")
@@ -82,8 +82,7 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
             log.info("removed %d shared-memory blocks and lock files of ended Streaming runs", len(removed))
 
     tokenizer = build_tokenizer(config.tokenizer_name, config.max_seq_len)
-    name, kwargs = split_named(config.model, "model")
-    model = registry.models.build(name, kwargs, "model", tokenizer=tokenizer)
+    model = build_model(config, tokenizer)
     load_path = config.load_path
     resuming = config.autoresume and config.save_folder is not None and \
         os.path.exists(os.path.join(config.save_folder, "latest-rank0.pt"))

@@ -230,7 +230,7 @@ def _launch(job: Job, slot: str | None, children: ChildProcesses) -> tuple[subpr
     if slot is not None:
         env["CUDA_VISIBLE_DEVICES"] = slot
     try:
-        process = children.start([sys.executable, "-m", "mosaicbert.glue.job", str(spec)], stdout=log,
+        process = children.start([sys.executable, "-m", "mosaicbert.glue.finetune", str(spec)], stdout=log,
                                  stderr=subprocess.STDOUT, env=env)
     except BaseException:
         log.close()

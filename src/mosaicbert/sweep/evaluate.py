@@ -117,8 +117,8 @@ def _mlm_scorer(plan: Plan, run: Run):
     """Masked-token accuracy on a held-out split, the same masks (`mask_seed`) for every run."""
     import torch
 
-    from mosaicbert import registry
-    from mosaicbert.config import LoaderConfig, load_config, split_named
+    from mosaicbert.builders import build_model
+    from mosaicbert.config import LoaderConfig, load_config
     from mosaicbert.data.text_dataset import build_mlm_dataloader
     from mosaicbert.data.tokenizer import build_tokenizer
     from mosaicbert.precision import autocast
@@ -128,7 +128,7 @@ def _mlm_scorer(plan: Plan, run: Run):
     held_out = LoaderConfig(split=settings.split, local=config.data_local, remote=config.data_remote,
                             mlm_probability=settings.mlm_probability, fixed_masks=True)
     tokenizer = build_tokenizer(config.tokenizer_name, config.max_seq_len)
-    model = registry.models.build(*split_named(config.model, "model"), "model", tokenizer=tokenizer)
+    model = build_model(config, tokenizer)
     device = torch.device("cuda" if config.device == "gpu" else "cpu")
     model.to(device).eval()
     in_training_precision = autocast(config.precision, device)

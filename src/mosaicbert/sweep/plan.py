@@ -210,6 +210,8 @@ def run_id(cell: dict[str, Any], config_hash: str) -> str:
 def make_plan(sweep: SweepConfig) -> Plan:
     """One validated run per cell. Every config goes through the training schema (with the sweep's world
     size) before anything is launched; the first bad cell stops the sweep with its values named."""
+    from mosaicbert.builders import validate_entries  # Composer's classes, for their signatures
+
     folder = sweep.folder or f"runs/sweeps/{sweep.name}"
     world_size = sweep.nodes * max(sweep.gpus_per_node, 1)
     runs = []
@@ -238,7 +240,7 @@ def make_plan(sweep: SweepConfig) -> Plan:
             "clean_stale_shared_memory=true",
         ]
         try:
-            load_config(entry.recipe, overrides, world_size=world_size)
+            validate_entries(load_config(entry.recipe, overrides, world_size=world_size))
         except ConfigError as err:
             raise ConfigError(f"{where}: {err}") from None
         runs.append(Run(run_id=name, model=cell["model"], cell=cell, recipe=entry.recipe, overrides=overrides,

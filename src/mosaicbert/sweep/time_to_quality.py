@@ -220,14 +220,14 @@ def runs_table(points: list[Point]) -> str:
 
 def pruning_flops(run: Run) -> dict[str, float]:
     """`ticket_flops` of the run's ticket, on its model and one training batch of its data."""
-    from mosaicbert import registry
-    from mosaicbert.config import load_config, split_named
+    from mosaicbert.builders import build_model
+    from mosaicbert.config import load_config
     from mosaicbert.data.text_dataset import build_mlm_dataloader
     from mosaicbert.data.tokenizer import build_tokenizer
 
     config = load_config(run.recipe, [o for o in run.overrides if not o.startswith("algorithms")], world_size=1)
     tokenizer = build_tokenizer(config.tokenizer_name, config.max_seq_len)
-    model = registry.models.build(*split_named(config.model, "model"), "model", tokenizer=tokenizer).model
+    model = build_model(config, tokenizer).model
     batch = next(iter(build_mlm_dataloader(config.train_loader, tokenizer, config.max_seq_len,
                                            config.global_train_batch_size, seed=config.seed).dataloader))
     with open(os.path.join(run.folder, "ticket.json"), encoding="utf-8") as f:
