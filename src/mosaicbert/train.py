@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 import warnings
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -44,25 +45,16 @@ def write_model_config(config: TrainConfig, composer_model) -> None:
         composer_model.model.config.to_json_file(os.path.join(config.save_folder, MODEL_CONFIG_FILE))
 
 
-def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extra_loggers: list | None = None):
-    """Everything the run needs, built from registries in a fixed order; returns (trainer, summary callback)."""
-    # Composer and the data stack are imported here so `--help` and config errors stay fast.
-    from composer import Trainer
-    from composer.core import Evaluator
-    from composer.loggers import FileLogger
+def prepare_run(config: TrainConfig) -> None:
+    """Checks and clean-up before anything is built: the registry entries, the save folder, the data's splits,
+    Composer's patches, partial checkpoint writes and stale shared memory of killed runs; then the seeds."""
     from composer.utils import dist, reproducibility
 
-    from mosaicbert.builders import build_model, build_optimizer, build_scheduler, build_section, validate_entries
-    from mosaicbert.callbacks.checkpoint_on_signal import CheckpointOnSignal
-    from mosaicbert.callbacks.jsonl_logger import JSONLinesLogger
-    from mosaicbert.callbacks.resume_rng import ResumeRNG
-    from mosaicbert.callbacks.run_summary import RunSummary
-    from mosaicbert.callbacks.time_budget import PLACEHOLDER_MAX_DURATION, TimeBudget
     from mosaicbert import composer_patches
+    from mosaicbert.builders import validate_entries
     from mosaicbert.checkpointing import remove_partial_writes
     from mosaicbert.data.shared_memory import remove_stale_streaming_files
-    from mosaicbert.data.text_dataset import ReleaseStreamingResources, build_mlm_dataloader, check_local_split
-    from mosaicbert.data.tokenizer import build_tokenizer
+    from mosaicbert.data.text_dataset import check_local_split
 
     validate_entries(config)
     check_save_folder(config)
@@ -81,20 +73,29 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
         if removed:
             log.info("removed %d shared-memory blocks and lock files of ended Streaming runs", len(removed))
 
-    tokenizer = build_tokenizer(config.tokenizer_name, config.max_seq_len)
+
+def build_model_and_start(config: TrainConfig, tokenizer) -> tuple[Any, str | None]:
+    """The Composer model, with a Hugging Face folder's weights already in it when `load_path` is one; and the
+    load_path left for Composer (its own checkpoints only)."""
+    from mosaicbert.builders import build_model
+
     model = build_model(config, tokenizer)
     load_path = config.load_path
+    if load_path is None or not os.path.isdir(load_path):
+        return model, load_path
     resuming = config.autoresume and config.save_folder is not None and \
         os.path.exists(os.path.join(config.save_folder, "latest-rank0.pt"))
-    if load_path is not None and os.path.isdir(load_path) and resuming:
-        load_path = None  # autoresume continues from this run's own checkpoint, which has the folder's weights in it
-    elif load_path is not None and os.path.isdir(load_path):
+    if not resuming:  # else autoresume continues from this run's own checkpoint, which has the folder's weights
         # A Hugging Face folder: its weights go in now (same widths as the YAML's model); optimizer, schedule
-        # and data start fresh. Composer's load_path takes its own checkpoints only.
+        # and data start fresh.
         from mosaicbert.model.loading import load_weights_into
 
-        load_weights_into(model.model, load_path, name)
-        load_path = None
+        load_weights_into(model.model, load_path, config.model["name"])
+    return model, None
+
+
+def build_optimizer_for(config: TrainConfig, model):
+    from mosaicbert.builders import build_optimizer
 
     optimizer = build_optimizer(config, model.parameters())
     if hasattr(model, "reshape_hooks"):
@@ -102,6 +103,15 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
         from mosaicbert.model.pruning import slice_optimizer_state
 
         model.reshape_hooks.append(lambda replaced: slice_optimizer_state([optimizer], replaced))
+    return optimizer
+
+
+def build_data(config: TrainConfig, tokenizer):
+    """(train loader, evaluators, length schedule or None)."""
+    from composer.core import Evaluator
+
+    from mosaicbert.data.text_dataset import build_mlm_dataloader
+
     length_schedule = None
     if config.seq_len_schedule is not None:
         from mosaicbert.data.length_schedule import LengthSchedule
@@ -118,11 +128,26 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
             pin_memory=config.device == "gpu",
         )
         evaluators.append(Evaluator(label="eval", dataloader=eval_loader, metric_names=["LanguageCrossEntropy", "MaskedAccuracy"]))
+    return train_loader, evaluators, length_schedule
+
+
+def build_callbacks_and_loggers(config: TrainConfig, datasets: list, length_schedule, extra_callbacks: list,
+                                extra_loggers: list):
+    """(callbacks, loggers, the run summary callback, Composer's max_duration): the config's own and this
+    package's (summary, RNG on resume, checkpoint on SIGTERM, Streaming clean-up, time budget, logs)."""
+    from composer.loggers import FileLogger
+
+    from mosaicbert.builders import build_section
+    from mosaicbert.callbacks.checkpoint_on_signal import CheckpointOnSignal
+    from mosaicbert.callbacks.jsonl_logger import JSONLinesLogger
+    from mosaicbert.callbacks.resume_rng import ResumeRNG
+    from mosaicbert.callbacks.run_summary import RunSummary
+    from mosaicbert.callbacks.time_budget import PLACEHOLDER_MAX_DURATION, TimeBudget
+    from mosaicbert.data.text_dataset import ReleaseStreamingResources
 
     summary = RunSummary(config.run_folder, config.save_folder, config.time_budget_seconds)
-    datasets = [train_loader.dataloader.dataset] + [e.dataloader.dataloader.dataset for e in evaluators]
     callbacks = build_section(config, "callbacks") + [summary, ResumeRNG(), CheckpointOnSignal(),
-                                                      ReleaseStreamingResources(datasets)] + list(extra_callbacks or [])
+                                                      ReleaseStreamingResources(datasets)] + extra_callbacks
     if length_schedule is not None:
         callbacks.append(length_schedule)
     max_duration = config.max_duration
@@ -133,14 +158,37 @@ def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extr
     loggers = build_section(config, "loggers") + [
         JSONLinesLogger(os.path.join(config.run_folder, "metrics.jsonl")),
         FileLogger(os.path.join(config.run_folder, "console-rank{rank}.log"), flush_interval=50),
-    ]
-    loggers += list(extra_loggers or [])
+    ] + extra_loggers
+    return callbacks, loggers, summary, max_duration
+
+
+def write_run_record(config: TrainConfig, model) -> None:
+    """The resolved config and the model's architecture in the run folder (rank 0)."""
+    from composer.utils import dist
 
     if dist.get_global_rank() == 0:
         os.makedirs(config.run_folder, exist_ok=True)
         OmegaConf.save(OmegaConf.create(to_dict(config)), os.path.join(config.run_folder, "config.yaml"))
         write_model_config(config, model)
 
+
+def build_trainer(config: TrainConfig, extra_callbacks: list | None = None, extra_loggers: list | None = None):
+    """Everything the run needs, in a fixed order; returns (trainer, summary callback). Composer and the data
+    stack are imported by the steps, so `--help` and config errors stay fast."""
+    from composer import Trainer
+
+    from mosaicbert.builders import build_scheduler, build_section
+    from mosaicbert.data.tokenizer import build_tokenizer
+
+    prepare_run(config)
+    tokenizer = build_tokenizer(config.tokenizer_name, config.max_seq_len)
+    model, load_path = build_model_and_start(config, tokenizer)
+    optimizer = build_optimizer_for(config, model)
+    train_loader, evaluators, length_schedule = build_data(config, tokenizer)
+    datasets = [train_loader.dataloader.dataset] + [e.dataloader.dataloader.dataset for e in evaluators]
+    callbacks, loggers, summary, max_duration = build_callbacks_and_loggers(
+        config, datasets, length_schedule, list(extra_callbacks or []), list(extra_loggers or []))
+    write_run_record(config, model)
     trainer = Trainer(
         run_name=config.run_name,
         seed=config.seed,
