@@ -8,7 +8,7 @@ final evaluation over the pairs.
 
 import sys
 
-from mosaicbert.callbacks.run_summary import compare_runs
+from mosaicbert.reports.runs import compare_runs
 from mosaicbert.errors import entry_point
 
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from mosaicbert.callbacks.run_summary import compare_runs
+from mosaicbert.reports.runs import compare_runs
 
 from conftest import REPO
 

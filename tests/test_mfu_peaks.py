@@ -1,4 +1,4 @@
-"""The GPU peak FLOP/s that training's MFU is measured against (mosaicbert/builders.py)."""
+"""The GPU peak FLOP/s that training's MFU is measured against (mosaicbert/callbacks/speed.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 from composer.callbacks import SpeedMonitor
 
 from conftest import DEMO_YAML
-from mosaicbert.builders import build_section, gpu_peak_flops
+from mosaicbert.builders import build_section
+from mosaicbert.callbacks.speed import gpu_peak_flops
 from mosaicbert.config import load_config
 
 HOPPER_SXM = (989.5e12, 989.5e12, 494.5e12)

@@ -23,10 +23,6 @@ class DataNotFoundError(UserError):
     """A dataset folder the config points at does not exist."""
 
 
-# In a checkpoint folder: the names of the checkpoints saved on a signal (off the save interval), one per line.
-SIGNAL_CHECKPOINTS = "signal-checkpoints.txt"
-
-
 class Interrupted(Exception):
     """Training stopped on a signal (SIGTERM) after saving a checkpoint; entry scripts exit 128 + signum."""
 

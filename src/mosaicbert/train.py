@@ -143,7 +143,7 @@ def build_callbacks_and_loggers(config: TrainConfig, datasets: list, length_sche
     from mosaicbert.callbacks.resume_rng import ResumeRNG
     from mosaicbert.callbacks.run_summary import RunSummary
     from mosaicbert.callbacks.time_budget import PLACEHOLDER_MAX_DURATION, TimeBudget
-    from mosaicbert.data.text_dataset import ReleaseStreamingResources
+    from mosaicbert.callbacks.streaming_cleanup import ReleaseStreamingResources
 
     summary = RunSummary(config.run_folder, config.save_folder, config.time_budget_seconds)
     callbacks = build_section(config, "callbacks") + [summary, ResumeRNG(), CheckpointOnSignal(),

@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mosaicbert.errors import SIGNAL_CHECKPOINTS, UserError
-from mosaicbert.files import write_json_atomically
+from mosaicbert.errors import UserError
+from mosaicbert.files import SIGNAL_CHECKPOINTS, write_json_atomically
 from mosaicbert.sweep.plan import Plan, Run, glue_overrides
 
 CHECKPOINT_NAME = re.compile(r"^ep\d+-ba(\d+)-rank0\.pt$")

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from mosaicbert.callbacks.run_summary import step_seconds
+from mosaicbert.reports.runs import step_seconds
 from mosaicbert.config import read_yaml, wall_clock_seconds
 from mosaicbert.errors import UserError
 from mosaicbert.files import replacing
