@@ -26,8 +26,7 @@ from mosaicbert.algorithms.earlybert import EarlyBERT
 from mosaicbert.callbacks.nonfinite_guard import NonFiniteGuard
 from mosaicbert.callbacks.speed import speed_monitor
 from mosaicbert.config import TrainConfig
-from mosaicbert.model.hf_bert import build_hf_bert
-from mosaicbert.model.mosaic_bert import build_mosaic_bert
+from mosaicbert.model.composer import build_hf_bert, build_mosaic_bert
 from mosaicbert.registry import named_entries, split_named
 
 registry.models.register("hf_bert", build_hf_bert, provided=("tokenizer",))

@@ -1,6 +1,6 @@
 """The MosaicBERT encoder classes, registered with transformers' Auto classes.
 
-The Composer wrappers (mosaic_bert.py, hf_bert.py) are registered for `model: {name: ...}` in YAML
+The Composer wrappers (composer.py) are registered for `model: {name: ...}` in YAML
 by builders.py, with every other registry entry.
 """
 

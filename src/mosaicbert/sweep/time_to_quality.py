@@ -238,7 +238,7 @@ def ticket_flops(model, ticket: dict[str, Any], batch: dict[str, Any]) -> dict[s
     """What EarlyBERT's ticket should save per step by FLOPs, counted as the speed monitor counts them: the
     pruned model's training FLOPs over the unpruned `model`'s (which this prunes), and the unpruned step's
     share in the MLM head and decoder, which pruning leaves whole."""
-    from mosaicbert.model.mosaic_bert import masked_tokens, mlm_head_training_flops, mlm_training_flops
+    from mosaicbert.model.composer import masked_tokens, mlm_head_training_flops, mlm_training_flops
     from mosaicbert.model.pruning import prune
 
     full = mlm_training_flops(model, batch["attention_mask"], batch["labels"])
