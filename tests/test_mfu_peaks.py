@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from unittest import mock
 
 import pytest
@@ -57,7 +56,7 @@ def built_speed_monitor(precision: str, device_name: str) -> SpeedMonitor:
     with mock.patch.object(torch.cuda, "is_available", return_value=True), \
             mock.patch.object(torch.cuda, "get_device_name", return_value=device_name):
         config = load_config(DEMO_YAML, ["device=gpu", f"precision={precision}"])
-        config = dataclasses.replace(config, callbacks={"speed_monitor": {"window_size": 2}})
+        config = config.model_copy(update={"callbacks": {"speed_monitor": {"window_size": 2}}})
         (monitor,) = build_section(config, "callbacks")
     return monitor
 

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import shutil
@@ -253,7 +252,7 @@ def train(config: TrainConfig, extra_callbacks: list | None = None, extra_logger
                 raise UserError(f"{rollback} But the run has no save_folder to resume from: set save_folder, "
                                 "or callbacks.nonfinite_guard.action=stop or skip.") from None
             log.warning("%s", rollback)
-            config = dataclasses.replace(config, autoresume=True)
+            config = config.model_copy(update={"autoresume": True})
         finally:
             trainer.close()
             remove_saver_temp_folders(trainer)

@@ -63,7 +63,7 @@ def make_jobs(config: GlueConfig, tasks: list[str], start: str, keep_models: set
         kind = definition.kind if definition else TASKS[task].kind
         for seed in hp.seeds:
             job = Job(
-                task=task, seed=seed, start=start, model_name=config.model_name, model_config=config.model_config,
+                task=task, seed=seed, start=start, model_name=config.model_name, model_config=config.architecture,
                 tokenizer_name=config.tokenizer_name, max_seq_len=(definition and definition.max_seq_len) or config.max_seq_len,
                 data_source=config.data_source,
                 data_local=config.data_local, lr=hp.lr, weight_decay=hp.weight_decay, batch_size=hp.batch_size,
@@ -145,7 +145,7 @@ def check_earlybert_start(config: GlueConfig) -> None:
     if config.protocol == "paper" and config.round_2_start and any(t in config.tasks for t in ROUND_2):
         starts["round_2_start"] = config.round_2_start
     for key, path in starts.items():
-        config_dict, _ = read_start(path, config.model_config)
+        config_dict, _ = read_start(path, config.architecture)
         refuse_search_on_pruned(MosaicBertConfig.from_dict(config_dict), f"{key} {path}")
 
 
@@ -345,7 +345,7 @@ def check_position_table(config: GlueConfig) -> None:
 
     if config.model_name != "hf_bert":
         return
-    table = start_position_table(config.starting_checkpoint, config.model_config)
+    table = start_position_table(config.starting_checkpoint, config.architecture)
     lengths = {"max_seq_len": config.max_seq_len}
     lengths.update({f"own_tasks.{name}.max_seq_len": task.max_seq_len
                     for name, task in definitions(config).items() if task.max_seq_len and name in config.tasks})

@@ -8,7 +8,6 @@ evaluation excluded, carried across resumptions), read from the checkpoint.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -46,7 +45,7 @@ def is_trained(run: Run) -> bool:
 
 
 def evaluation_hash(plan: Plan, run: Run) -> str:
-    settings = dataclasses.asdict(plan.sweep.evaluation)
+    settings = plan.sweep.evaluation.model_dump()
     if plan.sweep.evaluation.kind == "glue":
         settings["glue_recipe"] = [run.glue_recipe, Path(run.glue_recipe).read_text()]  # an edited recipe scores again
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
