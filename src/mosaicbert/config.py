@@ -150,7 +150,7 @@ def build_config(cls: type[S], values: dict[str, Any], where: str = "") -> S:
     derived = getattr(cls, "DERIVED", ())
     for key in values:
         if key in derived:  # computed from the others, so not a setting
-            readable = [key for key in _yaml_keys(cls) if key not in derived]
+            readable = [name for name in _yaml_keys(cls) if name not in derived]
             raise ConfigError(f"unknown key '{prefix}{key}'.{nearest(key, readable, prefix)}")
     try:
         return cls.model_validate(values)
