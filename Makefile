@@ -59,7 +59,7 @@ GPU_WHEELS := mosaicml==0.32.1 mosaicml-streaming==0.13.0 transformers==4.53.3 t
 	questionary==2.0.1 prompt-toolkit==3.0.36 wcwidth==0.9.4 validators==0.36.0 brotli==1.2.1 pytorch-ranger==0.1.1
 GPU_WHEEL_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64
 
-.PHONY: shards tokenizer install demo glue-demo finetune-demo earlybert-demo pareto-demo bench gpu-check gpu-wheels export time-to-quality test test-fast sample-shards c4-shards lock clean
+.PHONY: shards tokenizer install demo glue-demo finetune-demo earlybert-demo pareto-demo earlybert-remedies bench gpu-check gpu-wheels export time-to-quality test test-fast sample-shards c4-shards lock clean
 
 install: $(STAMP)
 
@@ -146,6 +146,20 @@ TTQ_FOLDER ?= runs/sweeps/time-to-quality
 TTQ_ARGS ?=
 time-to-quality: $(STAMP) sample-shards
 	$(PY) src/time_to_quality.py yamls/sweeps/time-to-quality.yaml folder=$(TTQ_FOLDER) $(TTQ_ARGS)
+
+# EarlyBERT's remedies (docs/time-to-quality.md): a two-phase pilot search with the study's EarlyBERT
+# settings (seed 17, the 3-minute schedule) whose ticket `earlybert-reused` trains, then MosaicBERT beside the
+# remedies of yamls/sweeps/time-to-quality.yaml at 1.5 and 3 minutes, seed 17, at the tuned rate (1e-3).
+EARLYBERT_PILOT := {mode: two_phase, head_prune_ratio: 0.3333333, unit_prune_ratio: 0.3, l1_heads: 1.0e-4, \
+	l1_units: 1.0e-4, check_interval: 5, window: 5, epsilon: 0.1, min_search_steps: 40, max_search_steps: 150, \
+	min_units_per_layer: 64}
+REMEDIES_FOLDER ?= runs/sweeps/earlybert-remedies
+earlybert-remedies: $(STAMP) sample-shards
+	test -f runs/earlybert-pilot/ticket.json || $(PY) src/main.py yamls/demo.yaml run_name=earlybert-pilot seed=17 \
+		max_duration=3m eval_loader=null progress_bar=false 'algorithms={earlybert: $(EARLYBERT_PILOT)}'
+	$(PY) src/time_to_quality.py yamls/sweeps/time-to-quality.yaml --no-tuning folder=$(REMEDIES_FOLDER) \
+		'grid.model=[mosaicbert,earlybert-short-search,earlybert-half,earlybert-reused]' 'grid.seed=[17]' \
+		'grid.max_duration=[1.5m,3m]' $(REMEDIES_ARGS)
 
 # Training-step throughput of MosaicBERT, BertForMaskedLM (SDPA) and ModernBertForMaskedLM side by side
 # on this machine (its GPU when there is one) at the offline corpus's real padding and at none: a table,

@@ -1,21 +1,25 @@
-"""Time to quality: interpolated times against numpy, the seed bootstrap against its known censoring
-probability, learning-rate tuning's range extension, the study's checks, and (slow) a whole tiny study."""
+"""Time to quality: interpolated times against numpy, bounded ratios, the seed bootstrap against its known
+censoring probability, learning-rate tuning's range extension, the study's checks, and (slow) a whole tiny study."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import shlex
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from conftest import REPO
 from mosaicbert.errors import ConfigError
 from mosaicbert.sweep import study
 from mosaicbert.sweep.plan import make_plan, read_sweep
-from mosaicbert.sweep.time_to_quality import Point, analyse, bootstrap_ratios, default_targets, time_to_target
+from mosaicbert.sweep.time_to_quality import (Point, analyse, bootstrap_ratios, default_targets, ratio_bounds,
+                                              targets_table, time_to_target)
 from mosaicbert.sweep.tuning import LR_KEY, best_rate, next_rate, tune_models, tuning_sweep, tuning_table, with_rates
 from test_sweep import TINY_MODEL, in_repo  # noqa: F401 (a fixture)
 
@@ -47,40 +51,63 @@ def test_a_target_outside_the_budgets_is_a_bound_and_the_first_crossing_counts()
     assert math.isclose(found, math.sqrt(2.0))
 
 
-def test_default_targets_lie_in_the_range_every_model_reaches_else_are_the_baselines_own():
+def test_default_targets_lie_in_the_range_every_model_reaches_else_around_the_others_and_the_baselines_best():
     by_model = {"fast": [point("fast", 17, m, q) for m, q in ((2, 0.35), (4, 0.45), (8, 0.50))],
                 "slow": [point("slow", 17, m, q) for m, q in ((2, 0.30), (4, 0.38), (8, 0.44))]}
     assert np.allclose(default_targets(by_model, "slow"), [0.3725, 0.395, 0.4175])
+    # "slow" never reaches where "fast" starts: three targets in fast's range, and slow's best.
     by_model["fast"] = [point("fast", 17, m, q) for m, q in ((2, 0.46), (4, 0.48), (8, 0.50))]
-    assert default_targets(by_model, "slow") == [0.38, 0.44]
+    assert np.allclose(default_targets(by_model, "slow"), [0.44, 0.47, 0.48, 0.49])
 
 
-def test_bootstrap_resamples_whole_seeds_and_reports_the_share_outside_the_budgets():
-    """Seed 19 of `model` is so poor that any resample holding it misses the target within the budgets;
-    a resample leaves it out with probability (2/3)^3, so (19/27) of them are censored."""
+@pytest.mark.parametrize("model, reference, bounds", [
+    ((3.0, "interpolated"), (6.0, "interpolated"), (0.5, 0.5)),
+    ((1.5, "at most"), (6.0, "more than"), (0.0, 0.25)),    # reached by 1.5 min against not by 6: at most a quarter
+    ((3.0, "interpolated"), (6.0, "more than"), (0.0, 0.5)),
+    ((3.0, "interpolated"), (1.5, "at most"), (2.0, math.inf)),
+    ((6.0, "more than"), (3.0, "interpolated"), (2.0, math.inf)),
+    ((1.5, "at most"), (1.5, "at most"), (0.0, math.inf)),  # both below the budgets: nothing to say
+])
+def test_a_ratio_of_times_is_exact_or_bounded_by_the_budgets(model, reference, bounds):
+    assert ratio_bounds(model, reference) == bounds
+
+
+def test_bootstrap_resamples_whole_seeds_and_widens_to_a_bound_where_a_resample_misses_the_target():
+    """Seed 19 of `model` is so poor that any resample holding it misses the target within the budgets,
+    which bounds that resample's ratio from below only; a resample leaves seed 19 out with probability
+    (2/3)^3, so 19/27 of them are censored and the interval's upper end is unbounded."""
     baseline = [point("base", s, m, q) for s in (17, 18, 19) for m, q in ((2, 0.30), (4, 0.40), (8, 0.50))]
     model = [point("model", s, m, q + (-0.5 if s == 19 else 0.0)) for s in (17, 18, 19)
              for m, q in ((2, 0.35), (4, 0.45), (8, 0.55))]
+    ratio = time_to_target([2, 4, 8], [0.35, 0.45, 0.55], 0.42)[0] / time_to_target([2, 4, 8], [0.30, 0.40, 0.50], 0.42)[0]
     result = bootstrap_ratios(model, baseline, 0.42)
-    assert abs(result["censored_share"] - 19 / 27) < 0.035 and result["low"] is None
+    assert abs(result["censored_share"] - 19 / 27) < 0.035
+    assert math.isclose(result["low"], ratio) and result["high"] is None
     # Identical seeds: every resample gives the same curves, so the interval is the ratio itself.
     same = [p for p in model if p.seed != 19]
     steady = bootstrap_ratios(same, [p for p in baseline if p.seed != 19], 0.42)
-    ratio = time_to_target([2, 4, 8], [0.35, 0.45, 0.55], 0.42)[0] / time_to_target([2, 4, 8], [0.30, 0.40, 0.50], 0.42)[0]
     assert steady["censored_share"] == 0 and math.isclose(steady["low"], ratio) and math.isclose(steady["high"], ratio)
 
 
-def test_analysis_gives_each_model_its_time_and_only_interpolated_ratios():
+def test_analysis_gives_each_model_its_time_and_its_ratio_to_every_reference():
     points = [point("base", s, m, q + 0.01 * (s - 18)) for s in (17, 18, 19) for m, q in ((2, 0.30), (4, 0.40), (8, 0.50))]
     points += [point("fast", s, m, q + 0.01 * (s - 18)) for s in (17, 18, 19) for m, q in ((2, 0.36), (4, 0.46), (8, 0.52))]
-    analysis = analyse(points, "base", [0.38, 0.31])
+    analysis = analyse(points, ["base", "fast"], [0.38, 0.31])
     rows = {(r["target"], r["model"]): r for r in analysis["times"]}
     fast = rows[(0.38, "fast")]
-    expected = time_to_target([2, 4, 8], [0.36, 0.46, 0.52], 0.38)[0] / time_to_target([2, 4, 8], [0.30, 0.40, 0.50], 0.38)[0]
-    assert fast["how"] == "interpolated" and math.isclose(fast["ratio"], expected)
-    assert fast["interval"]["low"] <= fast["ratio"] <= fast["interval"]["high"]
-    assert rows[(0.31, "fast")]["how"] == "at most" and rows[(0.31, "fast")]["ratio"] is None
-    assert "ratio" not in rows[(0.38, "base")]
+    base_time = time_to_target([2, 4, 8], [0.30, 0.40, 0.50], 0.38)[0]
+    expected = time_to_target([2, 4, 8], [0.36, 0.46, 0.52], 0.38)[0] / base_time
+    ratio = fast["ratios"]["base"]
+    assert fast["how"] == "interpolated" and math.isclose(ratio["low"], expected) and ratio["high"] == ratio["low"]
+    assert ratio["interval"]["low"] <= expected <= ratio["interval"]["high"]
+    assert math.isclose(rows[(0.38, "base")]["ratios"]["fast"]["low"], 1 / expected)
+    # 0.31: "fast" reaches it within the shortest budget, the base only after it, so fast needs at most 2/t.
+    early = rows[(0.31, "fast")]["ratios"]["base"]
+    assert rows[(0.31, "fast")]["how"] == "at most" and early["low"] == 0
+    assert math.isclose(early["high"], 2 / time_to_target([2, 4, 8], [0.30, 0.40, 0.50], 0.31)[0])
+    assert set(fast["ratios"]) == {"base"} and set(rows[(0.38, "base")]["ratios"]) == {"fast"}
+    table = targets_table(analysis)
+    assert "time ÷ base's" in table and f"≤ {early['high']:.2f}" in table
 
 
 # --------------------------------------------------------------------------- tuning
@@ -160,6 +187,22 @@ def test_the_shipped_study_plans_three_models_at_three_budgets_spanning_4x_and_t
     assert sizes["mosaicbert"] == sizes["hf-bert"] == sizes["earlybert"]
 
 
+def test_the_remedies_change_only_what_they_say_and_the_pilot_searches_as_the_study_does(in_repo, clean_env):
+    """The remedies (outside the main grid) inherit models.earlybert's search settings; `make
+    earlybert-remedies` spells those out for its two-phase pilot, so the two must agree."""
+    sweep = read_sweep(SHIPPED)
+    search = sweep.models["earlybert"].overrides["algorithms"]["earlybert"]
+    changed = {name: {k: v for k, v in sweep.models[name].overrides["algorithms"]["earlybert"].items() if search.get(k) != v}
+               for name in ("earlybert-short-search", "earlybert-half", "earlybert-reused")}
+    assert changed == {"earlybert-short-search": {"min_search_steps": 20, "max_search_steps": 40},
+                       "earlybert-half": {"head_prune_ratio": 0.5, "unit_prune_ratio": 0.5},
+                       "earlybert-reused": {"ticket": "runs/earlybert-pilot/ticket.json", "rewind": True}}
+    dry_run = subprocess.run(["make", "-n", "earlybert-remedies"], cwd=REPO, capture_output=True, text=True, check=True)
+    pilot = next(arg for arg in shlex.split(dry_run.stdout.replace("\\\n", " ")) if arg.startswith("algorithms="))
+    assert OmegaConf.to_container(OmegaConf.from_dotlist([pilot]))["algorithms"]["earlybert"] == {**search, "mode": "two_phase"}
+    make_plan(read_sweep(SHIPPED, ["grid.model=[earlybert-short-search,earlybert-half]", "grid.seed=[17]"]))
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["grid.max_duration=[3m]"], "at least two wall-clock budgets"),
     (["grid.max_duration=[100ba,200ba]"], "at least two wall-clock budgets"),
@@ -236,20 +279,30 @@ def test_a_tickets_flops_are_those_of_a_model_built_at_its_widths_and_the_head_s
     assert math.isclose(found["head_share"], head / (3 * layers + head))
 
 
-def test_the_study_reports_earlybert_step_costs_from_a_run_and_its_ticket(tmp_path, sample_root, in_repo):
+def test_the_study_reports_earlybert_step_costs_from_a_run_and_its_ticket_or_the_one_it_reused(tmp_path, sample_root,
+                                                                                               in_repo):
     from mosaicbert.sweep.time_to_quality import diagnosis_table
 
+    pilot = tmp_path / "pilot" / "ticket.json"
+    pilot.parent.mkdir()
+    pilot.write_text(json.dumps({"kept_heads": [[0, 1]] * 4, "kept_units": [list(range(256))] * 4}))
     plan = make_plan(read_sweep(SHIPPED, [f"folder={tmp_path}", f"overrides.data_local={sample_root}", "grid.seed=[17]",
-                                          "grid.model=[mosaicbert,earlybert]", "grid.max_duration=[1m,2m]"]))
-    earlybert = next(run for run in plan.runs if run.model == "earlybert" and run.cell["max_duration"] == "1m")
+                                          "grid.model=[mosaicbert,earlybert,earlybert-reused]", "grid.max_duration=[1m,2m]",
+                                          f"models.earlybert-reused.overrides.algorithms.earlybert.ticket={pilot}"]))
+    earlybert, reused = (next(run for run in plan.runs if run.model == model and run.cell["max_duration"] == "1m")
+                         for model in ("earlybert", "earlybert-reused"))
     os.makedirs(earlybert.folder)
     ticket = {"kept_heads": [[0, 1, 2]] * 4, "kept_units": [list(range(358))] * 4}
     (Path(earlybert.folder) / "ticket.json").write_text(json.dumps(ticket))
-    points = [point("mosaicbert", 17, 1, 0.3), point("earlybert", 17, 1, 0.3)]
+    points = [point("mosaicbert", 17, 1, 0.3), point("earlybert", 17, 1, 0.3), point("earlybert-reused", 17, 1, 0.3)]
     points[1].run, points[1].draw_step = earlybert.run_id, 20
     points[1].median_step_seconds_before_draw, points[1].median_step_seconds_after_draw = 0.6, 0.4
+    points[2].run, points[2].reused_ticket, points[2].median_step_seconds = reused.run_id, str(pilot), 0.35
     table = diagnosis_table(points, plan, "mosaicbert")
-    (row,) = [line for line in table.splitlines() if line.startswith(f"| {earlybert.run_id}")]
-    cells = [cell.strip() for cell in row.strip("|").split("|")]
-    assert cells[3:6] == ["step 20 (20%)", "1.20", "0.80"]
-    assert 0.5 < float(cells[6]) < 0.9 and cells[7].endswith("%")
+    rows = {run.model: [cell.strip() for cell in line.strip("|").split("|")]
+            for run in (earlybert, reused) for line in table.splitlines() if line.startswith(f"| {run.run_id}")}
+    assert rows["earlybert"][3:6] == ["step 20 (20%)", "1.20", "0.80"]
+    assert 0.5 < float(rows["earlybert"][6]) < 0.9 and rows["earlybert"][7].endswith("%")
+    # The reused run: every step pruned, FLOPs of the pilot's smaller ticket.
+    assert rows["earlybert-reused"][3:6] == ["reused, no search", "-", "0.70"]
+    assert float(rows["earlybert-reused"][6]) < float(rows["earlybert"][6])

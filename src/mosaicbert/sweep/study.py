@@ -37,9 +37,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", help="key=value changes to the sweep YAML")
     parser.add_argument("--report", metavar="SWEEP_FOLDER", help="redraw the report of a study's folder")
     parser.add_argument("--no-tuning", action="store_true", help="run at the recipes' learning rates")
-    parser.add_argument("--baseline", help="the model the others' times are divided by (default: hf-bert)")
+    parser.add_argument("--baseline", action="append", metavar="MODEL",
+                        help="a model the others' times are divided by, repeatable (default: hf-bert, and "
+                             "mosaicbert beside it when the study has EarlyBERT runs)")
     parser.add_argument("--targets", nargs="+", type=float, metavar="ACCURACY",
-                        help="target accuracies (default: three that every model reaches within its budgets)")
+                        help="target accuracies (default: three that every model reaches within its budgets, "
+                             "or see time_to_quality.default_targets)")
     args = parser.parse_intermixed_args(argv)
     if bool(args.sweep) == bool(args.report):
         parser.error("give a sweep YAML or --report SWEEP_FOLDER")
@@ -61,12 +64,13 @@ def models_of(sweep: SweepConfig) -> list[str]:
     return list(sweep.grid.get("model", list(sweep.models)))
 
 
-def check_study(sweep: SweepConfig, tuning: bool, baseline: str | None) -> None:
-    """Everything that can be wrong with the study, before its first run: the budgets, the baseline, a grid
+def check_study(sweep: SweepConfig, tuning: bool, baselines: list[str] | None) -> None:
+    """Everything that can be wrong with the study, before its first run: the budgets, the baselines, a grid
     of rates that tuning would fight, and every cell of the main sweep planned (and validated)."""
     budgets(sweep)
-    if baseline is not None and baseline not in models_of(sweep):
-        raise ConfigError(f"--baseline {baseline} is not among the study's models ({', '.join(models_of(sweep))}).")
+    for baseline in baselines or []:
+        if baseline not in models_of(sweep):
+            raise ConfigError(f"--baseline {baseline} is not among the study's models ({', '.join(models_of(sweep))}).")
     make_plan(with_rates(sweep, {model: recipe_rate(sweep, model) for model in models_of(sweep)}) if tuning else sweep)
 
 
@@ -122,18 +126,26 @@ def tuned_rate(plan: Plan, model: str) -> float | None:
     return None if value is None else float(value)
 
 
-def write_report(plan: Plan, rows: list[dict], baseline: str | None, targets: list[float] | None) -> str:
+def default_baselines(points) -> list[str]:
+    """hf-bert (else the first model), and mosaicbert beside it when EarlyBERT runs want their saving over it."""
+    models = list(dict.fromkeys(point.model for point in points))
+    baselines = ["hf-bert" if "hf-bert" in models else models[0]]
+    if "mosaicbert" in models and "mosaicbert" not in baselines and any(point.searched or point.reused_ticket for point in points):
+        baselines.append("mosaicbert")
+    return baselines
+
+
+def write_report(plan: Plan, rows: list[dict], baselines: list[str] | None, targets: list[float] | None) -> str:
     from mosaicbert.sweep.time_to_quality import analyse, diagnosis_table, read_points, write_time_to_quality
 
     if not rows:
         raise UserError(f"no run of {plan.folder} has been scored yet; run the study first.")
     points = read_points(plan, rows)
     models = list(dict.fromkeys(point.model for point in points))
-    baseline = baseline or ("hf-bert" if "hf-bert" in models else models[0])
     tunings = read_tunings(plan.folder)
     tuned = tunings is not None and all(tuned_rate(plan, t.model) == t.chosen for t in tunings)
     diagnosis = diagnosis_table(points, plan, "mosaicbert") if "mosaicbert" in models else ""
-    text = write_time_to_quality(plan.folder, points, analyse(points, baseline, targets),
+    text = write_time_to_quality(plan.folder, points, analyse(points, baselines or default_baselines(points), targets),
                                  tuning_table(tunings) if tuned else None, diagnosis, f"time to quality: sweep {plan.sweep.name}")
     return f"{text}\nwritten: {plan.folder}/time-to-quality.md, .json, .png"
 

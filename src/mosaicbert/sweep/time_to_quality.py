@@ -5,12 +5,14 @@ its time budget) within that budget, so a point never understates what its train
 For each model the seeds' qualities are averaged per budget; the time to a target accuracy is
 interpolated between the two budgets around the first crossing, linearly in log time. A target that
 the shortest budget already reaches is reported as "at most" that time, one that the longest does not
-reach as "more than" it: a ratio is only claimed between interpolated times.
+reach as "more than" it. The ratio of two models' times is then exact or bounded: a model that reaches
+a target within 1.5 minutes that its reference has not reached after 6 needs at most 1.5/6 = 0.25 of
+its time.
 
 Uncertainty comes from a bootstrap over seeds: each model's seeds are resampled with replacement
-(a seed keeps its runs at every budget together), the times recomputed, and the 2.5th and 97.5th
-percentiles of the ratio to the baseline reported, with the share of resamples in which either time
-fell outside the budgets (then no interval is claimed if that share exceeds 5%).
+(a seed keeps its runs at every budget together), the times and their ratio's bounds recomputed, and
+the 2.5th percentile of the lower bounds and the 97.5th of the upper bounds reported, with the share of
+resamples in which a time fell outside the budgets.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from mosaicbert.files import replacing
 from mosaicbert.sweep.plan import Plan, Run
 
 RESAMPLES = 2000
-CENSORED_SHARE_LIMIT = 0.05
 
 
 @dataclass
@@ -50,7 +51,8 @@ class Point:
     steps: int
     tokens: int
     median_step_seconds: float
-    searched: bool = False  # an EarlyBERT run
+    searched: bool = False  # an EarlyBERT run that searches for its ticket
+    reused_ticket: str | None = None  # an EarlyBERT run built from another run's ticket (no search)
     draw_step: int | None = None  # the step its ticket was drawn at (None: not drawn within the run)
     draw_time_share: float | None = None  # the share of its training time up to the draw
     median_step_seconds_before_draw: float | None = None
@@ -72,7 +74,9 @@ def read_points(plan: Plan, rows: Sequence[dict[str, Any]]) -> list[Point]:
         point = Point(run=run.run_id, model=run.model, seed=int(row["seed"]), budget=budget, budget_seconds=seconds,
                       train_seconds=float(row["wall_clock_hours"]) * 3600, quality=float(row["quality"]),
                       steps=int(row["step"]), tokens=int(row["tokens"]), median_step_seconds=statistics.median(steps))
-        point.searched = "earlybert" in (read_yaml(run.recipe, run.overrides).get("algorithms") or {})
+        earlybert = (read_yaml(run.recipe, run.overrides).get("algorithms") or {}).get("earlybert")
+        point.reused_ticket = (earlybert or {}).get("ticket")
+        point.searched = earlybert is not None and point.reused_ticket is None
         ticket = os.path.join(run.folder, "ticket.json")
         if os.path.isfile(ticket):
             with open(ticket, encoding="utf-8") as f:
@@ -108,60 +112,80 @@ def curve(points: Sequence[Point]) -> tuple[list[float], list[float]]:
             [statistics.fmean(p.quality for p in group) for group in at])
 
 
+def _spread(curves: Sequence[Sequence[float]]) -> list[float]:
+    """A quarter, half and three quarters into the accuracy range every curve crosses (none if there is none)."""
+    low, high = max(qualities[0] for qualities in curves), min(qualities[-1] for qualities in curves)
+    return [low + share * (high - low) for share in (0.25, 0.5, 0.75)] if low < high else []
+
+
 def default_targets(by_model: dict[str, list[Point]], baseline: str) -> list[float]:
-    """Three accuracies every model's mean curve reaches within its budgets (a quarter, half and three
-    quarters into the common range); when there is no common range, the baseline's own means at its
-    budgets after the shortest, which it reaches by construction."""
+    """Three accuracies in the range every model's mean curve crosses within its budgets, so every time is
+    interpolated. Without such a range (a baseline that stays below the others), three in the range the
+    other models share and the baseline's best mean accuracy: targets where one side's time is measured and
+    the other's bounded, which still bounds their ratio."""
     curves = {model: curve(points)[1] for model, points in by_model.items()}
-    low = max(qualities[0] for qualities in curves.values())
-    high = min(qualities[-1] for qualities in curves.values())
-    if low < high:
-        return [low + share * (high - low) for share in (0.25, 0.5, 0.75)]
-    return curves[baseline][1:]
+    targets = _spread(list(curves.values()))
+    if targets:
+        return targets
+    others = [qualities for model, qualities in curves.items() if model != baseline]
+    return sorted((_spread(others) if others else []) + [max(curves[baseline])])
 
 
-def bootstrap_ratios(model: list[Point], baseline: list[Point], target: float, seed: int = 0) -> dict[str, Any]:
-    """Percentile interval of time(model) / time(baseline) to `target`, resampling each model's seeds."""
+def time_bounds(minutes: float, how: str) -> tuple[float, float]:
+    """The interval a time to target lies in: the time itself when interpolated, (0, t] when the shortest
+    budget already reached the target, (t, inf) when the longest did not."""
+    return {"interpolated": (minutes, minutes), "at most": (0.0, minutes), "more than": (minutes, math.inf)}[how]
+
+
+def ratio_bounds(model: tuple[float, str], reference: tuple[float, str]) -> tuple[float, float]:
+    """The interval time(model) / time(reference) lies in, from the two times' intervals (inf: unbounded)."""
+    (low, high), (reference_low, reference_high) = time_bounds(*model), time_bounds(*reference)
+    return low / reference_high, (math.inf if reference_low == 0 else high / reference_low)
+
+
+def bootstrap_ratios(model: list[Point], reference: list[Point], target: float, seed: int = 0) -> dict[str, Any]:
+    """A 95% percentile interval of time(model) / time(reference) to `target`, resampling each model's seeds
+    whole: the 2.5th percentile of the resamples' lower bounds to the 97.5th of their upper bounds (equal
+    when both times are interpolated), so a resample whose time falls outside the budgets widens the
+    interval instead of being dropped. Also the share of such resamples."""
     rng = np.random.default_rng(seed)
-    ratios, censored = [], 0
+    lows, highs = [], []
     for _ in range(RESAMPLES):
         times = []
-        for points in (model, baseline):
+        for points in (model, reference):
             seeds = sorted({p.seed for p in points})
             drawn = rng.choice(seeds, size=len(seeds), replace=True)
-            resampled = [p for s in drawn for p in points if p.seed == s]
-            times.append(time_to_target(*curve(resampled), target))
-        if times[0][1] == times[1][1] == "interpolated":
-            ratios.append(times[0][0] / times[1][0])
-        else:
-            censored += 1
-    share = censored / RESAMPLES
-    if share > CENSORED_SHARE_LIMIT or not ratios:
-        return {"low": None, "high": None, "censored_share": share}
-    low, high = np.percentile(ratios, [2.5, 97.5])
-    return {"low": float(low), "high": float(high), "censored_share": share}
+            times.append(time_to_target(*curve([p for s in drawn for p in points if p.seed == s]), target))
+        low, high = ratio_bounds(*times)
+        lows.append(low)
+        highs.append(high)
+    high = float(np.percentile(highs, 97.5, method="higher"))
+    return {"low": float(np.percentile(lows, 2.5, method="lower")), "high": None if math.isinf(high) else high,
+            "censored_share": sum(low != high for low, high in zip(lows, highs)) / RESAMPLES}
 
 
-def analyse(points: list[Point], baseline: str, targets: list[float] | None = None) -> dict[str, Any]:
-    """Per-model curves, the time each model needs to every target, and its ratio to the baseline's."""
+def analyse(points: list[Point], references: list[str], targets: list[float] | None = None) -> dict[str, Any]:
+    """Per-model curves, the time each model needs to every target, and its ratio to each reference model's
+    (the first reference also picks the default targets)."""
     by_model: dict[str, list[Point]] = {}
     for point in points:
         by_model.setdefault(point.model, []).append(point)
-    if baseline not in by_model:
-        raise UserError(f"the baseline {baseline!r} has no finished runs; models with results: {', '.join(by_model)}.")
-    targets = targets if targets is not None else default_targets(by_model, baseline)
+    missing = [reference for reference in references if reference not in by_model]
+    if missing:
+        raise UserError(f"{', '.join(missing)} has no finished runs; models with results: {', '.join(by_model)}.")
+    targets = targets if targets is not None else default_targets(by_model, references[0])
     rows = []
     for target in targets:
-        base_time, base_how = time_to_target(*curve(by_model[baseline]), target)
-        for model, mine in by_model.items():
-            minutes, how = time_to_target(*curve(mine), target)
-            row = {"target": target, "model": model, "minutes": minutes, "how": how}
-            if model != baseline:
-                both = how == base_how == "interpolated"
-                row["ratio"] = minutes / base_time if both else None
-                row["interval"] = bootstrap_ratios(mine, by_model[baseline], target) if both else None
-            rows.append(row)
-    return {"baseline": baseline, "targets": targets, "times": rows,
+        times = {model: time_to_target(*curve(mine), target) for model, mine in by_model.items()}
+        for model, (minutes, how) in times.items():
+            ratios = {}
+            for reference in references:
+                if reference != model:
+                    low, high = ratio_bounds(times[model], times[reference])
+                    ratios[reference] = {"low": low, "high": None if math.isinf(high) else high,
+                                         "interval": bootstrap_ratios(by_model[model], by_model[reference], target)}
+            rows.append({"target": target, "model": model, "minutes": minutes, "how": how, "ratios": ratios})
+    return {"references": references, "targets": targets, "times": rows,
             "curves": {model: dict(zip(("minutes", "quality"), curve(mine))) for model, mine in by_model.items()}}
 
 
@@ -182,25 +206,32 @@ def budget_table(points: list[Point]) -> str:
 
 
 def targets_table(analysis: dict[str, Any]) -> str:
-    """Markdown: minutes to each target per model, and the ratio to the baseline with its interval."""
-    baseline = analysis["baseline"]
-    lines = [f"| target accuracy | model | minutes to reach it | time / {baseline}'s (95% bootstrap interval) |",
-             "|--:|---|--:|---|"]
+    """Markdown: minutes to each target per model, and the ratio to each reference's with its interval."""
+    references = analysis["references"]
+    lines = ["| target accuracy | model | minutes to reach it | "
+             + " | ".join(f"time ÷ {reference}'s (95% interval)" for reference in references) + " |",
+             "|--:|---|--:|" + "---|" * len(references)]
     for row in analysis["times"]:
         minutes = {"interpolated": f"{row['minutes']:.2f}", "at most": f"≤ {row['minutes']:.2f}",
                    "more than": f"> {row['minutes']:.2f}"}[row["how"]]
-        ratio = "-" if row["model"] == baseline else _ratio_text(row)
-        lines.append(f"| {row['target']:.4f} | {row['model']} | {minutes} | {ratio} |")
+        ratios = [_ratio_text(row["ratios"][reference]) if reference in row["ratios"] else "-" for reference in references]
+        lines.append(f"| {row['target']:.4f} | {row['model']} | {minutes} | " + " | ".join(ratios) + " |")
     return "\n".join(lines)
 
 
-def _ratio_text(row: dict[str, Any]) -> str:
-    if row["ratio"] is None:
-        return "n/a (a time outside the budgets)"
-    interval = row["interval"]
-    if interval["low"] is None:
-        return f"{row['ratio']:.2f} (no interval: {interval['censored_share']:.0%} of resamples outside the budgets)"
-    return f"{row['ratio']:.2f} ({interval['low']:.2f} to {interval['high']:.2f})"
+def _range_text(low: float, high: float | None) -> str:
+    if high is None:
+        return "unbounded" if low == 0 else f"≥ {low:.2f}"
+    if low == high:
+        return f"{low:.2f}"
+    return f"≤ {high:.2f}" if low == 0 else f"{low:.2f} to {high:.2f}"
+
+
+def _ratio_text(ratio: dict[str, Any]) -> str:
+    if ratio["low"] == 0 and ratio["high"] is None:
+        return "n/a (both times outside the budgets, on the same side)"
+    interval = ratio["interval"]
+    return f"{_range_text(ratio['low'], ratio['high'])} ({_range_text(interval['low'], interval['high'])})"
 
 
 def runs_table(points: list[Point]) -> str:
@@ -210,7 +241,7 @@ def runs_table(points: list[Point]) -> str:
              "|---|---|---|--:|--:|--:|--:|--:|---|---|--:|"]
     for p in points:
         draw = (f"step {p.draw_step} ({p.draw_step / p.steps:.0%}, {p.draw_time_share:.0%})" if p.draw_step is not None
-                else f"not drawn in {p.steps:,} steps" if p.searched else "-")
+                else f"not drawn in {p.steps:,} steps" if p.searched else "reused, no search" if p.reused_ticket else "-")
         phases = "-" if p.draw_step is None else ", ".join(
             "-" if s is None else f"{s:.3f}" for s in (p.median_step_seconds_before_draw, p.median_step_seconds_after_draw))
         lines.append(f"| {p.run} | {p.model} | {p.budget} | {p.seed} | {p.train_seconds:.1f} | {p.steps:,} | "
@@ -218,8 +249,8 @@ def runs_table(points: list[Point]) -> str:
     return "\n".join(lines)
 
 
-def pruning_flops(run: Run) -> dict[str, float]:
-    """`ticket_flops` of the run's ticket, on its model and one training batch of its data."""
+def pruning_flops(run: Run, ticket: str) -> dict[str, float]:
+    """`ticket_flops` of a ticket (the run's own or the one it reused), on its model and one training batch."""
     from mosaicbert.builders import build_model
     from mosaicbert.config import load_config
     from mosaicbert.data.text_dataset import build_mlm_dataloader
@@ -230,7 +261,7 @@ def pruning_flops(run: Run) -> dict[str, float]:
     model = build_model(config, tokenizer).model
     batch = next(iter(build_mlm_dataloader(config.train_loader, tokenizer, config.max_seq_len,
                                            config.global_train_batch_size, seed=config.seed).dataloader))
-    with open(os.path.join(run.folder, "ticket.json"), encoding="utf-8") as f:
+    with open(ticket, encoding="utf-8") as f:
         return ticket_flops(model, json.load(f), batch)
 
 
@@ -250,21 +281,27 @@ def ticket_flops(model, ticket: dict[str, Any], batch: dict[str, Any]) -> dict[s
 
 def diagnosis_table(points: list[Point], plan: Plan, base: str) -> str:
     """Markdown: each EarlyBERT run's draw, its step times against the unpruned model's at the same budget and
-    seed (search steps carry coefficients and the L1 term; pruned steps should be faster), and what FLOPs predict."""
+    seed (search steps carry coefficients and the L1 term; pruned steps should be faster), and what FLOPs
+    predict. A run built from a reused ticket has pruned steps only."""
     runs = {run.run_id: run for run in plan.runs}
     unpruned = {(p.budget, p.seed): p for p in points if p.model == base}
     lines = [f"| run | budget | seed | ticket drawn at (share of steps) | search s/step ÷ {base}'s | pruned s/step ÷ "
              f"{base}'s | FLOPs pruned ÷ unpruned | MLM head's share of the unpruned FLOPs |",
              "|---|---|--:|---|--:|--:|--:|--:|"]
     for p in points:
-        if p.draw_step is None or (p.budget, p.seed) not in unpruned:
+        if (p.draw_step is None and p.reused_ticket is None) or (p.budget, p.seed) not in unpruned:
             continue
         reference = unpruned[(p.budget, p.seed)].median_step_seconds
-        flops = pruning_flops(runs[p.run])
-        ratios = ["-" if s is None else f"{s / reference:.2f}"
-                  for s in (p.median_step_seconds_before_draw, p.median_step_seconds_after_draw)]
-        lines.append(f"| {p.run} | {p.budget} | {p.seed} | step {p.draw_step} ({p.draw_step / p.steps:.0%}) | "
-                     f"{ratios[0]} | {ratios[1]} | {flops['flop_ratio']:.2f} | {flops['head_share']:.0%} |")
+        if p.reused_ticket:
+            draw, phases = "reused, no search", (None, p.median_step_seconds)
+            flops = pruning_flops(runs[p.run], p.reused_ticket)
+        else:
+            draw, phases = f"step {p.draw_step} ({p.draw_step / p.steps:.0%})", (p.median_step_seconds_before_draw,
+                                                                                  p.median_step_seconds_after_draw)
+            flops = pruning_flops(runs[p.run], os.path.join(runs[p.run].folder, "ticket.json"))
+        ratios = ["-" if s is None else f"{s / reference:.2f}" for s in phases]
+        lines.append(f"| {p.run} | {p.budget} | {p.seed} | {draw} | {ratios[0]} | {ratios[1]} | "
+                     f"{flops['flop_ratio']:.2f} | {flops['head_share']:.0%} |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
