@@ -35,6 +35,15 @@ def test_missing_microbatch_is_filled_from_device_batch(clean_env):
     assert config.filled_defaults["precision"] == "fp32"
 
 
+def test_an_explicit_auto_microbatch_stays_auto_on_a_gpu(clean_env, monkeypatch):
+    """Composer adapts it on the fly there; this package's reading of the config refused it until the pydantic one."""
+    from mosaicbert import config as config_module
+
+    monkeypatch.setattr(config_module, "cuda_available", lambda: True)
+    config = load("device=gpu", "precision=amp_bf16", "device_train_microbatch_size=auto")
+    assert config.device_train_microbatch_size == "auto" and config.device_eval_batch_size == 32
+
+
 def test_gpu_precision_falls_back_to_fp32_on_cpu_and_says_so(clean_env):
     config = load("precision=amp_bf16")
     assert config.precision == "fp32"
@@ -109,4 +118,5 @@ def test_recipes_all_validate(clean_env):
         if "starting_checkpoint" in path.read_text() or path.parent.name == "sweeps":
             continue  # GLUE configs, checked in test_glue.py; sweeps in test_sweep.py
         config = load_config(path)  # GPU recipes validate as they would run on this CPU
+        validate_entries(config)
         assert config.max_duration

@@ -152,18 +152,15 @@ def test_mlm_loaders_pin_memory_for_gpu_runs_only(monkeypatch, sample_root):
     assert build_mlm_dataloader(loader, tokenizer, 32, 4, seed=0, pin_memory=True).dataloader.pin_memory
 
 
-def test_compiled_flex_attention_has_room_for_its_variants():
+def test_compiled_flex_attention_has_room_for_its_variants(monkeypatch):
     """grad mode x dtype x head count recompile flex_attention; past Dynamo's default limit of 8 it would run
     uncompiled (dense scores on CUDA), so its compiled form raises the limit."""
     import torch._dynamo.config as dynamo
 
-    modeling_mosaicbert._compiled_flex_attention.cache_clear()
-    try:
-        with dynamo.patch(recompile_limit=8):  # torch's config objects restore through their own patch
-            modeling_mosaicbert._flex_attention(on_cuda=True)  # built, not yet compiled
-            assert dynamo.recompile_limit >= 2 * 2 * 12 * 2  # train/eval x bf16/fp32 x head counts x one block
-    finally:
-        modeling_mosaicbert._compiled_flex_attention.cache_clear()  # built under the patched limit
+    monkeypatch.setattr(modeling_mosaicbert, "_compiled_flex", None)
+    with dynamo.patch(recompile_limit=8):  # torch's config objects restore through their own patch
+        modeling_mosaicbert._flex_attention(on_cuda=True)  # built, not yet compiled
+        assert dynamo.recompile_limit >= 2 * 2 * 12 * 2  # train/eval x bf16/fp32 x head counts x one block
 
 
 def test_the_backend_reads_the_dtype_of_the_attention_weights_not_of_earlybert_coefficients(decisions):

@@ -155,7 +155,9 @@ def build_config(cls: type[S], values: dict[str, Any], where: str = "") -> S:
     try:
         return cls.model_validate(values)
     except ValidationError as err:
-        raise ConfigError(describe_error(err.errors()[0], cls, where)) from None
+        # An unknown key first: a misspelt required key is reported as itself, not as the key it misses.
+        first = min(err.errors(), key=lambda error: error["type"] != "extra_forbidden")
+        raise ConfigError(describe_error(first, cls, where)) from None
 
 
 def describe_error(error: dict[str, Any], schema: type[BaseModel], where: str = "") -> str:
@@ -165,7 +167,8 @@ def describe_error(error: dict[str, Any], schema: type[BaseModel], where: str = 
     kind, value = error["type"], error.get("input")
     if kind == "extra_forbidden":
         key, prefix = str(error["loc"][-1]), f"{path}." if path else ""
-        return f"unknown key '{prefix}{key}'.{nearest(key, _yaml_keys(parent), prefix)}"
+        readable = [name for name in _yaml_keys(parent) if name not in getattr(parent, "DERIVED", ())]
+        return f"unknown key '{prefix}{key}'.{nearest(key, readable, prefix)}"
     if kind == "missing":
         return f"missing required key '{path}' ({_type_name(annotation)})."
     if kind == "literal_error":

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import atexit
-import gc
 from pathlib import Path
 from typing import Any
 
 from composer.core import Callback, State
 from composer.loggers import Logger
 from streaming import StreamingDataset
-from streaming.base.shared.memory import SharedMemory
+
+from mosaicbert.data.shared_memory import block_prefix, release, streaming_handles
 
 
 class ReleaseStreamingResources(Callback):
@@ -43,27 +42,3 @@ class ReleaseStreamingResources(Callback):
         for handle in streaming_handles():
             if block_prefix(handle) in prefixes:
                 release(handle)
-
-
-def streaming_handles() -> list[Any]:
-    """Every Streaming shared-memory handle alive in this process (found through the garbage collector: the
-    handles that matter are referenced only by Streaming's atexit registration)."""
-    # type(), not isinstance(): isinstance consults __class__, which some objects (torch's deprecated
-    # module attributes) answer with a warning.
-    return [obj for obj in gc.get_objects() if type(obj) is SharedMemory]
-
-
-def block_prefix(handle: Any) -> int | None:
-    """The prefix number of the block a handle is on (`/000003_locals` -> 3)."""
-    block = getattr(getattr(handle, "shm", None), "name", "") or ""
-    prefix = block.lstrip("/").split("_", 1)[0]
-    return int(prefix) if prefix.isdigit() else None
-
-
-def release(handle: Any) -> None:
-    """Close a handle now (and unlink its block if this process created it) instead of at exit."""
-    atexit.unregister(handle.cleanup)
-    try:
-        handle.cleanup()
-    except BufferError:  # a view on the block is still alive somewhere: leave it to process exit
-        atexit.register(handle.cleanup)

@@ -19,6 +19,7 @@ from mosaicbert.data.length_schedule import LengthSchedule
 from mosaicbert.data.mlm import MLMCollator
 from mosaicbert.data.packing import PackingCollator, count_documents
 from mosaicbert.data.remote import RemoteStream, ReportsFailedDownloads
+from mosaicbert.data.shared_memory import block_prefix, release, streaming_handles
 from mosaicbert.errors import DataNotFoundError, UserError
 
 PREP_INFO = "mosaicbert_prep.json"  # written by data_prep next to index.json

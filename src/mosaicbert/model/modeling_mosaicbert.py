@@ -12,7 +12,6 @@ the shared config, so structurally pruned layers of different widths work unchan
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from collections.abc import Callable
@@ -39,11 +38,16 @@ except ImportError:
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
+# Module state on purpose: the backend is chosen inside forward, which torch.compile traces. A set lookup is
+# something Dynamo guards on (once announced, no call is left); a functools.cache'd function it would trace
+# through on every compiled forward, logging call and all.
+_announced_backends: set[str] = set()
 
 
-@functools.cache  # once per process and backend
 def _announce_backend(name: str, reason: str) -> None:
-    log.info("MosaicBERT attention backend: %s (%s)", name, reason)
+    if name not in _announced_backends:
+        _announced_backends.add(name)
+        log.info("MosaicBERT attention backend: %s (%s)", name, reason)
 
 
 FLASH_MAX_HEAD_DIM = 256  # FlashAttention-2's kernels (flash_attn_interface: "head dimension at most 256")
@@ -110,28 +114,27 @@ def alibi_slopes(num_heads: int) -> torch.Tensor:
     return torch.tensor(slopes, dtype=torch.float32)
 
 
+_compiled_flex = None  # one per process, built on first use (a global for the same reason as above)
 FLEX_RECOMPILE_LIMIT = 128  # train/eval x bf16/fp32 x up to 12 head counts x one-block case = 96
 
 
 def _flex_attention(on_cuda: bool):
     """FlexAttention: compiled on CUDA (where it is fast), eager elsewhere (exact, for CPU tests; block-wise)."""
+    global _compiled_flex
     from torch.nn.attention.flex_attention import flex_attention
 
-    return _compiled_flex_attention() if on_cuda else flex_attention
+    if not on_cuda:
+        return flex_attention
+    if _compiled_flex is None:
+        # Token counts do not recompile (dynamic), but grad mode x dtype x head count (pruned layers differ) x
+        # the one-block case each do. Past Dynamo's limit (8 in torch 2.7) flex_attention would run uncompiled,
+        # and on CUDA that materialises [heads, tokens, tokens] scores: out of memory. Room for every variant
+        # (Dynamo has one limit per process: a compiled model, `compile_config`, gets the same room).
+        import torch._dynamo.config as dynamo
 
-
-@functools.cache  # one compiled function per process
-def _compiled_flex_attention():
-    from torch.nn.attention.flex_attention import flex_attention
-
-    # Token counts do not recompile (dynamic), but grad mode x dtype x head count (pruned layers differ) x
-    # the one-block case each do. Past Dynamo's limit (8 in torch 2.7) flex_attention would run uncompiled,
-    # and on CUDA that materialises [heads, tokens, tokens] scores: out of memory. Room for every variant
-    # (Dynamo has one limit per process: a compiled model, `compile_config`, gets the same room).
-    import torch._dynamo.config as dynamo
-
-    dynamo.recompile_limit = max(dynamo.recompile_limit, FLEX_RECOMPILE_LIMIT)
-    return torch.compile(flex_attention, dynamic=True)
+        dynamo.recompile_limit = max(dynamo.recompile_limit, FLEX_RECOMPILE_LIMIT)
+        _compiled_flex = torch.compile(flex_attention, dynamic=True)
+    return _compiled_flex
 
 
 # --------------------------------------------------------------------------- padding

@@ -51,7 +51,7 @@ class Evaluation(Schema):
     kind: Literal["mlm", "glue"] = "mlm"
     checkpoints: Literal["all", "last"] = "all"  # all: every checkpoint is a point; last: a finished run's last one (budget sweeps)
     split: str = "val"  # mlm: the held-out split of the run's data_local
-    mlm_probability: float = 0.15
+    mlm_probability: float = Field(0.15, gt=0, lt=1)
     batches: int = -1  # mlm: evaluation batches per checkpoint; -1 for the whole split
     batch_size: int = 64
     mask_seed: int = 0  # the same masks for every run and checkpoint, so points are comparable
