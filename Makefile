@@ -150,13 +150,18 @@ time-to-quality: $(STAMP) sample-shards
 # EarlyBERT's remedies (docs/time-to-quality.md): a two-phase pilot search with the study's EarlyBERT
 # settings (seed 17, the 3-minute schedule) whose ticket `earlybert-reused` trains, then MosaicBERT beside the
 # remedies of yamls/sweeps/time-to-quality.yaml at 1.5 and 3 minutes, seed 17, at the tuned rate (1e-3).
+# The pilot runs once (delete runs/earlybert-pilot after changing its settings); it keeps no checkpoints, so
+# one that died starts again, and one that drew no ticket stops here.
 EARLYBERT_PILOT := {mode: two_phase, head_prune_ratio: 0.3333333, unit_prune_ratio: 0.3, l1_heads: 1.0e-4, \
 	l1_units: 1.0e-4, check_interval: 5, window: 5, epsilon: 0.1, min_search_steps: 40, max_search_steps: 150, \
 	min_units_per_layer: 64}
 REMEDIES_FOLDER ?= runs/sweeps/earlybert-remedies
+REMEDIES_ARGS ?=
+PILOT_TICKET := runs/earlybert-pilot/ticket.json
 earlybert-remedies: $(STAMP) sample-shards
-	test -f runs/earlybert-pilot/ticket.json || $(PY) src/main.py yamls/demo.yaml run_name=earlybert-pilot seed=17 \
-		max_duration=3m eval_loader=null progress_bar=false 'algorithms={earlybert: $(EARLYBERT_PILOT)}'
+	test -f $(PILOT_TICKET) || { $(PY) src/main.py yamls/demo.yaml run_name=earlybert-pilot seed=17 max_duration=3m \
+		eval_loader=null progress_bar=false save_folder=null 'algorithms={earlybert: $(EARLYBERT_PILOT)}' && \
+		{ test -f $(PILOT_TICKET) || { echo "error: the pilot search drew no ticket within its 3 minutes" >&2; false; }; }; }
 	$(PY) src/time_to_quality.py yamls/sweeps/time-to-quality.yaml --no-tuning folder=$(REMEDIES_FOLDER) \
 		'grid.model=[mosaicbert,earlybert-short-search,earlybert-half,earlybert-reused]' 'grid.seed=[17]' \
 		'grid.max_duration=[1.5m,3m]' $(REMEDIES_ARGS)

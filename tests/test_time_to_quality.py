@@ -7,6 +7,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -15,11 +16,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import REPO
-from mosaicbert.errors import ConfigError
+from mosaicbert.errors import ConfigError, UserError
 from mosaicbert.sweep import study
 from mosaicbert.sweep.plan import make_plan, read_sweep
-from mosaicbert.sweep.time_to_quality import (Point, analyse, bootstrap_ratios, default_targets, ratio_bounds,
-                                              targets_table, time_to_target)
+from mosaicbert.sweep.time_to_quality import (Point, analyse, bootstrap_ratios, default_targets, earlybert_role,
+                                              ratio_bounds, targets_table, time_to_target)
 from mosaicbert.sweep.tuning import LR_KEY, best_rate, next_rate, tune_models, tuning_sweep, tuning_table, with_rates
 from test_sweep import TINY_MODEL, in_repo  # noqa: F401 (a fixture)
 
@@ -58,6 +59,22 @@ def test_default_targets_lie_in_the_range_every_model_reaches_else_around_the_ot
     # "slow" never reaches where "fast" starts: three targets in fast's range, and slow's best.
     by_model["fast"] = [point("fast", 17, m, q) for m, q in ((2, 0.46), (4, 0.48), (8, 0.50))]
     assert np.allclose(default_targets(by_model, "slow"), [0.44, 0.47, 0.48, 0.49])
+    # A baseline on its plateau, best at its shortest budget: every model reaches that "at most" at once, so no target.
+    by_model["slow"] = [point("slow", 17, m, q) for m, q in ((2, 0.056), (4, 0.053), (8, 0.055))]
+    assert np.allclose(default_targets(by_model, "slow"), [0.47, 0.48, 0.49])
+    with pytest.raises(UserError, match="--targets"):
+        default_targets({"slow": by_model["slow"]}, "slow")
+
+
+@pytest.mark.parametrize("algorithms, role", [
+    (None, (False, None)),
+    ({"low_precision_layernorm": {}}, (False, None)),
+    ({"earlybert": None}, (True, None)),  # a null entry is the algorithm with its defaults
+    ({"earlybert": {"mode": "in_run"}}, (True, None)),
+    ({"earlybert": {"ticket": "runs/p/ticket.json", "rewind": True}}, (False, "runs/p/ticket.json")),
+])
+def test_a_runs_earlybert_role_is_a_search_or_a_reused_ticket(algorithms, role):
+    assert earlybert_role(algorithms) == role
 
 
 @pytest.mark.parametrize("model, reference, bounds", [
@@ -67,6 +84,7 @@ def test_default_targets_lie_in_the_range_every_model_reaches_else_around_the_ot
     ((3.0, "interpolated"), (1.5, "at most"), (2.0, math.inf)),
     ((6.0, "more than"), (3.0, "interpolated"), (2.0, math.inf)),
     ((1.5, "at most"), (1.5, "at most"), (0.0, math.inf)),  # both below the budgets: nothing to say
+    ((6.0, "more than"), (6.0, "more than"), (0.0, math.inf)),  # both beyond them: nothing either
 ])
 def test_a_ratio_of_times_is_exact_or_bounded_by_the_budgets(model, reference, bounds):
     assert ratio_bounds(model, reference) == bounds
@@ -187,6 +205,7 @@ def test_the_shipped_study_plans_three_models_at_three_budgets_spanning_4x_and_t
     assert sizes["mosaicbert"] == sizes["hf-bert"] == sizes["earlybert"]
 
 
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make, to read the Makefile's pilot command")
 def test_the_remedies_change_only_what_they_say_and_the_pilot_searches_as_the_study_does(in_repo, clean_env):
     """The remedies (outside the main grid) inherit models.earlybert's search settings; `make
     earlybert-remedies` spells those out for its two-phase pilot, so the two must agree."""
@@ -285,7 +304,8 @@ def test_the_study_reports_earlybert_step_costs_from_a_run_and_its_ticket_or_the
 
     pilot = tmp_path / "pilot" / "ticket.json"
     pilot.parent.mkdir()
-    pilot.write_text(json.dumps({"kept_heads": [[0, 1]] * 4, "kept_units": [list(range(256))] * 4}))
+    pilot.write_text(json.dumps({"kept_heads": [[0, 1]] * 4, "kept_units": [list(range(256))] * 4, "step": 60,
+                                 "search_seconds": 31.6}))
     plan = make_plan(read_sweep(SHIPPED, [f"folder={tmp_path}", f"overrides.data_local={sample_root}", "grid.seed=[17]",
                                           "grid.model=[mosaicbert,earlybert,earlybert-reused]", "grid.max_duration=[1m,2m]",
                                           f"models.earlybert-reused.overrides.algorithms.earlybert.ticket={pilot}"]))
@@ -303,6 +323,6 @@ def test_the_study_reports_earlybert_step_costs_from_a_run_and_its_ticket_or_the
             for run in (earlybert, reused) for line in table.splitlines() if line.startswith(f"| {run.run_id}")}
     assert rows["earlybert"][3:6] == ["step 20 (20%)", "1.20", "0.80"]
     assert 0.5 < float(rows["earlybert"][6]) < 0.9 and rows["earlybert"][7].endswith("%")
-    # The reused run: every step pruned, FLOPs of the pilot's smaller ticket.
-    assert rows["earlybert-reused"][3:6] == ["reused, no search", "-", "0.70"]
+    # The reused run: every step pruned, FLOPs of the pilot's smaller ticket, the pilot's search beside it.
+    assert rows["earlybert-reused"][3:6] == ["reused (the pilot drew it at step 60, after 32 s)", "-", "0.70"]
     assert float(rows["earlybert-reused"][6]) < float(rows["earlybert"][6])

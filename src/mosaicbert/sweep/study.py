@@ -127,9 +127,10 @@ def tuned_rate(plan: Plan, model: str) -> float | None:
 
 
 def default_baselines(points) -> list[str]:
-    """hf-bert (else the first model), and mosaicbert beside it when EarlyBERT runs want their saving over it."""
+    """hf-bert (else mosaicbert, else the first model), and mosaicbert beside it when EarlyBERT runs want their
+    saving over it."""
     models = list(dict.fromkeys(point.model for point in points))
-    baselines = ["hf-bert" if "hf-bert" in models else models[0]]
+    baselines = [next((m for m in ("hf-bert", "mosaicbert") if m in models), models[0])]
     if "mosaicbert" in models and "mosaicbert" not in baselines and any(point.searched or point.reused_ticket for point in points):
         baselines.append("mosaicbert")
     return baselines
@@ -145,7 +146,8 @@ def write_report(plan: Plan, rows: list[dict], baselines: list[str] | None, targ
     tunings = read_tunings(plan.folder)
     tuned = tunings is not None and all(tuned_rate(plan, t.model) == t.chosen for t in tunings)
     diagnosis = diagnosis_table(points, plan, "mosaicbert") if "mosaicbert" in models else ""
-    text = write_time_to_quality(plan.folder, points, analyse(points, baselines or default_baselines(points), targets),
+    baselines = list(dict.fromkeys(baselines)) if baselines else default_baselines(points)
+    text = write_time_to_quality(plan.folder, points, analyse(points, baselines, targets),
                                  tuning_table(tunings) if tuned else None, diagnosis, f"time to quality: sweep {plan.sweep.name}")
     return f"{text}\nwritten: {plan.folder}/time-to-quality.md, .json, .png"
 

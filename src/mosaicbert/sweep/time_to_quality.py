@@ -74,9 +74,7 @@ def read_points(plan: Plan, rows: Sequence[dict[str, Any]]) -> list[Point]:
         point = Point(run=run.run_id, model=run.model, seed=int(row["seed"]), budget=budget, budget_seconds=seconds,
                       train_seconds=float(row["wall_clock_hours"]) * 3600, quality=float(row["quality"]),
                       steps=int(row["step"]), tokens=int(row["tokens"]), median_step_seconds=statistics.median(steps))
-        earlybert = (read_yaml(run.recipe, run.overrides).get("algorithms") or {}).get("earlybert")
-        point.reused_ticket = (earlybert or {}).get("ticket")
-        point.searched = earlybert is not None and point.reused_ticket is None
+        point.searched, point.reused_ticket = earlybert_role(read_yaml(run.recipe, run.overrides).get("algorithms"))
         ticket = os.path.join(run.folder, "ticket.json")
         if os.path.isfile(ticket):
             with open(ticket, encoding="utf-8") as f:
@@ -87,6 +85,15 @@ def read_points(plan: Plan, rows: Sequence[dict[str, Any]]) -> list[Point]:
             point.median_step_seconds_after_draw = statistics.median(steps[draw:]) if steps[draw:] else None
         points.append(point)
     return points
+
+
+def earlybert_role(algorithms: dict[str, Any] | None) -> tuple[bool, str | None]:
+    """(searches for a ticket, the ticket it reuses) of a run's `algorithms` section; `earlybert: null`, as any
+    null entry, means EarlyBERT with its defaults."""
+    if "earlybert" not in (algorithms or {}):
+        return False, None
+    ticket = (algorithms["earlybert"] or {}).get("ticket")
+    return ticket is None, ticket
 
 
 def time_to_target(minutes: Sequence[float], qualities: Sequence[float], target: float) -> tuple[float, str]:
@@ -121,14 +128,21 @@ def _spread(curves: Sequence[Sequence[float]]) -> list[float]:
 def default_targets(by_model: dict[str, list[Point]], baseline: str) -> list[float]:
     """Three accuracies in the range every model's mean curve crosses within its budgets, so every time is
     interpolated. Without such a range (a baseline that stays below the others), three in the range the
-    other models share and the baseline's best mean accuracy: targets where one side's time is measured and
-    the other's bounded, which still bounds their ratio."""
+    other models share, and the baseline's best mean where it improves on its shortest budget: targets where
+    one side's time is measured and the other's bounded, which still bounds their ratio."""
     curves = {model: curve(points)[1] for model, points in by_model.items()}
     targets = _spread(list(curves.values()))
     if targets:
         return targets
     others = [qualities for model, qualities in curves.items() if model != baseline]
-    return sorted((_spread(others) if others else []) + [max(curves[baseline])])
+    targets = _spread(others) if others else []
+    own = curves[baseline]
+    if max(own) > own[0]:  # a best at the shortest budget is reached "at most" then by every model above it
+        targets.append(max(own))
+    if not targets:
+        raise UserError("the models' accuracies share no range within the budgets, so no default target says "
+                        "anything; give target accuracies with --targets.")
+    return sorted(targets)
 
 
 def time_bounds(minutes: float, how: str) -> tuple[float, float]:
@@ -241,7 +255,7 @@ def runs_table(points: list[Point]) -> str:
              "|---|---|---|--:|--:|--:|--:|--:|---|---|--:|"]
     for p in points:
         draw = (f"step {p.draw_step} ({p.draw_step / p.steps:.0%}, {p.draw_time_share:.0%})" if p.draw_step is not None
-                else f"not drawn in {p.steps:,} steps" if p.searched else "reused, no search" if p.reused_ticket else "-")
+                else f"not drawn in {p.steps:,} steps" if p.searched else "reused ticket" if p.reused_ticket else "-")
         phases = "-" if p.draw_step is None else ", ".join(
             "-" if s is None else f"{s:.3f}" for s in (p.median_step_seconds_before_draw, p.median_step_seconds_after_draw))
         lines.append(f"| {p.run} | {p.model} | {p.budget} | {p.seed} | {p.train_seconds:.1f} | {p.steps:,} | "
@@ -282,7 +296,7 @@ def ticket_flops(model, ticket: dict[str, Any], batch: dict[str, Any]) -> dict[s
 def diagnosis_table(points: list[Point], plan: Plan, base: str) -> str:
     """Markdown: each EarlyBERT run's draw, its step times against the unpruned model's at the same budget and
     seed (search steps carry coefficients and the L1 term; pruned steps should be faster), and what FLOPs
-    predict. A run built from a reused ticket has pruned steps only."""
+    predict. A run built from a reused ticket has pruned steps only; its pilot's search is shown beside it."""
     runs = {run.run_id: run for run in plan.runs}
     unpruned = {(p.budget, p.seed): p for p in points if p.model == base}
     lines = [f"| run | budget | seed | ticket drawn at (share of steps) | search s/step ÷ {base}'s | pruned s/step ÷ "
@@ -293,7 +307,7 @@ def diagnosis_table(points: list[Point], plan: Plan, base: str) -> str:
             continue
         reference = unpruned[(p.budget, p.seed)].median_step_seconds
         if p.reused_ticket:
-            draw, phases = "reused, no search", (None, p.median_step_seconds)
+            draw, phases = pilot_cost(p.reused_ticket), (None, p.median_step_seconds)
             flops = pruning_flops(runs[p.run], p.reused_ticket)
         else:
             draw, phases = f"step {p.draw_step} ({p.draw_step / p.steps:.0%})", (p.median_step_seconds_before_draw,
@@ -303,6 +317,14 @@ def diagnosis_table(points: list[Point], plan: Plan, base: str) -> str:
         lines.append(f"| {p.run} | {p.budget} | {p.seed} | {draw} | {ratios[0]} | {ratios[1]} | "
                      f"{flops['flop_ratio']:.2f} | {flops['head_share']:.0%} |")
     return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def pilot_cost(ticket: str) -> str:
+    """What a reused ticket cost where it was drawn (the pilot's search, outside the reusing runs' budgets)."""
+    with open(ticket, encoding="utf-8") as f:
+        drawn = json.load(f)
+    seconds = drawn.get("search_seconds")
+    return f"reused (the pilot drew it at step {drawn['step']}" + (f", after {seconds:.0f} s)" if seconds else ")")
 
 
 def plot(points: list[Point], analysis: dict[str, Any], title: str):
