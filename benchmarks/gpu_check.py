@@ -158,7 +158,7 @@ def train(name: str, dims: dict, vocab_size: int, batches: list[dict], args, dev
 def training(args, device: torch.device) -> dict:
     from mosaicbert.bench.lengths import LengthProfile, make_batches
     from mosaicbert.bench.measure import PRESETS, flash_attn_version
-    from mosaicbert.builders import gpu_peak_flops
+    from mosaicbert.callbacks.speed import gpu_peak_flops
 
     dims, vocab_size = (PRESETS["tiny"], 1024) if args.cpu_dry_run else (PRESETS["base"], 30528)
     profile = LengthProfile("uniform", "lengths uniform in 16..seq_len", np.arange(16, args.seq_len + 1))

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from mosaicbert.bench.lengths import tokenized_profile, write_histogram
-from mosaicbert.errors import UserError
+from mosaicbert.errors import entry_point
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,7 +32,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as error:
-        sys.exit(f"error: {error}")
+    sys.exit(entry_point()(main)())

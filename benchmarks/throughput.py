@@ -48,7 +48,7 @@ from mosaicbert.bench.throughput import (  # noqa: E402
     measure_peak,
     run_case,
 )
-from mosaicbert.errors import UserError  # noqa: E402
+from mosaicbert.errors import UserError, entry_point  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -202,7 +202,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as error:
-        sys.exit(f"error: {error}")
+    sys.exit(entry_point()(main)())

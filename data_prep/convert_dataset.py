@@ -20,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from mosaicbert.errors import UserError
+from mosaicbert.errors import UserError, entry_point
 
 # A spawned tokenizing worker runs this script again as __mp_main__ and uses none of it (it runs
 # mosaicbert.data.prep_worker): without these imports it starts without torch, in about a second.
@@ -140,8 +140,4 @@ def write_sample_tokenizer(folder: Path, texts: list[str], vocab_size: int, if_e
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(entry_point()(main)())  # main() itself raises (tests call it)

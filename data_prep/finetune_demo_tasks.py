@@ -9,9 +9,11 @@ classification of 600-2,000-token documents whose label sits far from both ends 
 import argparse
 import sys
 
+from mosaicbert.errors import entry_point
 from mosaicbert.glue.demo_data import write_long_document_task, write_own_demo_tasks
 
 
+@entry_point()
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="folder that receives topic/ and ner/ (with --long-documents: "
@@ -28,13 +30,8 @@ def main() -> int:
         print(f"wrote the topic (CSV) and ner (CoNLL) demo tasks under {out}")
         return 0
     from mosaicbert.data.tokenizer import build_tokenizer
-    from mosaicbert.errors import UserError
 
-    try:
-        tokenizer = build_tokenizer(args.tokenizer, 10**9)  # counts only: no length limit
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    tokenizer = build_tokenizer(args.tokenizer, 10**9)  # counts only: no length limit
     count = lambda text: len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])  # noqa: E731
     out = write_long_document_task(args.out, count, 400 if args.train_size is None else args.train_size,
                                    200 if args.dev_size is None else args.dev_size)

@@ -35,7 +35,7 @@ from mosaicbert.data.sources import (SPLIT_NAMES, Document, ReadOptions, ReadSta
                                      corpus_from_args, open_hf_dataset, read_documents, resolve_inputs)
 from mosaicbert.data.tokenizer import (ALGORITHMS, VOCAB_MULTIPLE, TokenizerReport, TrainingRequest, load_tokenizer,
                                        train_on_corpus, vocab_size_to_train)
-from mosaicbert.errors import UserError
+from mosaicbert.errors import UserError, entry_point
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -61,13 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@entry_point()
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        report = train(args)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    report = train(parse_args(argv))
     print("\n".join(report.lines()))
     return 0
 

@@ -8,14 +8,18 @@ final evaluation over the pairs.
 
 import sys
 
-from mosaicbert.callbacks.run_summary import compare_runs
-from mosaicbert.errors import UserError
+from mosaicbert.reports.runs import compare_runs
+from mosaicbert.errors import entry_point
+
+
+@entry_point()
+def main(folders: list[str]) -> int:
+    if not folders or len(folders) % 2:
+        print(__doc__.strip(), file=sys.stderr)
+        return 2
+    print(compare_runs(list(zip(folders[::2], folders[1::2]))))
+    return 0
+
 
 if __name__ == "__main__":
-    folders = sys.argv[1:]
-    if not folders or len(folders) % 2:
-        sys.exit(__doc__.strip())
-    try:
-        print(compare_runs(list(zip(folders[::2], folders[1::2]))))
-    except UserError as err:
-        sys.exit(f"error: {err}")
+    sys.exit(main(sys.argv[1:]))

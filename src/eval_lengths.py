@@ -14,7 +14,10 @@ import sys
 import time
 from pathlib import Path
 
+from mosaicbert.errors import UserError, entry_point
 
+
+@entry_point()
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="+", help="run folders, checkpoints (.pt) or model folders")
@@ -28,18 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="output folder (default: runs/eval-lengths-<time>)")
     parser.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     args = parser.parse_args(argv)
-    from mosaicbert.errors import UserError
     from mosaicbert.evaluation.lengths import evaluate_lengths, markdown_table, write_results
 
     out = args.out or Path("runs") / f"eval-lengths-{time.strftime('%Y%m%d-%H%M%S')}"
-    try:
-        if (out / "results.json").exists() and not args.overwrite:
-            raise UserError(f"{out} already holds results; choose another --out or pass --overwrite.")
-        results = evaluate_lengths(args.models, args.lengths, lambda source: evaluation_texts(source, args.data, args.split),
-                                   args.tokens_per_length, args.mlm_probability, tokenizer_name=args.tokenizer)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if (out / "results.json").exists() and not args.overwrite:
+        raise UserError(f"{out} already holds results; choose another --out or pass --overwrite.")
+    results = evaluate_lengths(args.models, args.lengths, lambda source: evaluation_texts(source, args.data, args.split),
+                               args.tokens_per_length, args.mlm_probability, tokenizer_name=args.tokenizer)
     settings = {"lengths": args.lengths, "tokens_per_length": args.tokens_per_length,
                 "mlm_probability": args.mlm_probability, "data": args.data, "split": args.split}
     written = write_results(results, out, settings)
@@ -54,7 +52,6 @@ def evaluation_texts(source, data: str | None, split: str | None):
     from streaming import LocalDataset
 
     from mosaicbert.data.text_dataset import check_local_split
-    from mosaicbert.errors import UserError
 
     run = source.card.get("run_config") or {}
     root = data or run.get("data_local")

@@ -12,9 +12,10 @@ Composer checkpoints are pickles: export only checkpoints you or someone you tru
 import argparse
 import sys
 
-from mosaicbert.errors import UserError
+from mosaicbert.errors import entry_point
 
 
+@entry_point()
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", help="Composer checkpoint (.pt) or a model folder this package saved")
@@ -29,11 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from mosaicbert.export import export_model
 
-    try:
-        export_model(args.source, args.out_dir, args.tokenizer, args.glue, args.overwrite, args.check)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    export_model(args.source, args.out_dir, args.tokenizer, args.glue, args.overwrite, args.check)
     print(f"wrote {args.out_dir}")
     return 0
 

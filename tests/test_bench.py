@@ -319,7 +319,7 @@ def test_cli_smoke_writes_table_json_chart_and_profiles(sample_root, tmp_path):
 @pytest.mark.slow
 def test_cli_bad_input_is_one_message(tmp_path):
     done = run_cli("--lengths", "corpus", "--data-root", str(tmp_path), "--out", str(tmp_path / "o"))
-    assert done.returncode == 1 and "make sample-shards" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "make sample-shards" in done.stderr and "Traceback" not in done.stderr
     done = run_cli("--preset", "huge")
     assert done.returncode == 2 and "invalid choice: 'huge'" in done.stderr
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from mosaicbert.builders import validate_entries
 from mosaicbert.config import load_config
 from mosaicbert.errors import ConfigError
 
@@ -9,7 +10,10 @@ from conftest import DEMO_YAML
 
 
 def load(*overrides: str):
-    return load_config(DEMO_YAML, list(overrides))
+    """The demo recipe as the training entry checks it: the config, then its registry entries."""
+    config = load_config(DEMO_YAML, list(overrides))
+    validate_entries(config)
+    return config
 
 
 def test_demo_config_resolves_with_cpu_defaults(clean_env):
@@ -29,6 +33,15 @@ def test_missing_microbatch_is_filled_from_device_batch(clean_env):
     assert config.device_train_microbatch_size == 32
     assert config.filled_defaults["device_train_microbatch_size"] == 32
     assert config.filled_defaults["precision"] == "fp32"
+
+
+def test_an_explicit_auto_microbatch_stays_auto_on_a_gpu(clean_env, monkeypatch):
+    """Composer adapts it on the fly there; this package's reading of the config refused it until the pydantic one."""
+    from mosaicbert import config as config_module
+
+    monkeypatch.setattr(config_module, "cuda_available", lambda: True)
+    config = load("device=gpu", "precision=amp_bf16", "device_train_microbatch_size=auto")
+    assert config.device_train_microbatch_size == "auto" and config.device_eval_batch_size == 32
 
 
 def test_gpu_precision_falls_back_to_fp32_on_cpu_and_says_so(clean_env):
@@ -105,4 +118,5 @@ def test_recipes_all_validate(clean_env):
         if "starting_checkpoint" in path.read_text() or path.parent.name == "sweeps":
             continue  # GLUE configs, checked in test_glue.py; sweeps in test_sweep.py
         config = load_config(path)  # GPU recipes validate as they would run on this CPU
+        validate_entries(config)
         assert config.max_duration

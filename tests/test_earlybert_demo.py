@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from mosaicbert.callbacks.run_summary import compare_runs
+from mosaicbert.reports.runs import compare_runs
 
 from conftest import REPO
 
@@ -47,7 +47,7 @@ def test_pairs_of_runs_report_mean_and_spread(tmp_path):
 
     result = subprocess.run([sys.executable, str(REPO / "src" / "compare_runs.py"), pairs[0][0], str(tmp_path / "missing")],
                             capture_output=True, text=True)
-    assert result.returncode == 1 and result.stderr.strip() == f"error: {tmp_path / 'missing' / 'summary.json'} does not exist: is {tmp_path / 'missing'} a finished run?"
+    assert result.returncode == 2 and result.stderr.strip() == f"error: {tmp_path / 'missing' / 'summary.json'} does not exist: is {tmp_path / 'missing'} a finished run?"
 
 
 def test_make_target_interleaves_the_arms_with_the_given_overrides():

@@ -147,7 +147,7 @@ def test_search_setup_adds_undecayed_coefficients_and_the_l1_penalty(tmp_path):
     from types import SimpleNamespace
 
     from mosaicbert.algorithms.earlybert import EarlyBERT
-    from mosaicbert.model import ComposerMosaicBert
+    from mosaicbert.model.composer import ComposerMosaicBert
 
     torch.manual_seed(0)
     composer_model = ComposerMosaicBert(MosaicBertForMaskedLM(config()))

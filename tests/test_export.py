@@ -24,9 +24,8 @@ from mosaicbert.model import (
     MosaicBertForSequenceClassification,
     MosaicBertForTokenClassification,
 )
-from mosaicbert.model.hf_bert import build_hf_bert
+from mosaicbert.model.composer import ComposerMosaicBert, build_hf_bert, build_mosaic_bert
 from mosaicbert.model.loading import load_classifier, load_weights_into
-from mosaicbert.model.mosaic_bert import ComposerMosaicBert, build_mosaic_bert
 from mosaicbert.model.pruning import prune
 from mosaicbert.train import build_trainer
 

@@ -15,8 +15,8 @@ import yaml
 from composer.core import Callback
 from streaming import LocalDataset
 
+from mosaicbert.builders import validate_entries
 from mosaicbert.callbacks.jsonl_logger import read_jsonl
-
 from mosaicbert.config import load_config
 from mosaicbert.train import train
 
@@ -35,6 +35,7 @@ def test_long_recipes_are_the_base_recipe_at_the_same_tokens_per_batch(clean_env
     base, long = (yaml.safe_load(path.read_text()) for path in (BASE, recipe(seq_len)))
     assert {k: v for k, v in long.items() if k not in LENGTH_KEYS} == {k: v for k, v in base.items() if k not in LENGTH_KEYS}
     config = load_config(recipe(seq_len), [])  # validates, with this machine's defaults filled in
+    validate_entries(config)
     assert config.max_seq_len == seq_len
     assert config.global_train_batch_size * seq_len == 4096 * 128
     assert config.device_train_microbatch_size * seq_len == 128 * 128

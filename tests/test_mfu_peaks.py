@@ -1,8 +1,7 @@
-"""The GPU peak FLOP/s that training's MFU is measured against (mosaicbert/builders.py)."""
+"""The GPU peak FLOP/s that training's MFU is measured against (mosaicbert/callbacks/speed.py)."""
 
 from __future__ import annotations
 
-import dataclasses
 from unittest import mock
 
 import pytest
@@ -10,7 +9,8 @@ import torch
 from composer.callbacks import SpeedMonitor
 
 from conftest import DEMO_YAML
-from mosaicbert.builders import build_section, gpu_peak_flops
+from mosaicbert.builders import build_section
+from mosaicbert.callbacks.speed import gpu_peak_flops
 from mosaicbert.config import load_config
 
 HOPPER_SXM = (989.5e12, 989.5e12, 494.5e12)
@@ -56,7 +56,7 @@ def built_speed_monitor(precision: str, device_name: str) -> SpeedMonitor:
     with mock.patch.object(torch.cuda, "is_available", return_value=True), \
             mock.patch.object(torch.cuda, "get_device_name", return_value=device_name):
         config = load_config(DEMO_YAML, ["device=gpu", f"precision={precision}"])
-        config = dataclasses.replace(config, callbacks={"speed_monitor": {"window_size": 2}})
+        config = config.model_copy(update={"callbacks": {"speed_monitor": {"window_size": 2}}})
         (monitor,) = build_section(config, "callbacks")
     return monitor
 

@@ -214,7 +214,7 @@ def test_config_rejects_unknown_backend():
 
 
 def test_flop_count_matches_parameter_arithmetic_when_every_token_is_computed():
-    from mosaicbert.model.mosaic_bert import mlm_training_flops
+    from mosaicbert.model.composer import mlm_training_flops
 
     config = tiny_config()
     model = MosaicBertForMaskedLM(config)
@@ -441,7 +441,7 @@ def test_unpad_matches_a_loop_over_each_row(batch):
 def test_a_training_step_reads_the_device_once_in_the_forward_and_never_after():
     """MLM forward, loss and backward, and a classifier's: the one host sync is `unpad`'s read of the
     counts that size the indices; nothing else waits for the device (tests/sync_spy.py)."""
-    from mosaicbert.model.mosaic_bert import ComposerMosaicBert
+    from mosaicbert.model.composer import ComposerMosaicBert
     from sync_spy import host_syncs
 
     torch.manual_seed(0)
@@ -638,7 +638,7 @@ def test_transformers_trainer_trains_both_heads(tmp_path, head):
 
 def test_recipe_model_config_keys_are_checked_by_name():
     from mosaicbert.errors import ConfigError
-    from mosaicbert.model.mosaic_bert import build_mosaic_bert
+    from mosaicbert.model.composer import build_mosaic_bert
 
     tokenizer = type("Tok", (), {"pad_token_id": 0, "__len__": lambda self: 90})()
     with pytest.raises(ConfigError, match="alibi_starting_size is no longer a setting"):

@@ -16,7 +16,7 @@ from mosaicbert.errors import UserError
 from mosaicbert.export import export_model
 from mosaicbert.glue.runner import check_starts
 from mosaicbert.model.loading import folder_model_name, load_classifier, load_weights_into
-from mosaicbert.model.mosaic_bert import build_mosaic_bert
+from mosaicbert.model.composer import build_mosaic_bert
 
 HIDDEN, HEADS, LAYERS, UNITS, ROWS = 64, 4, 2, 96, 2112  # 2112: the tokenizer's 2048 padded to a multiple of 64
 

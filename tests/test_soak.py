@@ -10,7 +10,8 @@ import psutil
 import pytest
 
 from mosaicbert.config import load_config
-from mosaicbert.data.text_dataset import ReleaseStreamingResources, StreamingTextDataset
+from mosaicbert.callbacks.streaming_cleanup import ReleaseStreamingResources
+from mosaicbert.data.text_dataset import StreamingTextDataset
 from mosaicbert.glue import finetune as glue_job
 from mosaicbert.glue.config import load_glue_config
 from mosaicbert.glue.demo_data import write_demo_tasks

@@ -281,7 +281,7 @@ def test_a_tickets_flops_are_those_of_a_model_built_at_its_widths_and_the_head_s
 
     from mosaicbert.model.configuration_mosaicbert import MosaicBertConfig
     from mosaicbert.model.modeling_mosaicbert import MosaicBertForMaskedLM
-    from mosaicbert.model.mosaic_bert import mlm_training_flops
+    from mosaicbert.model.composer import mlm_training_flops
     from mosaicbert.sweep.time_to_quality import ticket_flops
 
     kept_heads = [[0, 1, 3], [1, 2, 3], [0, 2, 3], [0, 1, 2]]

@@ -76,9 +76,9 @@ def test_existing_checkpoints_are_not_overwritten(clean_env, sample_root, tmp_pa
 def test_interrupted_checkpoint_write_leaves_no_file(tmp_path, monkeypatch):
     from composer.utils import checkpoint as composer_checkpoint
 
-    from mosaicbert.checkpointing import install_atomic_checkpoint_writes
+    from mosaicbert import composer_patches
 
-    install_atomic_checkpoint_writes()
+    composer_patches.apply()
 
     def dies_half_way(obj, f, *args, **kwargs):
         f.write(b"half a checkpoint")

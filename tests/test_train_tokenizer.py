@@ -22,7 +22,7 @@ import train_tokenizer
 from mosaicbert.data.mlm import IGNORE_INDEX, MLMCollator
 from mosaicbert.data.sources import Document, ReadStats, corpus_from_args
 from mosaicbert.data.tokenizer import REPORT, SPECIAL_TOKENS, padded_vocab_size, train_tokenizer as train_backend
-from mosaicbert.model.mosaic_bert import build_mosaic_bert
+from mosaicbert.model.composer import build_mosaic_bert
 
 from conftest import DEMO_YAML, tiny_overrides
 

@@ -2,23 +2,25 @@
 
 Composer 0.32.1 writes a monolithic checkpoint with `open(filename, 'wb')` straight to its
 final name, so a run killed mid-save leaves a truncated `ep0-ba100-rank0.pt` that looks
-like any other checkpoint. `install_atomic_checkpoint_writes` wraps Composer's file writer
-so the bytes go to a hidden temporary name in the same folder and are renamed into place
-(an atomic operation on POSIX file systems) once fully written and synced.
+like any other checkpoint. `atomic_write` replaces Composer's file writer so the bytes go to a
+hidden temporary name in the same folder and are renamed into place (an atomic operation on POSIX
+file systems) once fully written and synced.
 
-`install_clear_load_errors` turns a missing, damaged or incompatible checkpoint (load_path, or the
+`load_with_clear_errors` turns a missing, damaged or incompatible checkpoint (load_path, or the
 one autoresume picks) into one message naming the file, instead of torch's traceback.
 
-`install_per_node_signal_files` fixes multi-node autoresume on a save folder that all nodes share
+`per_node_signal_file_name` fixes multi-node autoresume on a save folder that all nodes share
 (the usual cluster file system): Composer names the "local rank 0 is done" signal file after rank
 0's node and broadcasts that name, so every node's local rank 0 writes and then removes the same
 file, and the second removal fails with FileNotFoundError before training starts.
+
+These replace Composer internals; composer_patches.py installs them, once, on the Composer version
+they were written for.
 """
 
 from __future__ import annotations
 
 import errno
-import functools
 import hashlib
 import os
 import pickle
@@ -43,7 +45,7 @@ _original_signal_file_name = composer_dist.get_node_signal_file_name
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
-def _atomic_write(state_dict: dict[str, Any], filename: str) -> None:
+def atomic_write(state_dict: dict[str, Any], filename: str) -> None:
     folder, name = os.path.split(filename)
     # Keep the real name as the suffix: Composer picks tar/compression from the extension.
     partial = os.path.join(folder, f".partial-{os.getpid()}-{_HOST}-{name}")
@@ -89,16 +91,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-@functools.cache
-def install_atomic_checkpoint_writes() -> None:
-    composer_checkpoint._write_checkpoint_file = _atomic_write
-
-
 DAMAGED = ("PytorchStreamReader", "failed finding central directory", "invalid load key", "unpickling stack")
 INCOMPATIBLE = ("size mismatch", "Missing key", "Unexpected key")
 
 
-def _load_with_clear_errors(*args, path: str, **kwargs):
+def load_with_clear_errors(*args, path: str, **kwargs):
     """Composer's load_checkpoint; the errors a bad checkpoint file gives become one message naming the file.
     Anything else (a bug in a callback's state, a network or collective failure) keeps its traceback."""
     try:
@@ -122,19 +119,9 @@ def _load_with_clear_errors(*args, path: str, **kwargs):
         raise UserError(f"checkpoint {path} {problem}.") from None
 
 
-@functools.cache
-def install_clear_load_errors() -> None:
-    composer_checkpoint.load_checkpoint = _load_with_clear_errors
-
-
-def _per_node_signal_file_name(rng=None) -> str:
+def per_node_signal_file_name(rng=None) -> str:
     # The broadcast part stays common to all ranks (so a node's ranks agree); the suffix separates nodes.
     return f"{_original_signal_file_name(rng)}-of-node{composer_dist.get_node_rank()}"
-
-
-@functools.cache
-def install_per_node_signal_files() -> None:
-    composer_dist.get_node_signal_file_name = _per_node_signal_file_name
 
 
 def remove_saver_temp_folders(trainer) -> None:

@@ -2,44 +2,51 @@
 
 `load_config(yaml_path, overrides)` merges a YAML file with OmegaConf dotlist overrides
 (`max_duration=50ba train_loader.num_workers=0`), resolves interpolations and turns the
-result into a `TrainConfig`. Every key is checked against the dataclasses below: an
+result into a `TrainConfig`. Every key is checked against the schemas below (pydantic): an
 unknown key names itself and the nearest valid one, a wrong type names the expected
-type, and the batch arithmetic is checked against the world size. Registry entries
-(`model`, `optimizer`, `scheduler`, `algorithms`, `callbacks`, `loggers`) are checked
-against their constructors' signatures. Device-dependent defaults (precision,
-microbatch size) are filled in last and reported by `describe_defaults`.
+type, and the batch arithmetic is checked against the world size. Device-dependent
+defaults (precision, microbatch size) are filled in last and reported by
+`describe_defaults`. The registry entries (`model`, `optimizer`, `scheduler`,
+`algorithms`, `callbacks`, `loggers`) are checked against their constructors'
+signatures by `builders.validate_entries`, which the training and sweep entries call.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import types
 import typing
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, ClassVar, Literal, TypeVar, Union
 
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mosaicbert import registry
 from mosaicbert.errors import ConfigError, nearest
+from mosaicbert.registry import split_named
 
 CPU_PRECISIONS = ("fp32",)
-GPU_PRECISIONS = ("fp32", "amp_bf16", "amp_fp16")
+Precision = Literal["fp32", "amp_bf16", "amp_fp16"]  # Composer's names
 
 
-@dataclass
-class LoaderConfig:
+class Schema(BaseModel):
+    """A config section read from YAML: an unknown key is refused, types are checked strictly (no "5" for
+    5, no 1 for true), and the object stays mutable for the defaults filled in after reading."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class LoaderConfig(Schema):
     """One MLM dataloader over an MDS text dataset."""
 
     split: str
     local: str | None = None  # defaults to the top-level data_local
     remote: str | None = None  # defaults to the top-level data_remote
-    mlm_probability: float = 0.15
+    mlm_probability: float = Field(0.15, gt=0, lt=1)
     shuffle: bool = False
     drop_last: bool = False
     num_workers: int = 0
@@ -53,8 +60,7 @@ class LoaderConfig:
     packing: bool = False
 
 
-@dataclass
-class LengthPhase:
+class LengthPhase(Schema):
     """One phase of `seq_len_schedule`: sequences of `max_seq_len` tokens until `until` (0.9dur, 60000ba)."""
 
     max_seq_len: int
@@ -63,8 +69,11 @@ class LengthPhase:
     device_train_microbatch_size: int | None = None
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(Schema):
+    # Filled in by `finalize`, never read from YAML.
+    DERIVED: ClassVar[tuple[str, ...]] = ("world_size", "device_train_batch_size", "time_budget_seconds",
+                                          "filled_defaults")
+
     model: dict[str, Any]
     tokenizer_name: str
     train_loader: LoaderConfig
@@ -82,7 +91,7 @@ class TrainConfig:
     seq_len_schedule: list[LengthPhase] | None = None
     data_local: str | None = None
     data_remote: str | None = None
-    variables: dict[str, Any] = field(default_factory=dict)  # free-form values for ${variables.x}
+    variables: dict[str, Any] = Field(default_factory=dict)  # free-form values for ${variables.x}
 
     eval_loader: LoaderConfig | None = None
     eval_interval: Union[str, int] = "1ep"
@@ -91,16 +100,16 @@ class TrainConfig:
     device_train_microbatch_size: Union[int, str, None] = None  # None: device batch on CPU, 'auto' on GPU
     device_eval_batch_size: int | None = None  # None: the train microbatch size
 
-    device: str | None = None  # None: gpu when CUDA is available, else cpu
-    precision: str | None = None  # None: amp_bf16 on GPU (amp_fp16 before Ampere), fp32 on CPU
+    device: Literal["cpu", "gpu"] | None = None  # None: gpu when CUDA is available, else cpu
+    precision: Precision | None = None  # None: amp_bf16 on GPU (amp_fp16 before Ampere), fp32 on CPU
     # torch.compile's keyword arguments, which Composer applies to the model ({} for the defaults,
     # e.g. {dynamic: true}); null trains eagerly. See docs/benchmarks.md for where it helps.
     compile_config: dict[str, Any] | None = None
 
     # `name: {kwargs}` mappings; null (e.g. algorithms=null on the command line) means none.
-    algorithms: dict[str, Any] | None = field(default_factory=dict)
-    callbacks: dict[str, Any] | None = field(default_factory=dict)
-    loggers: dict[str, Any] | None = field(default_factory=dict)
+    algorithms: dict[str, Any] | None = Field(default_factory=dict)
+    callbacks: dict[str, Any] | None = Field(default_factory=dict)
+    loggers: dict[str, Any] | None = Field(default_factory=dict)
 
     save_folder: str | None = None  # None: no checkpoints
     save_interval: Union[str, int] = "1000ba"
@@ -119,14 +128,101 @@ class TrainConfig:
     dist_timeout: float = 300.0
     clean_stale_shared_memory: bool = True
 
-    # Filled in by `finalize`, never read from YAML.
-    world_size: int = field(default=1, metadata={"derived": True})
-    device_train_batch_size: int = field(default=0, metadata={"derived": True})
-    time_budget_seconds: float | None = field(default=None, metadata={"derived": True})  # a wall-clock max_duration
-    filled_defaults: dict[str, Any] = field(default_factory=dict, metadata={"derived": True})
+    # DERIVED: filled in by `finalize`.
+    world_size: int = 1
+    device_train_batch_size: int = 0
+    time_budget_seconds: float | None = None  # a wall-clock max_duration
+    filled_defaults: dict[str, Any] = Field(default_factory=dict)
 
 
-# --------------------------------------------------------------------------- typing
+# --------------------------------------------------------------------------- reading a schema
+
+
+S = TypeVar("S", bound=Schema)
+
+
+def build_config(cls: type[S], values: dict[str, Any], where: str = "") -> S:
+    """`values` (a resolved mapping) as a `cls`; the first mistake is one ConfigError naming the key, with the
+    nearest valid key for a misspelt one and the expected type for a wrong one. `where` prefixes the keys."""
+    prefix = f"{where}." if where else ""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping of {cls.__name__} keys, got {values!r}.")
+    derived = getattr(cls, "DERIVED", ())
+    for key in values:
+        if key in derived:  # computed from the others, so not a setting
+            readable = [name for name in _yaml_keys(cls) if name not in derived]
+            raise ConfigError(f"unknown key '{prefix}{key}'.{nearest(key, readable, prefix)}")
+    try:
+        return cls.model_validate(values)
+    except ValidationError as err:
+        # An unknown key first: a misspelt required key is reported as itself, not as the key it misses.
+        first = min(err.errors(), key=lambda error: error["type"] != "extra_forbidden")
+        raise ConfigError(describe_error(first, cls, where)) from None
+
+
+def describe_error(error: dict[str, Any], schema: type[BaseModel], where: str = "") -> str:
+    """One of pydantic's errors in this package's words."""
+    names, annotation, parent = _follow(schema, error["loc"])
+    path = ".".join(([where] if where else []) + names)
+    kind, value = error["type"], error.get("input")
+    if kind == "extra_forbidden":
+        key, prefix = str(error["loc"][-1]), f"{path}." if path else ""
+        readable = [name for name in _yaml_keys(parent) if name not in getattr(parent, "DERIVED", ())]
+        return f"unknown key '{prefix}{key}'.{nearest(key, readable, prefix)}"
+    if kind == "missing":
+        return f"missing required key '{path}' ({_type_name(annotation)})."
+    if kind == "literal_error":
+        return f"{path} '{value}' is unknown; use one of {', '.join(map(str, typing.get_args(_without_none(annotation))))}."
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return f"{path} must lie in {_interval(parent.model_fields[names[-1]].metadata)}, got {value}."
+    return f"{path}: expected {_type_name(annotation)}, got {type(value).__name__} {value!r}."
+
+
+def _interval(constraints: list) -> str:
+    """A field's bounds (annotated_types' Gt, Ge, Lt, Le) as an interval: (0, 1)."""
+    low, high = "(-inf", "inf)"
+    for bound in constraints:
+        low = f"({bound.gt}" if hasattr(bound, "gt") else f"[{bound.ge}" if hasattr(bound, "ge") else low
+        high = f"{bound.lt})" if hasattr(bound, "lt") else f"{bound.le}]" if hasattr(bound, "le") else high
+    return f"{low}, {high}"
+
+
+def _follow(schema: type[BaseModel], loc: tuple) -> tuple[list[str], Any, type[BaseModel]]:
+    """The key names an error's location walks through the schema (a list index joins its key, `phases[0]`),
+    the annotation where it stops (at an unknown key or a union member's tag), and the schema around it."""
+    names: list[str] = []
+    annotation: Any = schema
+    parent = schema
+    for part in loc:
+        model = _schema_in(annotation)
+        if isinstance(part, int) and names:
+            names[-1] += f"[{part}]"
+            annotation = typing.get_args(_without_none(annotation))[0]
+        elif typing.get_origin(_without_none(annotation)) is dict and isinstance(part, str) and names:
+            names.append(part)  # a key of a mapping of schemas
+            annotation = typing.get_args(_without_none(annotation))[1]
+        elif model is not None and part in _yaml_keys(model):
+            parent = model
+            names.append(part)
+            annotation = model.model_fields[_yaml_keys(model)[part]].annotation
+        else:
+            break
+    return names, annotation, _schema_in(annotation) or parent
+
+
+def _yaml_keys(schema: type[BaseModel]) -> dict[str, str]:
+    """YAML key -> field name (they differ where a key is a name pydantic keeps, such as model_config)."""
+    return {field.alias or name: name for name, field in schema.model_fields.items()}
+
+
+def _without_none(annotation: Any) -> Any:
+    options = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return options[0] if typing.get_origin(annotation) in (Union, types.UnionType) and len(options) == 1 else annotation
+
+
+def _schema_in(annotation: Any) -> type[BaseModel] | None:
+    annotation = _without_none(annotation)
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
 def _type_name(tp: Any) -> str:
@@ -135,89 +231,41 @@ def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(tp)))
     if origin is not None:
         return origin.__name__
     return getattr(tp, "__name__", str(tp))
-
-
-def _convert(value: Any, tp: Any, where: str) -> Any:
-    """Check `value` against the annotation `tp` and return it in that type."""
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        for option in typing.get_args(tp):
-            try:
-                return _convert(value, option, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}.")
-    if tp is type(None):
-        if value is None:
-            return None
-        raise ConfigError(f"{where}: expected null, got {value!r}.")
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} keys, got {value!r}.")
-        return build_dataclass(tp, value, where)
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}.")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}.")
-        (item_type,) = typing.get_args(tp) or (Any,)
-        if item_type is Any:
-            return value
-        return [_convert(item, item_type, f"{where}[{i}]") for i, item in enumerate(value)]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    else:
-        raise TypeError(f"schema type {tp} at {where} is not supported")
-    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}.")
-
-
-def build_dataclass(cls: type, values: dict[str, Any], where: str = "") -> Any:
-    """Type-check a resolved mapping against dataclass `cls`, rejecting unknown keys by name."""
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("derived")}
-    prefix = f"{where}." if where else ""
-    for key in values:
-        if key not in fields:
-            raise ConfigError(f"unknown key '{prefix}{key}'.{nearest(key, fields, prefix)}")
-    kwargs = {}
-    for name, f in fields.items():
-        if name in values:
-            kwargs[name] = _convert(values[name], hints[name], f"{prefix}{name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"missing required key '{prefix}{name}' ({_type_name(hints[name])}).")
-    return cls(**kwargs)
 
 
 # --------------------------------------------------------------------------- loading
 
 
 def read_yaml(yaml_path: str | os.PathLike, overrides: list[str] | None = None) -> dict[str, Any]:
-    """YAML + dotlist overrides, with run_name (default: $COMPOSER_RUN_NAME or the file's stem) and
+    """A recipe + dotlist overrides, with run_name (default: $COMPOSER_RUN_NAME or the file's stem) and
     run_folder (default: runs/<run_name>) filled in, interpolations resolved."""
-    path = Path(yaml_path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}. Recipes live under yamls/, e.g. yamls/demo.yaml.")
-    try:
-        cfg = OmegaConf.merge(OmegaConf.load(path), _parse_overrides(overrides or []))
+
+    def fill_run_names(cfg: DictConfig, path: Path) -> None:
         if cfg.get("run_name") is None:
             cfg.run_name = os.environ.get("COMPOSER_RUN_NAME") or path.stem
         if cfg.get("run_folder") is None:
             cfg.run_folder = f"runs/{cfg.run_name}"
+
+    return read_mapping(yaml_path, overrides, kind="config", fill=fill_run_names)
+
+
+def read_mapping(yaml_path: str | os.PathLike, overrides: list[str] | None = None, kind: str = "config",
+                 look_in: str = "Recipes live under yamls/, e.g. yamls/demo.yaml.", example: str = "max_duration=50ba",
+                 fill: Callable[[DictConfig, Path], None] | None = None) -> dict[str, Any]:
+    """A YAML mapping (a `kind` file: config, sweep) + dotlist overrides, `fill`ed, interpolations resolved;
+    a missing or malformed file, a bad override or a missing value is one ConfigError naming the file."""
+    path = Path(yaml_path)
+    if not path.is_file():
+        raise ConfigError(f"{kind} file not found: {path}. {look_in}")
+    try:
+        cfg = OmegaConf.merge(OmegaConf.load(path), _parse_overrides(overrides or [], example))
+        if fill is not None:
+            fill(cfg, path)
         resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as err:
         raise ConfigError(f"{path} leaves '{err.full_key}' to be set: add {err.full_key}=... on the command line.") from None
@@ -228,63 +276,24 @@ def read_yaml(yaml_path: str | os.PathLike, overrides: list[str] | None = None) 
         at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
         raise ConfigError(f"could not read {path}: malformed YAML{at}: {getattr(err, 'problem', None) or err}") from None
     if not isinstance(resolved, dict):
-        raise ConfigError(f"{path} must hold a mapping of config keys.")
+        raise ConfigError(f"{path} must hold a mapping of {kind} keys.")
     return resolved
 
 
 def load_config(yaml_path: str | os.PathLike, overrides: list[str] | None = None, world_size: int | None = None) -> TrainConfig:
     """Read, merge, resolve, type-check and finalize a training config. `world_size` checks the batch
     arithmetic for a launch elsewhere (a sweep planning Slurm jobs); by default this process's."""
-    config = build_dataclass(TrainConfig, read_yaml(yaml_path, overrides))
-    validate_registry_entries(config)
-    return finalize(config, world_size)
+    return finalize(build_config(TrainConfig, read_yaml(yaml_path, overrides)), world_size)
 
 
-def _parse_overrides(overrides: list[str]) -> Any:
+def _parse_overrides(overrides: list[str], example: str) -> Any:
     bad = [o for o in overrides if "=" not in o]
     if bad:
-        raise ConfigError(f"override '{bad[0]}' is not of the form key=value (e.g. max_duration=50ba).")
+        raise ConfigError(f"override '{bad[0]}' is not of the form key=value (e.g. {example}).")
     try:
         return OmegaConf.from_dotlist(overrides)
     except OmegaConfBaseException as err:
         raise ConfigError(f"could not parse overrides {overrides}: {err}") from None
-
-
-def split_named(entry: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]:
-    """`{name: x, **kwargs}` (model, optimizer, scheduler) -> (x, kwargs)."""
-    if "name" not in entry:
-        raise ConfigError(f"{where}: missing 'name' (the registered {where} to build).")
-    kwargs = dict(entry)
-    return kwargs.pop("name"), kwargs
-
-
-def named_entries(section: dict[str, Any] | None, where: str) -> list[tuple[str, dict[str, Any]]]:
-    """`{name: kwargs-or-null, ...}` (algorithms, callbacks, loggers) -> [(name, kwargs)]."""
-    entries = []
-    for name, kwargs in (section or {}).items():
-        if kwargs is None:
-            kwargs = {}
-        if not isinstance(kwargs, dict):
-            raise ConfigError(f"{where}.{name}: expected a mapping of arguments (or {{}}), got {kwargs!r}.")
-        entries.append((name, kwargs))
-    return entries
-
-
-def validate_registry_entries(config: TrainConfig) -> None:
-    # Importing the builders fills the registries.
-    import mosaicbert.builders  # noqa: F401
-    import mosaicbert.model  # noqa: F401
-
-    registry.models.validate(*split_named(config.model, "model"), "model")
-    registry.optimizers.validate(*split_named(config.optimizer, "optimizer"), "optimizer")
-    registry.schedulers.validate(*split_named(config.scheduler, "scheduler"), "scheduler")
-    for section, reg in (
-        ("algorithms", registry.algorithms),
-        ("callbacks", registry.callbacks),
-        ("loggers", registry.loggers),
-    ):
-        for name, kwargs in named_entries(getattr(config, section), section):
-            reg.validate(name, kwargs, f"{section}.{name}")
 
 
 # --------------------------------------------------------------------------- derived values
@@ -301,75 +310,14 @@ def cuda_available() -> bool:
 
 
 def finalize(config: TrainConfig, world_size: int | None = None) -> TrainConfig:
-    """Fill device-dependent defaults and check the batch arithmetic."""
+    """Fill the device-dependent defaults (reported by `describe_defaults`), check the batch arithmetic for
+    `world_size` (default: this process's), the loaders, and the time settings. Not a pydantic validator:
+    it probes the machine (CUDA) and the launch (world size), which are not properties of the YAML."""
     filled: dict[str, Any] = {}
-    if config.device is None:
-        config.device = "gpu" if cuda_available() else "cpu"
-        filled["device"] = config.device
-    if config.device not in ("cpu", "gpu"):
-        raise ConfigError(f"device: expected 'cpu' or 'gpu', got '{config.device}'.")
-    if config.device == "gpu" and not cuda_available():
-        raise ConfigError("device=gpu but CUDA is not available here; use device=cpu (or leave it unset).")
-
-    if config.precision is None:
-        from mosaicbert.precision import default_gpu_precision  # torch, imported only when a config is finalised
-
-        config.precision, filled["precision"] = default_gpu_precision() if config.device == "gpu" else ("fp32",) * 2
-    elif config.precision not in GPU_PRECISIONS:
-        raise ConfigError(f"precision '{config.precision}' is unknown; use one of {', '.join(GPU_PRECISIONS)}.")
-    elif config.device == "cpu" and config.precision not in CPU_PRECISIONS:
-        # GPU recipes still run on a CPU for a smoke test; mixed precision does not exist there.
-        filled["precision"] = f"fp32 (the recipe's {config.precision} needs a GPU)"
-        config.precision = "fp32"
-
-    world = env_world_size() if world_size is None else world_size
-    config.world_size = world
-    if config.global_train_batch_size <= 0:
-        raise ConfigError("global_train_batch_size must be positive.")
-    if config.global_train_batch_size % world:
-        raise ConfigError(
-            f"global_train_batch_size={config.global_train_batch_size} is not divisible by the world size {world}."
-        )
-    device_batch = config.global_train_batch_size // world
-    config.device_train_batch_size = device_batch
-
-    micro = config.device_train_microbatch_size
-    if micro is None or (micro == "auto" and config.device == "cpu"):
-        micro = device_batch if config.device == "cpu" else "auto"
-        filled["device_train_microbatch_size"] = micro
-    elif isinstance(micro, str):
-        raise ConfigError(f"device_train_microbatch_size: expected an integer or 'auto', got '{micro}'.")
-    if isinstance(micro, int):
-        if micro <= 0:
-            raise ConfigError("device_train_microbatch_size must be positive.")
-        if device_batch % micro:
-            raise ConfigError(
-                f"global_train_batch_size={config.global_train_batch_size} is not divisible by "
-                f"world size {world} x device_train_microbatch_size {micro} = {world * micro}; "
-                f"pick a microbatch that divides the per-device batch of {device_batch}."
-            )
-    config.device_train_microbatch_size = micro
-
-    if config.device_eval_batch_size is None:
-        config.device_eval_batch_size = micro if isinstance(micro, int) else device_batch
-        filled["device_eval_batch_size"] = config.device_eval_batch_size
-
-    for name, loader in (("train_loader", config.train_loader), ("eval_loader", config.eval_loader)):
-        if loader is None:
-            continue
-        if not 0.0 < loader.mlm_probability < 1.0:
-            raise ConfigError(f"{name}.mlm_probability must lie in (0, 1), got {loader.mlm_probability}.")
-        if loader.local is None:
-            loader.local = config.data_local
-        if loader.remote is None:
-            loader.remote = config.data_remote
-        if loader.local is None and loader.remote is None:
-            raise ConfigError(f"{name}: set data_local (or {name}.local / {name}.remote) to the MDS dataset root.")
-        if loader.packing and config.model.get("name") != "mosaic_bert":
-            raise ConfigError(f"{name}.packing=true needs model.name=mosaic_bert: packed rows hold several documents, "
-                              f"which only MosaicBERT keeps apart; {config.model.get('name')} would attend across "
-                              f"them. Set {name}.packing=false.")
-
+    _fill_device_and_precision(config, filled)
+    _fill_batches(config, env_world_size() if world_size is None else world_size, filled)
+    for name in ("train_loader", "eval_loader"):
+        _fill_loader(config, name)
     check_compile_config(config.compile_config)
     if config.autoresume and config.save_folder is None:
         raise ConfigError("autoresume=true needs save_folder (where to look for the latest checkpoint).")
@@ -381,6 +329,72 @@ def finalize(config: TrainConfig, world_size: int | None = None) -> TrainConfig:
         check_length_schedule(config)
     config.filled_defaults = filled
     return config
+
+
+def _fill_device_and_precision(config: TrainConfig, filled: dict[str, Any]) -> None:
+    if config.device is None:
+        config.device = "gpu" if cuda_available() else "cpu"
+        filled["device"] = config.device
+    if config.device == "gpu" and not cuda_available():
+        raise ConfigError("device=gpu but CUDA is not available here; use device=cpu (or leave it unset).")
+    if config.precision is None:
+        from mosaicbert.precision import default_gpu_precision  # torch, imported only when a config is finalised
+
+        config.precision, filled["precision"] = default_gpu_precision() if config.device == "gpu" else ("fp32",) * 2
+    elif config.device == "cpu" and config.precision not in CPU_PRECISIONS:
+        # GPU recipes still run on a CPU for a smoke test; mixed precision does not exist there.
+        filled["precision"] = f"fp32 (the recipe's {config.precision} needs a GPU)"
+        config.precision = "fp32"
+
+
+def _fill_batches(config: TrainConfig, world: int, filled: dict[str, Any]) -> None:
+    """The per-device batch from the global one, the microbatch (the device batch on CPU, 'auto' on GPU by
+    default) dividing it, and the evaluation batch."""
+    config.world_size = world
+    if config.global_train_batch_size <= 0:
+        raise ConfigError("global_train_batch_size must be positive.")
+    if config.global_train_batch_size % world:
+        raise ConfigError(
+            f"global_train_batch_size={config.global_train_batch_size} is not divisible by the world size {world}."
+        )
+    device_batch = config.device_train_batch_size = config.global_train_batch_size // world
+    micro = config.device_train_microbatch_size
+    if micro is None or (micro == "auto" and config.device == "cpu"):
+        micro = device_batch if config.device == "cpu" else "auto"
+        filled["device_train_microbatch_size"] = micro
+    elif isinstance(micro, str) and micro != "auto":
+        raise ConfigError(f"device_train_microbatch_size: expected an integer or 'auto', got '{micro}'.")
+    if isinstance(micro, int):
+        if micro <= 0:
+            raise ConfigError("device_train_microbatch_size must be positive.")
+        if device_batch % micro:
+            raise ConfigError(
+                f"global_train_batch_size={config.global_train_batch_size} is not divisible by "
+                f"world size {world} x device_train_microbatch_size {micro} = {world * micro}; "
+                f"pick a microbatch that divides the per-device batch of {device_batch}."
+            )
+    config.device_train_microbatch_size = micro
+    if config.device_eval_batch_size is None:
+        config.device_eval_batch_size = micro if isinstance(micro, int) else device_batch
+        filled["device_eval_batch_size"] = config.device_eval_batch_size
+
+
+def _fill_loader(config: TrainConfig, name: str) -> None:
+    """A loader's data from the top-level data_local/data_remote where it names none; packing only where the
+    model keeps packed documents apart."""
+    loader = getattr(config, name)
+    if loader is None:
+        return
+    if loader.local is None:
+        loader.local = config.data_local
+    if loader.remote is None:
+        loader.remote = config.data_remote
+    if loader.local is None and loader.remote is None:
+        raise ConfigError(f"{name}: set data_local (or {name}.local / {name}.remote) to the MDS dataset root.")
+    if loader.packing and config.model.get("name") != "mosaic_bert":
+        raise ConfigError(f"{name}.packing=true needs model.name=mosaic_bert: packed rows hold several documents, "
+                          f"which only MosaicBERT keeps apart; {config.model.get('name')} would attend across "
+                          f"them. Set {name}.packing=false.")
 
 
 # Hours, minutes and seconds, alone or in that order: 2h, 1.5h, 90m, 30min, 45s, 7200sec, 1h30m.
@@ -546,4 +560,4 @@ def describe_defaults(config: TrainConfig) -> str:
 
 
 def to_dict(config: TrainConfig) -> dict[str, Any]:
-    return dataclasses.asdict(config)
+    return config.model_dump()

@@ -1,12 +1,14 @@
 """Errors that carry a message meant for the person running the recipe.
 
-Entry scripts catch `UserError`, print its message once and exit non-zero; anything
+Entry scripts catch `UserError` (`entry_point`), print its message once and exit 2; anything
 else is a bug and keeps its traceback.
 """
 
 import difflib
+import functools
 import signal
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
 
 
 class UserError(Exception):
@@ -19,10 +21,6 @@ class ConfigError(UserError):
 
 class DataNotFoundError(UserError):
     """A dataset folder the config points at does not exist."""
-
-
-# In a checkpoint folder: the names of the checkpoints saved on a signal (off the save interval), one per line.
-SIGNAL_CHECKPOINTS = "signal-checkpoints.txt"
 
 
 class Interrupted(Exception):
@@ -48,3 +46,27 @@ def nearest(name: str, candidates: Iterable[str], prefix: str = "") -> str:
     """A ' Did you mean ...?' hint naming the closest valid spelling (after `prefix`), or ''."""
     match = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.5)
     return f" Did you mean '{prefix}{match[0]}'?" if match else ""
+
+
+def entry_point(name: str | None = None) -> Callable[[Callable[..., int | None]], Callable[..., int]]:
+    """Decorates an entry script's `main`, whose int is the exit status (0 for anything else): a UserError
+    becomes one `error: ...` line on stderr and exit status 2; a stop on a signal (Interrupted, Stopped)
+    its message, prefixed `[name]`, and 128 + the signal number. Anything else is a bug and keeps its
+    traceback."""
+
+    def decorate(main: Callable[..., int | None]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def run(*args, **kwargs) -> int:
+            try:
+                code = main(*args, **kwargs)
+                return code if isinstance(code, int) else 0
+            except UserError as err:
+                print(f"error: {err}", file=sys.stderr, flush=True)
+                return 2
+            except (Interrupted, Stopped) as stop:
+                print(f"[{name}] {stop}" if name else str(stop), file=sys.stderr, flush=True)
+                return 128 + stop.signum
+
+        return run
+
+    return decorate

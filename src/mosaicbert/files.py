@@ -1,4 +1,5 @@
-"""Result files that are never half-written: a reader sees the old file or the whole new one."""
+"""Result files that are never half-written (a reader sees the old file or the whole new one), and the
+names of files that one package writes and another reads."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO, Any
+
+# In a checkpoint folder (callbacks/checkpoint_on_signal.py writes it, sweep/evaluate.py reads it): the names
+# of the checkpoints saved on a signal, off the save interval, one per line.
+SIGNAL_CHECKPOINTS = "signal-checkpoints.txt"
 
 
 def write_json_atomically(path: str | os.PathLike, payload: Any) -> None:

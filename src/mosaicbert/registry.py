@@ -70,6 +70,29 @@ class Registry:
         return constructor(**provided, **kwargs)
 
 
+# How YAML writes registry entries -------------------------------------------------
+
+
+def split_named(entry: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]:
+    """`{name: x, **kwargs}` (model, optimizer, scheduler) -> (x, kwargs)."""
+    if "name" not in entry:
+        raise ConfigError(f"{where}: missing 'name' (the registered {where} to build).")
+    kwargs = dict(entry)
+    return kwargs.pop("name"), kwargs
+
+
+def named_entries(section: dict[str, Any] | None, where: str) -> list[tuple[str, dict[str, Any]]]:
+    """`{name: kwargs-or-null, ...}` (algorithms, callbacks, loggers) -> [(name, kwargs)]."""
+    entries = []
+    for name, kwargs in (section or {}).items():
+        if kwargs is None:
+            kwargs = {}
+        if not isinstance(kwargs, dict):
+            raise ConfigError(f"{where}.{name}: expected a mapping of arguments (or {{}}), got {kwargs!r}.")
+        entries.append((name, kwargs))
+    return entries
+
+
 models = Registry("model")
 optimizers = Registry("optimizer")
 schedulers = Registry("scheduler")

@@ -80,6 +80,34 @@ def run_case(models: list[str], dims: dict, profile: LengthProfile, *, batch_siz
     masked_tokens = sum(int((b["labels"] != -100).sum()) for b in batches)
     on_device = [{k: v.to(device) for k, v in b.items()} for b in batches]
 
+    contenders = build_contenders(models, dims, vocab_size, seq_len, device, autocast_dtype, batches, on_device,
+                                  compile_models=compile_models, packing=packing, seed=seed)
+    progress(f"case {profile.name}: {len(batches)} batches of {batch_size} x {seq_len}, "
+             f"{padding:.1%} padding")
+    results = {c.key: measure_untimed(c, warmup, device, with_flops, ops_folder, profile.name) for c in contenders}
+    time_rounds(contenders, rounds, device, progress)
+    add_timings(results, contenders, real_tokens, len(batches), peak_flops)
+    case = {
+        "lengths": profile.name,
+        "lengths_source": profile.source,
+        "padding_fraction": padding,
+        "distribution_padding_fraction": profile.padding_fraction(seq_len),
+        "masked_fraction_of_real": masked_tokens / real_tokens,
+        "real_tokens_per_round": real_tokens,
+        "batches_per_round": len(batches),
+        "rounds": rounds,
+        "models": results,
+    }
+    if packing:
+        case["packing_statistics"] = packing_statistics(profile, batch_size, seq_len, vocab_size, seed)
+    return case
+
+
+def build_contenders(models: list[str], dims: dict, vocab_size: int, seq_len: int, device: torch.device,
+                     autocast_dtype: torch.dtype | None, batches: list[dict], on_device: list[dict], *,
+                     compile_models: bool, packing: bool, seed: int) -> list[Contender]:
+    """Every model (each also compiled, with `compile_models`; MosaicBERT also on packed rows, with `packing`),
+    each built from the same seed."""
     variants = [(name, compiled, False) for name in models for compiled in ([False, True] if compile_models else [False])]
     if packing and "mosaicbert" in models:
         variants.append(("mosaicbert", False, True))
@@ -95,26 +123,31 @@ def run_case(models: list[str], dims: dict, profile: LengthProfile, *, batch_siz
             case_batches = [{k: v.to(device) for k, v in pack_batch(b).items()} for b in batches]
             key, note = f"{name}+packing", note + "; each batch's documents packed into rows (best fit)"
         contenders.append(Contender(key, model, note, autocast_dtype, case_batches))
+    return contenders
 
-    progress(f"case {profile.name}: {len(batches)} batches of {batch_size} x {seq_len}, "
-             f"{padding:.1%} padding")
-    results = {}
-    for contender in contenders:
-        for _ in range(warmup):  # allocations, kernel choice, compilation
-            for batch in contender.batches:
-                contender.step(batch)
-        flops = count_flops(contender) if with_flops and flop_twin(contender.key) is None else None
-        # Memory follows the real tokens for MosaicBERT: profile the batch with the most.
-        largest = max(contender.batches, key=count_real_tokens)
-        ops, transient = profile_step(contender, largest, device)
-        if ops_folder is not None:
-            ops_folder.mkdir(parents=True, exist_ok=True)
-            (ops_folder / f"ops-{profile.name}-{contender.key}.txt").write_text(ops)
-        results[contender.key] = {"note": contender.note, "parameters": contender.parameters, "flops_per_round": flops,
-                                  "rows_per_round": sum(b["input_ids"].shape[0] for b in contender.batches),
-                                  "peak_memory_bytes": resident_bytes(contender) + transient}
-    time_rounds(contenders, rounds, device, progress)
 
+def measure_untimed(contender: Contender, warmup: int, device: torch.device, with_flops: bool, ops_folder: Path | None,
+                    case_name: str) -> dict:
+    """After `warmup` rounds: the contender's FLOPs per round (unless a twin's stand in), parameters and peak memory,
+    and its per-op profile in `ops_folder`."""
+    for _ in range(warmup):  # allocations, kernel choice, compilation
+        for batch in contender.batches:
+            contender.step(batch)
+    flops = count_flops(contender) if with_flops and flop_twin(contender.key) is None else None
+    # Memory follows the real tokens for MosaicBERT: profile the batch with the most.
+    largest = max(contender.batches, key=count_real_tokens)
+    ops, transient = profile_step(contender, largest, device)
+    if ops_folder is not None:
+        ops_folder.mkdir(parents=True, exist_ok=True)
+        (ops_folder / f"ops-{case_name}-{contender.key}.txt").write_text(ops)
+    return {"note": contender.note, "parameters": contender.parameters, "flops_per_round": flops,
+            "rows_per_round": sum(b["input_ids"].shape[0] for b in contender.batches),
+            "peak_memory_bytes": resident_bytes(contender) + transient}
+
+
+def add_timings(results: dict, contenders: list[Contender], real_tokens: int, num_batches: int, peak_flops: float) -> None:
+    """Each contender's step times, throughput and MFU from its timed rounds, and its speed against the baseline's,
+    per round too (rounds interleave the models, so each gives a paired ratio under the same machine load)."""
     for contender in contenders:
         entry = results[contender.key]
         seconds = contender.round_seconds
@@ -122,9 +155,9 @@ def run_case(models: list[str], dims: dict, profile: LengthProfile, *, batch_siz
         flops = entry["flops_per_round"] or results.get(flop_twin(contender.key), {}).get("flops_per_round")
         entry.update({
             "flops_per_round": flops,
-            "step_seconds": {"median": median / len(batches), "p25": percentile(seconds, 25) / len(batches),
-                             "p75": percentile(seconds, 75) / len(batches), "min": min(seconds) / len(batches),
-                             "max": max(seconds) / len(batches)},
+            "step_seconds": {"median": median / num_batches, "p25": percentile(seconds, 25) / num_batches,
+                             "p75": percentile(seconds, 75) / num_batches, "min": min(seconds) / num_batches,
+                             "max": max(seconds) / num_batches},
             "tokens_per_second": real_tokens / median,
             "tokens_per_second_range": [real_tokens / max(seconds), real_tokens / min(seconds)],
             "flops_per_real_token": flops / real_tokens if flops else None,
@@ -135,22 +168,7 @@ def run_case(models: list[str], dims: dict, profile: LengthProfile, *, batch_siz
         for contender in contenders:
             entry = results[contender.key]
             entry["vs_baseline"] = entry["tokens_per_second"] / results[BASELINE]["tokens_per_second"]
-            # Rounds interleave the models, so each round gives a paired ratio under the same machine load.
             entry["vs_baseline_per_round"] = [b / c for b, c in zip(baseline.round_seconds, contender.round_seconds)]
-    case = {
-        "lengths": profile.name,
-        "lengths_source": profile.source,
-        "padding_fraction": padding,
-        "distribution_padding_fraction": profile.padding_fraction(seq_len),
-        "masked_fraction_of_real": masked_tokens / real_tokens,
-        "real_tokens_per_round": real_tokens,
-        "batches_per_round": len(batches),
-        "rounds": rounds,
-        "models": results,
-    }
-    if packing:
-        case["packing_statistics"] = packing_statistics(profile, batch_size, seq_len, vocab_size, seed)
-    return case
 
 
 def flop_twin(key: str) -> str | None:

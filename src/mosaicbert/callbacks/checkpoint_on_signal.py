@@ -21,7 +21,8 @@ from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import dist
 
-from mosaicbert.errors import SIGNAL_CHECKPOINTS, Interrupted
+from mosaicbert.errors import Interrupted
+from mosaicbert.files import SIGNAL_CHECKPOINTS
 
 
 class CheckpointOnSignal(Callback):

@@ -86,7 +86,9 @@ class PackingCollator:
 
 
 def count_documents(batch: dict[str, torch.Tensor]) -> int:
-    """Documents in a (packed or plain) batch: the runs of one mask value in each row."""
-    from mosaicbert.model.modeling_mosaicbert import unpad
-
-    return unpad(batch["attention_mask"]).batch_size
+    """Documents in a (packed or plain) batch: the runs of one non-zero mask value in each row (rows fill from
+    the left, so padding never splits a document)."""
+    mask = batch["attention_mask"]
+    changes = torch.ones_like(mask, dtype=torch.bool)
+    changes[:, 1:] = mask[:, 1:] != mask[:, :-1]
+    return int(((mask != 0) & changes).sum())

@@ -46,13 +46,17 @@ live run looked at stay until that run ends too: kept too long, never removed to
 
 from __future__ import annotations
 
+import atexit
 import fcntl
+import gc
 import os
 import re
 from pathlib import Path
 from tempfile import gettempdir
+from typing import Any
 
 from streaming.base.constant import BARRIER_FILELOCK, CACHE_FILELOCK, SHM_TO_CLEAN
+from streaming.base.shared.memory import SharedMemory
 
 SHM_DIR = Path("/dev/shm")
 PROC = Path("/proc")
@@ -161,3 +165,27 @@ def open_files(process: str, inodes: set[int]) -> set[FileId]:
         if info.st_ino in inodes:
             found.add((info.st_dev, info.st_ino))
     return found
+
+
+def streaming_handles() -> list[Any]:
+    """Every Streaming shared-memory handle alive in this process (found through the garbage collector: the
+    handles that matter are referenced only by Streaming's atexit registration)."""
+    # type(), not isinstance(): isinstance consults __class__, which some objects (torch's deprecated
+    # module attributes) answer with a warning.
+    return [obj for obj in gc.get_objects() if type(obj) is SharedMemory]
+
+
+def block_prefix(handle: Any) -> int | None:
+    """The prefix number of the block a handle is on (`/000003_locals` -> 3)."""
+    block = getattr(getattr(handle, "shm", None), "name", "") or ""
+    prefix = block.lstrip("/").split("_", 1)[0]
+    return int(prefix) if prefix.isdigit() else None
+
+
+def release(handle: Any) -> None:
+    """Close a handle now (and unlink its block if this process created it) instead of at exit."""
+    atexit.unregister(handle.cleanup)
+    try:
+        handle.cleanup()
+    except BufferError:  # a view on the block is still alive somewhere: leave it to process exit
+        atexit.register(handle.cleanup)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
-import gc
 import json
 import logging
 import signal
@@ -12,10 +10,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from composer.core import Callback, DataSpec, State
-from composer.loggers import Logger
+from composer.core import DataSpec
 from streaming import StreamingDataset
-from streaming.base.shared.memory import SharedMemory
 from torch.utils.data import DataLoader
 
 from mosaicbert.config import LoaderConfig
@@ -23,6 +19,7 @@ from mosaicbert.data.length_schedule import LengthSchedule
 from mosaicbert.data.mlm import MLMCollator
 from mosaicbert.data.packing import PackingCollator, count_documents
 from mosaicbert.data.remote import RemoteStream, ReportsFailedDownloads
+from mosaicbert.data.shared_memory import block_prefix, release, streaming_handles
 from mosaicbert.errors import DataNotFoundError, UserError
 
 PREP_INFO = "mosaicbert_prep.json"  # written by data_prep next to index.json
@@ -128,62 +125,6 @@ class StreamingTextDataset(ReportsFailedDownloads):
         attention_mask = torch.zeros(self.max_seq_len, dtype=torch.long)
         attention_mask[: len(tokens)] = 1
         return {"input_ids": input_ids, "token_type_ids": torch.zeros_like(input_ids), "attention_mask": attention_mask}
-
-
-class ReleaseStreamingResources(Callback):
-    """Frees what the run's StreamingDatasets hold when the trainer closes, not at process exit.
-
-    - Shared memory: Streaming registers every shared-memory handle it creates or opens with `atexit`, which
-      keeps the block, its mapping and a file descriptor alive until the process ends, however long ago its
-      dataset was done with; some handles (those a later dataset opens to check which name prefixes are taken)
-      are referenced by nothing else. Every handle on a block of this run's datasets is closed (and the
-      blocks this process created are unlinked).
-    - Threads: each dataset keeps a thread pool for its prepare and ready threads after iteration ends.
-    - Lock files: each dataset leaves two in the temporary folder.
-    A process that trains more than once (GLUE with EarlyBERT, a notebook, tests) gathered 36 descriptors,
-    12 /dev/shm entries, 4 threads and 4 lock files per run before this (tests/test_soak.py)."""
-
-    def __init__(self, datasets: list[Any]):
-        self.datasets = [d for d in datasets if isinstance(d, StreamingDataset)]
-
-    def close(self, state: State, logger: Logger) -> None:
-        for dataset in self.datasets:
-            if hasattr(dataset, "_event"):
-                dataset._event.set()  # the prepare and ready threads of an unfinished epoch end their loops
-            if hasattr(dataset, "_executor"):
-                dataset._executor.shutdown(wait=True, cancel_futures=True)
-                del dataset._executor  # a later iteration would make a new pool
-        prefixes = {dataset._shm_prefix_int for dataset in self.datasets}
-        for dataset in self.datasets:  # the lock files beside the blocks ({prefix}_barrier_filelock, ...)
-            for lock in Path(dataset._filelock_root).glob(f"{dataset._shm_prefix_int:06}_*filelock"):
-                lock.unlink(missing_ok=True)
-        for handle in streaming_handles():
-            if block_prefix(handle) in prefixes:
-                release(handle)
-
-
-def streaming_handles() -> list[Any]:
-    """Every Streaming shared-memory handle alive in this process (found through the garbage collector: the
-    handles that matter are referenced only by Streaming's atexit registration)."""
-    # type(), not isinstance(): isinstance consults __class__, which some objects (torch's deprecated
-    # module attributes) answer with a warning.
-    return [obj for obj in gc.get_objects() if type(obj) is SharedMemory]
-
-
-def block_prefix(handle: Any) -> int | None:
-    """The prefix number of the block a handle is on (`/000003_locals` -> 3)."""
-    block = getattr(getattr(handle, "shm", None), "name", "") or ""
-    prefix = block.lstrip("/").split("_", 1)[0]
-    return int(prefix) if prefix.isdigit() else None
-
-
-def release(handle: Any) -> None:
-    """Close a handle now (and unlink its block if this process created it) instead of at exit."""
-    atexit.unregister(handle.cleanup)
-    try:
-        handle.cleanup()
-    except BufferError:  # a view on the block is still alive somewhere: leave it to process exit
-        atexit.register(handle.cleanup)
 
 
 def count_real_tokens(batch: dict[str, torch.Tensor]) -> int:

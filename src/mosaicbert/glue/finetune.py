@@ -1,4 +1,5 @@
-"""One job's work, in its own process (glue/job.py): load the start, fine-tune, score dev, save predictions.
+"""One job's work, in its own process (`python -m mosaicbert.glue.finetune <job.json>`; the job is glue/job.py):
+load the start, fine-tune, score dev, save predictions.
 
 A GLUE task and an own task (glue/own_task.py) look alike here: both say their kind, labels, metrics and
 splits. Sentence tasks (classification, multi-label, regression) and token classification differ in their
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 import time
 from typing import Any
 
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 from composer.models import ComposerModel
 
+from mosaicbert.errors import entry_point
 from mosaicbert.files import write_json_atomically, write_text_atomically
 from mosaicbert.glue import data, own_task, tagging
 from mosaicbert.glue.job import Job, fp32_attention, job_task, job_to_json, predictions_path, resolve_precision
@@ -256,3 +259,16 @@ def run(job: Job) -> dict[str, Any]:
         result.update(earlybert=earlybert, earlybert_draw_step=earlybert["draw_step"])
     write_json_atomically(job.result_path, result)
     return result
+
+
+@entry_point()
+def main() -> int:
+    with open(sys.argv[1], encoding="utf-8") as f:
+        job = Job(**json.load(f))
+    result = run(job)
+    print(json.dumps(result["metrics"]), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

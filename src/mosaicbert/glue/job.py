@@ -1,6 +1,6 @@
 """One fine-tuning job (a task and a seed): its specification; the work is glue/finetune.py.
 
-The runner starts each job as its own process, `python -m mosaicbert.glue.job <job.json>`, with
+The runner starts each job as its own process, `python -m mosaicbert.glue.finetune <job.json>`, with
 its output going to the job's log: a crash or out-of-memory error ends that job only, and
 every job starts from a clean slate.
 """
@@ -8,9 +8,7 @@ every job starts from a clean slate.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,25 +87,5 @@ def predictions_path(result_path: str, split: str) -> str:
     return f"{os.path.splitext(result_path)[0]}-{split}-predictions.jsonl"
 
 
-def main() -> int:
-    with open(sys.argv[1], encoding="utf-8") as f:
-        job = Job(**json.load(f))
-    from mosaicbert.errors import UserError
-
-    from mosaicbert.glue.finetune import run
-
-    try:
-        result = run(job)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return 2
-    print(json.dumps(result["metrics"]), flush=True)
-    return 0
-
-
 def job_to_json(job: Job) -> dict[str, Any]:
     return dataclasses.asdict(job)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

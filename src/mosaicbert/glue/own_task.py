@@ -23,13 +23,13 @@ import csv
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import Field
 
-from mosaicbert.config import build_dataclass
+from mosaicbert.config import Schema, build_config
 from mosaicbert.errors import ConfigError, UserError, nearest
 from mosaicbert.glue import tagging
 from mosaicbert.glue.data import TRUNCATION_SIDES, Examples
@@ -44,8 +44,7 @@ HYPERPARAMETER_KEYS = ("lr", "weight_decay", "batch_size", "epochs", "seeds", "m
 TABLE_FORMATS = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 
 
-@dataclass
-class OwnTask:
+class OwnTask(Schema):
     """A task's definition as the YAML gives it; `labels` and `metrics` are filled in when it is resolved."""
 
     name: str = ""
@@ -69,7 +68,7 @@ class OwnTask:
     batch_size: int | None = None
     epochs: int | None = None
     seeds: list[int] | None = None
-    files: dict[str, Any] = field(default_factory=dict)  # not a YAML key: resolved paths, for the result cache
+    files: dict[str, Any] = Field(default_factory=dict)  # not a YAML key: resolved paths, for the result cache
 
     # The interface the harness shares with GLUE's Task.
     @property
@@ -124,7 +123,7 @@ def definitions(config) -> dict[str, OwnTask]:
         if not isinstance(value, dict):
             raise ConfigError(f"own_tasks.{name} must be a task definition (kind, train, dev, ...) or the path of a "
                               "YAML file holding one.")
-        task = build_dataclass(OwnTask, {**value, "name": name}, where)
+        task = build_config(OwnTask, {**value, "name": name}, where)
         _check_keys(task, where)
         tasks[name] = task
     return tasks
@@ -189,12 +188,12 @@ def resolve(task: OwnTask) -> OwnTask:
     else:
         train_labels = [v for v in read_table(task, "train")[1][task.label] if not _missing(v)]
         labels = None if task.kind == "regression" else (task.labels or _dataset_classes(task) or _label_set(task, train_labels))
-        resolved = OwnTask(**{**asdict(task), "labels": labels})
+        resolved = OwnTask(**{**task.model_dump(), "labels": labels})
         for split in SPLITS:
             if getattr(task, split):
                 load_examples(resolved, split)  # raises on a label outside the set, a non-number, ...
     _check_label_count(task, labels, metrics)
-    return OwnTask(**{**asdict(task), "labels": labels, "metrics": metrics, "files": files})
+    return OwnTask(**{**task.model_dump(), "labels": labels, "metrics": metrics, "files": files})
 
 
 def _check_label_count(task: OwnTask, labels: list[str] | None, metrics: list[str]) -> None:
@@ -210,7 +209,7 @@ def _check_label_count(task: OwnTask, labels: list[str] | None, metrics: list[st
 def job_definition(task: OwnTask) -> dict[str, Any]:
     """What a job carries of its task (`Job.own_task`): the definition without the hyperparameters it holds itself
     (and without the default truncation, so results from before it existed are still this job's)."""
-    definition = {key: value for key, value in asdict(task).items() if key not in HYPERPARAMETER_KEYS}
+    definition = {key: value for key, value in task.model_dump().items() if key not in HYPERPARAMETER_KEYS}
     if definition["truncation"] == "head":
         del definition["truncation"]
     return definition

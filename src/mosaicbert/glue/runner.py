@@ -18,7 +18,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from mosaicbert.errors import Stopped, UserError
+from mosaicbert.errors import Stopped, UserError, entry_point
 from mosaicbert.glue.config import GlueConfig, hyperparameters
 from mosaicbert.files import write_json_atomically
 from mosaicbert.glue.job import Job, job_task, predictions_path, resolve_precision
@@ -63,7 +63,7 @@ def make_jobs(config: GlueConfig, tasks: list[str], start: str, keep_models: set
         kind = definition.kind if definition else TASKS[task].kind
         for seed in hp.seeds:
             job = Job(
-                task=task, seed=seed, start=start, model_name=config.model_name, model_config=config.model_config,
+                task=task, seed=seed, start=start, model_name=config.model_name, model_config=config.architecture,
                 tokenizer_name=config.tokenizer_name, max_seq_len=(definition and definition.max_seq_len) or config.max_seq_len,
                 data_source=config.data_source,
                 data_local=config.data_local, lr=hp.lr, weight_decay=hp.weight_decay, batch_size=hp.batch_size,
@@ -145,7 +145,7 @@ def check_earlybert_start(config: GlueConfig) -> None:
     if config.protocol == "paper" and config.round_2_start and any(t in config.tasks for t in ROUND_2):
         starts["round_2_start"] = config.round_2_start
     for key, path in starts.items():
-        config_dict, _ = read_start(path, config.model_config)
+        config_dict, _ = read_start(path, config.architecture)
         refuse_search_on_pruned(MosaicBertConfig.from_dict(config_dict), f"{key} {path}")
 
 
@@ -230,7 +230,7 @@ def _launch(job: Job, slot: str | None, children: ChildProcesses) -> tuple[subpr
     if slot is not None:
         env["CUDA_VISIBLE_DEVICES"] = slot
     try:
-        process = children.start([sys.executable, "-m", "mosaicbert.glue.job", str(spec)], stdout=log,
+        process = children.start([sys.executable, "-m", "mosaicbert.glue.finetune", str(spec)], stdout=log,
                                  stderr=subprocess.STDOUT, env=env)
     except BaseException:
         log.close()
@@ -345,7 +345,7 @@ def check_position_table(config: GlueConfig) -> None:
 
     if config.model_name != "hf_bert":
         return
-    table = start_position_table(config.starting_checkpoint, config.model_config)
+    table = start_position_table(config.starting_checkpoint, config.architecture)
     lengths = {"max_seq_len": config.max_seq_len}
     lengths.update({f"own_tasks.{name}.max_seq_len": task.max_seq_len
                     for name, task in definitions(config).items() if task.max_seq_len and name in config.tasks})
@@ -366,6 +366,7 @@ def submission_folder(argv: list[str]) -> tuple[list[str], Path | None]:
     return argv[:at] + argv[at + 2:], Path(argv[at + 1])
 
 
+@entry_point("glue")
 def main(argv: list[str] | None = None) -> int:
     from mosaicbert.glue.config import load_glue_config
 
@@ -373,15 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0 if argv else 2
-    try:
-        argv, submission = submission_folder(argv)
-        config = load_glue_config(argv[0], argv[1:])
-        check_starts(config)
-        report = run_glue(config, submission)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return 2
-    except Stopped as stop:
-        print(f"[glue] {stop}", file=sys.stderr, flush=True)
-        return 128 + stop.signum
+    argv, submission = submission_folder(argv)
+    config = load_glue_config(argv[0], argv[1:])
+    check_starts(config)
+    report = run_glue(config, submission)
     return 0 if all(row["status"] == "ok" for row in report["jobs"]) else 1

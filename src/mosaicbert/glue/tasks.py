@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from pydantic import Field
+
+from mosaicbert.config import Schema
+
 PAPER_SEEDS_5 = (19, 8364, 717, 10536, 90166)
 
 
@@ -113,23 +117,26 @@ ROUND_1 = ("mnli", "qnli", "qqp", "sst2", "cola")
 ROUND_2 = ("rte", "mrpc", "stsb")  # start from the fine-tuned MNLI model in the paper protocol
 
 
-@dataclass
-class Hyperparameters:
+class Hyperparameters(Schema):
     lr: float
     weight_decay: float  # decoupled (Composer DecoupledAdamW): torch AdamW's value times lr
     batch_size: int
     epochs: int
-    seeds: list[int] = field(default_factory=lambda: [19])
+    seeds: list[int] = Field(default_factory=lambda: [19])
 
 
-# The MosaicBERT paper's per-task settings (mosaicml/examples finetuning_jobs.py; mosaicbert-recipe.md 5).
+# The MosaicBERT paper's per-task settings (mosaicml/examples finetuning_jobs.py; mosaicbert-recipe.md 5):
+# lr, weight decay, batch size, epochs, seeds.
 PAPER: dict[str, Hyperparameters] = {
-    "mnli": Hyperparameters(5e-5, 5e-6, 48, 3, [19]),
-    "qnli": Hyperparameters(1e-5, 1e-6, 16, 10, [19]),
-    "qqp": Hyperparameters(3e-5, 3e-6, 16, 5, [19]),
-    "sst2": Hyperparameters(3e-5, 3e-6, 16, 3, [19, 8364, 717]),
-    "cola": Hyperparameters(5e-5, 5e-6, 32, 10, [19, 8364, 717, 10536]),
-    "rte": Hyperparameters(1e-5, 1e-5, 16, 3, list(PAPER_SEEDS_5)),
-    "mrpc": Hyperparameters(8e-5, 8e-6, 32, 10, list(PAPER_SEEDS_5)),
-    "stsb": Hyperparameters(3e-5, 3e-6, 32, 10, list(PAPER_SEEDS_5)),
+    task: Hyperparameters(lr=lr, weight_decay=decay, batch_size=batch, epochs=epochs, seeds=list(seeds))
+    for task, (lr, decay, batch, epochs, seeds) in {
+        "mnli": (5e-5, 5e-6, 48, 3, [19]),
+        "qnli": (1e-5, 1e-6, 16, 10, [19]),
+        "qqp": (3e-5, 3e-6, 16, 5, [19]),
+        "sst2": (3e-5, 3e-6, 16, 3, [19, 8364, 717]),
+        "cola": (5e-5, 5e-6, 32, 10, [19, 8364, 717, 10536]),
+        "rte": (1e-5, 1e-5, 16, 3, PAPER_SEEDS_5),
+        "mrpc": (8e-5, 8e-6, 32, 10, PAPER_SEEDS_5),
+        "stsb": (3e-5, 3e-6, 32, 10, PAPER_SEEDS_5),
+    }.items()
 }

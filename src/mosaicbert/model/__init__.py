@@ -1,4 +1,8 @@
-"""Encoder models and their Composer wrappers, registered by name for `model: {name: ...}` in YAML."""
+"""The MosaicBERT encoder classes, registered with transformers' Auto classes.
+
+The Composer wrappers (composer.py) are registered for `model: {name: ...}` in YAML
+by builders.py, with every other registry entry.
+"""
 
 from transformers import (
     AutoConfig,
@@ -8,19 +12,13 @@ from transformers import (
     AutoModelForTokenClassification,
 )
 
-from mosaicbert import registry
 from mosaicbert.model.configuration_mosaicbert import MosaicBertConfig
-from mosaicbert.model.hf_bert import build_hf_bert
 from mosaicbert.model.modeling_mosaicbert import (
     MosaicBertForMaskedLM,
     MosaicBertForSequenceClassification,
     MosaicBertForTokenClassification,
     MosaicBertModel,
 )
-from mosaicbert.model.mosaic_bert import ComposerMosaicBert, build_mosaic_bert
-
-registry.models.register("hf_bert", build_hf_bert, provided=("tokenizer",))
-registry.models.register("mosaic_bert", build_mosaic_bert, provided=("tokenizer",))
 
 # transformers' Auto classes by the class each one builds for a MosaicBERT folder.
 AUTO_CLASSES = {
@@ -42,12 +40,9 @@ for _auto_class, _model_class in AUTO_CLASSES.items():
 
 __all__ = [
     "AUTO_CLASSES",
-    "ComposerMosaicBert",
     "MosaicBertConfig",
     "MosaicBertForMaskedLM",
     "MosaicBertForSequenceClassification",
     "MosaicBertForTokenClassification",
     "MosaicBertModel",
-    "build_hf_bert",
-    "build_mosaic_bert",
 ]

@@ -30,11 +30,13 @@ from typing import Any
 import torch
 from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertForTokenClassification
 
-from mosaicbert.errors import UserError
+from mosaicbert.data.tokenizer import padded_vocab_size
+from mosaicbert.errors import ConfigError, UserError, nearest
 from mosaicbert.model import original_layout
 from mosaicbert.model.configuration_mosaicbert import MosaicBertConfig
 from mosaicbert.model.modeling_mosaicbert import (MosaicBertForMaskedLM, MosaicBertForSequenceClassification,
                                                   MosaicBertForTokenClassification)
+from mosaicbert.model.pruning import FOLDED_INTO, column_scale
 
 log = logging.getLogger(__name__)
 MODEL_TYPES = {"mosaic_bert": "mosaic_bert", "hf_bert": "bert"}  # our registry name -> transformers model_type
@@ -103,6 +105,23 @@ def local_start(name_or_path: str) -> str:
     except Exception as err:  # huggingface_hub's errors for unknown repos, no network, gated access
         raise UserError(f"could not download {name_or_path} from the Hugging Face hub ({err.__class__.__name__}); "
                         "check the id, or download the folder once with network access and point at it.") from None
+
+
+def check_config_keys(model_config: dict[str, Any], config_class: type) -> None:
+    """model.model_config's keys must be fields of `config_class` (the nearest valid one is suggested)."""
+    valid = set(config_class().to_dict())
+    unknown = sorted(set(model_config) - valid)
+    if unknown:
+        raise ConfigError(f"model.model_config: {config_class.__name__} has no field '{unknown[0]}'."
+                          f"{nearest(unknown[0], valid)}")
+
+
+def with_vocab_size(model_config: dict[str, Any], tokenizer: Any, vocab_multiple: int) -> dict[str, Any]:
+    """A fresh model's config: vocab_size by default the tokenizer's size rounded up to `vocab_multiple`
+    (30522 -> 30528 at 64), and never below the tokenizer's."""
+    config = {"vocab_size": padded_vocab_size(len(tokenizer), vocab_multiple), **model_config}
+    check_vocabulary(config["vocab_size"], tokenizer)
+    return config
 
 
 def check_vocabulary(vocab_size: int, tokenizer: Any, pretrained_model_name: str | None = None,
@@ -182,13 +201,12 @@ def fold_search_coefficients(state: dict[str, torch.Tensor]) -> dict[str, torch.
     """A checkpoint taken during an EarlyBERT search still holds head and unit coefficients: scale the
     following projections by them (as the search did) so the encoder computes the same function."""
     state = dict(state)
-    for key in [k for k in state if k.endswith((".attention.head_coef", ".mlp.unit_coef"))]:
+    for key in [k for k in state if k.rsplit(".", 1)[-1] in FOLDED_INTO]:
         coef = state.pop(key)
-        prefix = key.rsplit(".", 1)[0]
-        target = f"{prefix}.dense.weight" if key.endswith("head_coef") else f"{prefix}.wo.weight"
+        prefix, name = key.rsplit(".", 1)
+        target = f"{prefix}.{FOLDED_INTO[name]}.weight"
         weight = state[target]
-        scale = coef.repeat_interleave(weight.shape[1] // coef.numel()).to(weight.dtype)
-        state[target] = weight * scale[None, :]
+        state[target] = weight * column_scale(coef, weight.shape[1]).to(weight.dtype)[None, :]
     return state
 
 

@@ -38,6 +38,9 @@ except ImportError:
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
+# Module state on purpose: the backend is chosen inside forward, which torch.compile traces. A set lookup is
+# something Dynamo guards on (once announced, no call is left); a functools.cache'd function it would trace
+# through on every compiled forward, logging call and all.
 _announced_backends: set[str] = set()
 
 
@@ -111,7 +114,7 @@ def alibi_slopes(num_heads: int) -> torch.Tensor:
     return torch.tensor(slopes, dtype=torch.float32)
 
 
-_compiled_flex = None
+_compiled_flex = None  # one per process, built on first use (a global for the same reason as above)
 FLEX_RECOMPILE_LIMIT = 128  # train/eval x bf16/fp32 x up to 12 head counts x one-block case = 96
 
 
@@ -334,92 +337,13 @@ class MosaicBertAttention(nn.Module):
 
     def forward(self, hidden: torch.Tensor, unpadded: Unpadded, subset_idx: torch.Tensor | None = None) -> torch.Tensor:
         qkv = self.Wqkv(hidden).view(-1, 3, self.num_heads, self.head_dim)
-        attention = {"flex": self._flex, "flash_attn": self._flash, "sdpa": self._sdpa}[unpadded.backend]
-        context = attention(qkv, unpadded)
+        context = ATTENTION_FUNCTIONS[unpadded.backend](self, qkv, unpadded)
         if self.head_coef is not None:
             # In the activations' dtype: fp32 coefficients would promote a bf16 search's activations to fp32.
             context = (context.view(-1, self.num_heads, self.head_dim) * self.head_coef.to(context.dtype)[:, None]).flatten(1)
         if subset_idx is not None:  # last layer: keys and values used every token; the rest runs on the subset
             context, hidden = context[subset_idx], hidden[subset_idx]
         return self.LayerNorm(self.dropout(self.dense(context)) + hidden)
-
-    def _flash(self, qkv: torch.Tensor, unpadded: Unpadded) -> torch.Tensor:
-        context = flash_attn_varlen_qkvpacked_func(
-            qkv,
-            unpadded.cu_seqlens,
-            unpadded.max_seqlen,
-            dropout_p=self.attention_dropout if self.training else 0.0,
-            alibi_slopes=self.alibi_slopes,
-        )
-        return context.reshape(qkv.shape[0], -1)
-
-    def _flex(self, qkv: torch.Tensor, unpadded: Unpadded) -> torch.Tensor:
-        """FlexAttention on the packed tokens: ALiBi as a score modifier, sequences as a block mask (compiled,
-        on CUDA); block by block of queries, eagerly, elsewhere."""
-        if self.training and self.attention_dropout > 0:
-            raise RuntimeError("attention_backend=flex has no attention dropout; set attention_probs_dropout_prob=0 "
-                               "or use another backend")
-        if qkv.shape[0] == 0:  # a batch of padding only
-            return qkv.new_zeros(0, self.num_heads * self.head_dim)
-        q, k, v = qkv.permute(1, 2, 0, 3).unsqueeze(1).unbind(0)  # each [1, heads, tokens, head_dim]
-        if not qkv.is_cuda:
-            return self._flex_eager(q, k, v, unpadded).transpose(0, 1).reshape(qkv.shape[0], -1)
-        positions, sequence_ids, slopes = unpadded.positions, unpadded.sequence_ids, self.alibi_slopes
-
-        def alibi(score, batch, head, q_idx, kv_idx):
-            return score - slopes[head] * (positions[q_idx] - positions[kv_idx]).abs()
-
-        if unpadded.block_mask is None:
-            def same_sequence(batch, head, q_idx, kv_idx):
-                return sequence_ids[q_idx] == sequence_ids[kv_idx]
-
-            unpadded.block_mask = document_block_mask(sequence_ids, unpadded.cu_seqlens, same_sequence)
-        context = _flex_attention(on_cuda=True)(q, k, v, score_mod=alibi, block_mask=unpadded.block_mask)
-        return context[0].transpose(0, 1).reshape(qkv.shape[0], -1)
-
-    @torch._dynamo.disable  # host integers slice the blocks: one graph per block under torch.compile otherwise
-    def _flex_eager(self, q, k, v, unpadded: Unpadded) -> torch.Tensor:
-        """`[heads, tokens, head_dim]`: eager FlexAttention block by block of queries (`flex_query_blocks`)."""
-        if unpadded.flex_blocks is None:
-            unpadded.flex_blocks = flex_query_blocks(unpadded)  # once per forward, shared by the layers
-        return torch.cat([self._flex_eager_block(q, k, v, unpadded, *block) for block in unpadded.flex_blocks], dim=2)[0]
-
-    def _flex_eager_block(self, q, k, v, unpadded: Unpadded, q_start: int, q_end: int, k_start: int, k_end: int):
-        """Eager FlexAttention scores every query against every key it is given, `[heads, queries, keys]`: here
-        one block of queries against the keys of its own sequences, so memory follows the block, not the batch."""
-        positions, sequence_ids, slopes = unpadded.positions, unpadded.sequence_ids, self.alibi_slopes
-
-        def alibi_within_sequences(score, batch, head, q_idx, kv_idx):
-            query, key = q_idx + q_start, kv_idx + k_start
-            score = score - slopes[head] * (positions[query] - positions[key]).abs()
-            return torch.where(sequence_ids[query] == sequence_ids[key], score, -float("inf"))
-
-        return _flex_attention(on_cuda=False)(q[:, :, q_start:q_end], k[:, :, k_start:k_end], v[:, :, k_start:k_end],
-                                              score_mod=alibi_within_sequences)
-
-    def _sdpa(self, qkv: torch.Tensor, unpadded: Unpadded) -> torch.Tensor:
-        """SDPA on the `[sequences, heads, max_seqlen, width]` layout, memory linear in the batch's tokens.
-
-        The bias is ALiBi alone, `[1, heads, seq, seq]`, shared by every sequence and every layer with these
-        heads. Padded keys are masked by one more feature: queries carry 1 there, real keys 0 and padded
-        keys the dtype's most negative value, so q.k is exact for real keys and drowns padded ones (a
-        per-sequence `[batch, heads, seq, seq]` mask would grow with batch x seq^2; at 4 x 2048 it was
-        most of the memory). `width` is `head_dim` plus that feature, rounded up to a multiple of 8
-        for the fused kernels' alignment; the extra columns are zeros."""
-        batch, seq, heads, head_dim = unpadded.batch_size, unpadded.max_seqlen, self.num_heads, self.head_dim
-        width = sdpa_width(head_dim)
-        rows = F.pad(qkv.view(-1, 3, heads, head_dim), (0, width - head_dim))
-        rows = rows + padding_feature(qkv, width, query=1.0, key=0.0)
-        empty = padding_feature(qkv, width, query=1.0, key=torch.finfo(qkv.dtype).min)  # a padding slot
-        padded = empty.repeat(batch * seq, 1, heads, 1).index_copy(0, unpadded.packed_indices, rows)
-        q, k, v = padded.view(batch, seq, 3, heads, width).permute(2, 0, 3, 1, 4).unbind(0)
-        bias = unpadded.sdpa_bias.get(self.head_indices)
-        if bias is None or bias.dtype != q.dtype:
-            bias = unpadded.sdpa_bias[self.head_indices] = self._alibi_bias(seq, q.dtype)
-        context = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=head_dim**-0.5,
-                                                 dropout_p=self.attention_dropout if self.training else 0.0)
-        context = context[..., :head_dim].transpose(1, 2).reshape(batch * seq, heads * head_dim)
-        return context.index_select(0, unpadded.packed_indices)
 
     def _alibi_bias(self, seq: int, dtype: torch.dtype) -> torch.Tensor:
         """`[1, heads, seq, seq]`: -slope * |i - j|. Rows are allocated a multiple of 16 long (a view's columns
@@ -431,6 +355,100 @@ class MosaicBertAttention(nn.Module):
         # bias of -m * d keeps 8 significant bits (up to ~0.2 logit off at distance 127 where m is not a power
         # of two, e.g. 12 heads), where FlashAttention-2 and flex add it exactly. `make gpu-check` measures both.
         return (-self.alibi_slopes[:, None, None] * distance).to(dtype)[None, :, :, :seq]
+
+
+def flash_attention_forward(attn: MosaicBertAttention, qkv: torch.Tensor, unpadded: Unpadded) -> torch.Tensor:
+    """FlashAttention-2 varlen on the packed tokens, ALiBi by its slopes (CUDA, fp16/bf16)."""
+    context = flash_attn_varlen_qkvpacked_func(
+        qkv,
+        unpadded.cu_seqlens,
+        unpadded.max_seqlen,
+        dropout_p=attn.attention_dropout if attn.training else 0.0,
+        alibi_slopes=attn.alibi_slopes,
+    )
+    return context.reshape(qkv.shape[0], -1)
+
+
+def flex_attention_forward(attn: MosaicBertAttention, qkv: torch.Tensor, unpadded: Unpadded) -> torch.Tensor:
+    """FlexAttention on the packed tokens: ALiBi as a score modifier, sequences as a block mask (compiled,
+    on CUDA); block by block of queries, eagerly, elsewhere."""
+    if attn.training and attn.attention_dropout > 0:
+        raise RuntimeError("attention_backend=flex has no attention dropout; set attention_probs_dropout_prob=0 "
+                           "or use another backend")
+    if qkv.shape[0] == 0:  # a batch of padding only
+        return qkv.new_zeros(0, attn.num_heads * attn.head_dim)
+    q, k, v = qkv.permute(1, 2, 0, 3).unsqueeze(1).unbind(0)  # each [1, heads, tokens, head_dim]
+    if not qkv.is_cuda:
+        return _flex_eager(attn, q, k, v, unpadded).transpose(0, 1).reshape(qkv.shape[0], -1)
+    positions, sequence_ids, slopes = unpadded.positions, unpadded.sequence_ids, attn.alibi_slopes
+
+    def alibi(score, batch, head, q_idx, kv_idx):
+        return score - slopes[head] * (positions[q_idx] - positions[kv_idx]).abs()
+
+    if unpadded.block_mask is None:
+        def same_sequence(batch, head, q_idx, kv_idx):
+            return sequence_ids[q_idx] == sequence_ids[kv_idx]
+
+        unpadded.block_mask = document_block_mask(sequence_ids, unpadded.cu_seqlens, same_sequence)
+    context = _flex_attention(on_cuda=True)(q, k, v, score_mod=alibi, block_mask=unpadded.block_mask)
+    return context[0].transpose(0, 1).reshape(qkv.shape[0], -1)
+
+
+@torch._dynamo.disable  # host integers slice the blocks: one graph per block under torch.compile otherwise
+def _flex_eager(attn: MosaicBertAttention, q, k, v, unpadded: Unpadded) -> torch.Tensor:
+    """`[heads, tokens, head_dim]`: eager FlexAttention block by block of queries (`flex_query_blocks`)."""
+    if unpadded.flex_blocks is None:
+        unpadded.flex_blocks = flex_query_blocks(unpadded)  # once per forward, shared by the layers
+    return torch.cat([_flex_eager_block(attn, q, k, v, unpadded, *block) for block in unpadded.flex_blocks], dim=2)[0]
+
+
+def _flex_eager_block(attn: MosaicBertAttention, q, k, v, unpadded: Unpadded, q_start: int, q_end: int, k_start: int,
+                      k_end: int):
+    """Eager FlexAttention scores every query against every key it is given, `[heads, queries, keys]`: here
+    one block of queries against the keys of its own sequences, so memory follows the block, not the batch."""
+    positions, sequence_ids, slopes = unpadded.positions, unpadded.sequence_ids, attn.alibi_slopes
+
+    def alibi_within_sequences(score, batch, head, q_idx, kv_idx):
+        query, key = q_idx + q_start, kv_idx + k_start
+        score = score - slopes[head] * (positions[query] - positions[key]).abs()
+        return torch.where(sequence_ids[query] == sequence_ids[key], score, -float("inf"))
+
+    return _flex_attention(on_cuda=False)(q[:, :, q_start:q_end], k[:, :, k_start:k_end], v[:, :, k_start:k_end],
+                                          score_mod=alibi_within_sequences)
+
+
+def sdpa_attention_forward(attn: MosaicBertAttention, qkv: torch.Tensor, unpadded: Unpadded) -> torch.Tensor:
+    """SDPA on the `[sequences, heads, max_seqlen, width]` layout, memory linear in the batch's tokens.
+
+    The bias is ALiBi alone, `[1, heads, seq, seq]`, shared by every sequence and every layer with these
+    heads. Padded keys are masked by one more feature: queries carry 1 there, real keys 0 and padded
+    keys the dtype's most negative value, so q.k is exact for real keys and drowns padded ones (a
+    per-sequence `[batch, heads, seq, seq]` mask would grow with batch x seq^2; at 4 x 2048 it was
+    most of the memory). `width` is `head_dim` plus that feature, rounded up to a multiple of 8
+    for the fused kernels' alignment; the extra columns are zeros."""
+    batch, seq, heads, head_dim = unpadded.batch_size, unpadded.max_seqlen, attn.num_heads, attn.head_dim
+    width = sdpa_width(head_dim)
+    rows = F.pad(qkv.view(-1, 3, heads, head_dim), (0, width - head_dim))
+    rows = rows + padding_feature(qkv, width, query=1.0, key=0.0)
+    empty = padding_feature(qkv, width, query=1.0, key=torch.finfo(qkv.dtype).min)  # a padding slot
+    padded = empty.repeat(batch * seq, 1, heads, 1).index_copy(0, unpadded.packed_indices, rows)
+    q, k, v = padded.view(batch, seq, 3, heads, width).permute(2, 0, 3, 1, 4).unbind(0)
+    bias = unpadded.sdpa_bias.get(attn.head_indices)
+    if bias is None or bias.dtype != q.dtype:
+        bias = unpadded.sdpa_bias[attn.head_indices] = attn._alibi_bias(seq, q.dtype)
+    context = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=head_dim**-0.5,
+                                             dropout_p=attn.attention_dropout if attn.training else 0.0)
+    context = context[..., :head_dim].transpose(1, 2).reshape(batch * seq, heads * head_dim)
+    return context.index_select(0, unpadded.packed_indices)
+
+
+# The attention kernels, one function each, chosen once per forward (`choose_attention_backend`) and read
+# by every layer from `Unpadded.backend`.
+ATTENTION_FUNCTIONS: dict[str, Callable[[MosaicBertAttention, torch.Tensor, Unpadded], torch.Tensor]] = {
+    "flash_attn": flash_attention_forward,
+    "flex": flex_attention_forward,
+    "sdpa": sdpa_attention_forward,
+}
 
 
 def sdpa_width(head_dim: int) -> int:

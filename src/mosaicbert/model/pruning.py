@@ -81,18 +81,26 @@ def coefficients(model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tenso
     return heads, units
 
 
+# Each coefficient scales the input columns of the projection that follows it, in the same module.
+FOLDED_INTO = {"head_coef": "dense", "unit_coef": "wo"}
+
+
+def column_scale(coef: torch.Tensor, columns: int) -> torch.Tensor:
+    """One coefficient per head (or unit) as one scale per input column of the projection that follows."""
+    return coef.repeat_interleave(columns // coef.numel())
+
+
 def fold_coefficients(model: nn.Module) -> list[Replacement]:
     """Scale the columns of `dense` (per head) and `wo` (per unit) by the coefficients, then drop them."""
     replaced = []
     for layer in layers(model):
-        attn, mlp = layer.attention, layer.mlp
-        if attn.head_coef is not None:
-            scale = attn.head_coef.detach().repeat_interleave(attn.head_dim)
-            replaced.append(_scale_columns(attn.dense, scale))
-            attn.head_coef = None
-        if mlp.unit_coef is not None:
-            replaced.append(_scale_columns(mlp.wo, mlp.unit_coef.detach()))
-            mlp.unit_coef = None
+        for module in (layer.attention, layer.mlp):
+            for name, target in FOLDED_INTO.items():
+                coef = getattr(module, name, None)
+                if coef is not None:
+                    linear = getattr(module, target)
+                    replaced.append(_scale_columns(linear, column_scale(coef.detach(), linear.weight.shape[1])))
+                    setattr(module, name, None)
     return replaced
 
 

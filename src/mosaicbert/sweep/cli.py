@@ -15,7 +15,7 @@ import logging
 import shlex
 import sys
 
-from mosaicbert.errors import Stopped, UserError
+from mosaicbert.errors import UserError, entry_point
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -46,17 +46,11 @@ def report(folder: str) -> str:
     return f"{table}\nwritten: {folder}/results.csv, results.json, pareto.png"
 
 
+@entry_point("sweep")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return _main(args)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return 2
-    except Stopped as stop:
-        print(f"[sweep] {stop}", file=sys.stderr, flush=True)
-        return 128 + stop.signum
+    return _main(args)
 
 
 def _main(args: argparse.Namespace) -> int:

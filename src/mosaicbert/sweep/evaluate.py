@@ -8,7 +8,6 @@ evaluation excluded, carried across resumptions), read from the checkpoint.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -18,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mosaicbert.errors import SIGNAL_CHECKPOINTS, UserError
-from mosaicbert.files import write_json_atomically
+from mosaicbert.errors import UserError
+from mosaicbert.files import SIGNAL_CHECKPOINTS, write_json_atomically
 from mosaicbert.sweep.plan import Plan, Run, glue_overrides
 
 CHECKPOINT_NAME = re.compile(r"^ep\d+-ba(\d+)-rank0\.pt$")
@@ -46,7 +45,7 @@ def is_trained(run: Run) -> bool:
 
 
 def evaluation_hash(plan: Plan, run: Run) -> str:
-    settings = dataclasses.asdict(plan.sweep.evaluation)
+    settings = plan.sweep.evaluation.model_dump()
     if plan.sweep.evaluation.kind == "glue":
         settings["glue_recipe"] = [run.glue_recipe, Path(run.glue_recipe).read_text()]  # an edited recipe scores again
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
@@ -117,8 +116,8 @@ def _mlm_scorer(plan: Plan, run: Run):
     """Masked-token accuracy on a held-out split, the same masks (`mask_seed`) for every run."""
     import torch
 
-    from mosaicbert import registry
-    from mosaicbert.config import LoaderConfig, load_config, split_named
+    from mosaicbert.builders import build_model
+    from mosaicbert.config import LoaderConfig, load_config
     from mosaicbert.data.text_dataset import build_mlm_dataloader
     from mosaicbert.data.tokenizer import build_tokenizer
     from mosaicbert.precision import autocast
@@ -128,7 +127,7 @@ def _mlm_scorer(plan: Plan, run: Run):
     held_out = LoaderConfig(split=settings.split, local=config.data_local, remote=config.data_remote,
                             mlm_probability=settings.mlm_probability, fixed_masks=True)
     tokenizer = build_tokenizer(config.tokenizer_name, config.max_seq_len)
-    model = registry.models.build(*split_named(config.model, "model"), "model", tokenizer=tokenizer)
+    model = build_model(config, tokenizer)
     device = torch.device("cuda" if config.device == "gpu" else "cpu")
     model.to(device).eval()
     in_training_precision = autocast(config.precision, device)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -186,59 +187,42 @@ def _sbatch_header(plan: Plan, job: str, time_limit: str, log: str, nodes: int) 
     return lines
 
 
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+def render(name: str, **values: str) -> str:
+    """A file of templates/ with every `{{key}}` replaced by its value (bash's own braces are left alone)."""
+    text = (TEMPLATES / name).read_text(encoding="utf-8")
+    unknown = set(re.findall(r"\{\{(\w+)\}\}", text)) - set(values)
+    if unknown:
+        raise KeyError(f"templates/{name} needs {', '.join(sorted(unknown))}")
+    return re.sub(r"\{\{(\w+)\}\}", lambda match: values[match[1]], text)
+
+
 def slurm_scripts(plan: Plan, to_train: list[Run], repo: str) -> dict[str, str]:
     """The batch scripts, by file name: a pretraining job array over `to_train`, the per-node launch
-    script it runs on every node, and the evaluation and report jobs."""
+    script it runs on every node, and the evaluation and report jobs (templates/)."""
     sweep, slurm = plan.sweep, plan.sweep.slurm
     folder = os.path.abspath(plan.folder)
     scripts_dir, logs = os.path.join(folder, "slurm"), os.path.join(folder, "slurm", "logs")
-    nproc = max(sweep.gpus_per_node, 1)
+    places = {"repo": shlex.quote(repo), "folder": shlex.quote(folder), "python": shlex.quote(sys.executable)}
     cases = "\n".join(f"  {run.run_id}) ARGS=({shlex.join([run.recipe, *run.overrides])}) ;;" for run in plan.runs)
-    launch_node = f"""#!/bin/bash
-# One Composer launcher per node of a sweep's pretraining job, for run $1. World size, node rank,
-# master address and port come from Slurm (SLURM_NNODES, SLURM_NODEID) and the batch script
-# (MASTER_ADDR, MASTER_PORT), so the same line serves one node or many.
-set -euo pipefail
-cd {shlex.quote(repo)}
-NPROC={nproc}
-case "$1" in
-{cases}
-  *) echo "launch-node.sh: no run named '$1' in this sweep" >&2; exit 2 ;;
-esac
-# Slurm's SIGTERM before the time limit reaches every process of the step. The launcher ignores it
-# (the ignore survives exec) so it does not die and take the ranks with it; each rank installs its
-# own handler, saves a checkpoint at the end of its current step and exits, and the resubmitted
-# run resumes from there (autoresume=true).
-trap '' TERM
-# Torch's CPU threads: the CPUs Slurm gave this task, shared by its ranks (oversubscribed threads crawl).
-if [ -n "${{SLURM_CPUS_PER_TASK:-}}" ]; then export OMP_NUM_THREADS=$(( SLURM_CPUS_PER_TASK / NPROC > 0 ? SLURM_CPUS_PER_TASK / NPROC : 1 )); fi
-exec {shlex.quote(str(BIN / "composer"))} --world_size $(( SLURM_NNODES * NPROC )) --nproc "$NPROC" \\
-  --node_rank "$SLURM_NODEID" --base_rank $(( SLURM_NODEID * NPROC )) \\
-  --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" src/main.py "${{ARGS[@]}}"
-"""
-    pretrain = _sbatch_header(plan, "pretrain", slurm.time, f"{logs}/pretrain-%A_%a.out", sweep.nodes)
-    pretrain += [f"#SBATCH --array=0-{max(len(to_train) - 1, 0)}", f"#SBATCH --signal=TERM@{slurm.signal_seconds}",
-                 "#SBATCH --requeue", "#SBATCH --open-mode=append", "",
-                 f"# Array task i pretrains RUNS[i] on {sweep.nodes} node(s), one launcher per node.",
-                 "set -euo pipefail", f"cd {shlex.quote(repo)}",
-                 f"RUNS=({' '.join(run.run_id for run in to_train)})",
-                 'RUN="${RUNS[$SLURM_ARRAY_TASK_ID]}"',
-                 "# Every node's launcher meets rank 0 on the job's first host, at a port of this job.",
-                 'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
-                 f"export MASTER_PORT=$(( {slurm.master_port} + SLURM_JOB_ID % 1000 ))",
-                 "# srun does not inherit --cpus-per-task from sbatch (Slurm 22.05+): pass it on, or all ranks share one CPU.",
-                 'srun --ntasks-per-node=1 --kill-on-bad-exit=1 ${SLURM_CPUS_PER_TASK:+--cpus-per-task=$SLURM_CPUS_PER_TASK} \\',
-                 f'  bash {shlex.quote(scripts_dir)}/launch-node.sh "$RUN"', ""]
-    evaluate = _sbatch_header(plan, "evaluate", slurm.evaluation_time, f"{logs}/evaluate-%j.out", 1)
-    evaluate += ["", "# Evaluates every checkpoint of run $1 that has no result yet.", "set -euo pipefail",
-                 f"cd {shlex.quote(repo)}",
-                 'if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then export OMP_NUM_THREADS="$SLURM_CPUS_PER_TASK"; fi',
-                 f'exec {shlex.quote(sys.executable)} src/sweep.py --evaluate {shlex.quote(folder)} "$1"', ""]
-    report = _sbatch_header(plan, "report", "00:30:00", f"{logs}/report-%j.out", 1)
-    report += ["", "# The sweep's table and Pareto plot from whatever has been evaluated.", "set -euo pipefail",
-               f"cd {shlex.quote(repo)}", f"exec {shlex.quote(sys.executable)} src/sweep.py --report {shlex.quote(folder)}", ""]
-    return {"launch-node.sh": launch_node, "pretrain.sbatch": "\n".join(pretrain),
-            "evaluate.sbatch": "\n".join(evaluate), "report.sbatch": "\n".join(report)}
+
+    def header(job: str, time_limit: str, log: str, nodes: int) -> str:
+        return "\n".join(_sbatch_header(plan, job, time_limit, f"{logs}/{log}", nodes))
+
+    return {
+        "launch-node.sh": render("launch-node.sh", repo=places["repo"], nproc=str(max(sweep.gpus_per_node, 1)),
+                                 cases=cases, composer=shlex.quote(str(BIN / "composer"))),
+        "pretrain.sbatch": render(
+            "pretrain.sbatch", **places, header=header("pretrain", slurm.time, "pretrain-%A_%a.out", sweep.nodes),
+            last_task=str(max(len(to_train) - 1, 0)), signal_seconds=str(slurm.signal_seconds), nodes=str(sweep.nodes),
+            runs=" ".join(run.run_id for run in to_train), master_port=str(slurm.master_port),
+            scripts_dir=shlex.quote(scripts_dir)),
+        "evaluate.sbatch": render("evaluate.sbatch", **places,
+                                  header=header("evaluate", slurm.evaluation_time, "evaluate-%j.out", 1)),
+        "report.sbatch": render("report.sbatch", **places, header=header("report", "00:30:00", "report-%j.out", 1)),
+    }
 
 
 def sbatch(args: list[str], env: dict[str, str] | None = None) -> str:

@@ -23,14 +23,13 @@ import itertools
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from pydantic import Field
 
-from mosaicbert.config import build_dataclass, load_config, read_yaml
+from mosaicbert.config import Schema, build_config, load_config, read_mapping, read_yaml
 from mosaicbert.errors import ConfigError, UserError
 from mosaicbert.files import write_json_atomically
 
@@ -38,32 +37,28 @@ PLAN_FILE = "plan.json"
 # Set by the sweep for every run, so they never enter the run's identity.
 SWEEP_OWNED_KEYS = ("run_name", "run_folder", "save_folder", "autoresume", "save_overwrite", "save_num_checkpoints_to_keep",
                     "clean_stale_shared_memory")
-EVALUATION_KINDS = ("mlm", "glue")
 
 
-@dataclass
-class ModelEntry:
+class ModelEntry(Schema):
     recipe: str  # pretraining YAML
     glue_recipe: str | None = None  # GLUE YAML for evaluation kind glue
-    overrides: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, Any] = Field(default_factory=dict)
 
 
-@dataclass
-class Evaluation:
+class Evaluation(Schema):
     """How each checkpoint is scored: held-out MLM accuracy (quick) or the GLUE harness (the paper)."""
 
-    kind: str = "mlm"
-    checkpoints: str = "all"  # all: every checkpoint is a point; last: a finished run's last one (budget sweeps)
+    kind: Literal["mlm", "glue"] = "mlm"
+    checkpoints: Literal["all", "last"] = "all"  # all: every checkpoint is a point; last: a finished run's last one (budget sweeps)
     split: str = "val"  # mlm: the held-out split of the run's data_local
-    mlm_probability: float = 0.15
+    mlm_probability: float = Field(0.15, gt=0, lt=1)
     batches: int = -1  # mlm: evaluation batches per checkpoint; -1 for the whole split
     batch_size: int = 64
     mask_seed: int = 0  # the same masks for every run and checkpoint, so points are comparable
-    glue_overrides: dict[str, Any] = field(default_factory=dict)  # glue: key=value for src/glue.py
+    glue_overrides: dict[str, Any] = Field(default_factory=dict)  # glue: key=value for src/glue.py
 
 
-@dataclass
-class Slurm:
+class Slurm(Schema):
     account: str | None = None
     partition: str | None = None
     time: str = "24:00:00"  # per pretraining job
@@ -71,22 +66,21 @@ class Slurm:
     signal_seconds: int = 300  # SIGTERM this long before the time limit: the run checkpoints and stops
     cpus_per_task: int | None = None
     master_port: int = 29500  # plus the job id modulo 1000, so jobs sharing a node do not collide
-    extra_sbatch: list[str] = field(default_factory=list)  # more `#SBATCH` lines, e.g. "--qos=high"
+    extra_sbatch: list[str] = Field(default_factory=list)  # more `#SBATCH` lines, e.g. "--qos=high"
 
 
-@dataclass
-class SweepConfig:
+class SweepConfig(Schema):
     name: str
-    models: dict[str, Any]
+    models: dict[str, Any]  # label -> ModelEntry, each read on its own (read_sweep)
     grid: dict[str, Any]
-    overrides: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, Any] = Field(default_factory=dict)
     folder: str | None = None  # default runs/sweeps/<name>
     checkpoint_interval: str | None = None  # save_interval of every run (e.g. 3500ba, 600sec); None: the recipe's
     nodes: int = 1
     gpus_per_node: int = 0  # 0: CPU runs, one process per node
     price_per_gpu_hour: float = 2.0
-    evaluation: Evaluation = field(default_factory=Evaluation)
-    slurm: Slurm = field(default_factory=Slurm)
+    evaluation: Evaluation = Field(default_factory=Evaluation)
+    slurm: Slurm = Field(default_factory=Slurm)
 
 
 @dataclass
@@ -140,23 +134,12 @@ def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def read_sweep(path: str | os.PathLike, overrides: list[str] | None = None) -> SweepConfig:
     """The sweep YAML (plus `key=value` overrides of it), type-checked."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file not found: {path}. Shipped sweeps live in yamls/sweeps/, e.g. yamls/sweeps/demo.yaml.")
-    bad = [o for o in overrides or [] if "=" not in o]
-    if bad:
-        raise ConfigError(f"sweep override '{bad[0]}' is not of the form key=value (e.g. folder=runs/sweeps/try2).")
-    try:
-        raw = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides or [])))
-        values = OmegaConf.to_container(raw, resolve=True)
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"could not read {path}: {err}") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path} must hold a mapping (name, models, grid, ...).")
-    sweep = build_dataclass(SweepConfig, values)
+    values = read_mapping(path, overrides, kind="sweep", example="folder=runs/sweeps/try2",
+                          look_in="Shipped sweeps live in yamls/sweeps/, e.g. yamls/sweeps/demo.yaml.")
+    sweep = build_config(SweepConfig, values)
     # `grid.optimizer.lr=[...]` on the command line nests; in the YAML it is one dotted key. Same thing.
     sweep.grid = flatten(sweep.grid)
-    sweep.models = {label: build_dataclass(ModelEntry, entry or {}, f"models.{label}") for label, entry in sweep.models.items()}
+    sweep.models = {label: build_config(ModelEntry, entry or {}, f"models.{label}") for label, entry in sweep.models.items()}
     check_sweep(sweep)
     return sweep
 
@@ -188,10 +171,6 @@ def check_sweep(sweep: SweepConfig) -> None:
     unknown = [m for m in sweep.grid.get("model", []) if m not in sweep.models]
     if unknown:
         raise ConfigError(f"grid.model names '{unknown[0]}', which is not under models ({', '.join(sweep.models)}).")
-    if sweep.evaluation.checkpoints not in ("all", "last"):
-        raise ConfigError(f"evaluation.checkpoints must be all or last, got '{sweep.evaluation.checkpoints}'.")
-    if sweep.evaluation.kind not in EVALUATION_KINDS:
-        raise ConfigError(f"evaluation.kind must be one of {', '.join(EVALUATION_KINDS)}, got '{sweep.evaluation.kind}'.")
     if sweep.nodes < 1 or sweep.gpus_per_node < 0:
         raise ConfigError("nodes must be at least 1 and gpus_per_node at least 0 (0: CPU runs).")
 
@@ -224,6 +203,8 @@ def run_id(cell: dict[str, Any], config_hash: str) -> str:
 def make_plan(sweep: SweepConfig) -> Plan:
     """One validated run per cell. Every config goes through the training schema (with the sweep's world
     size) before anything is launched; the first bad cell stops the sweep with its values named."""
+    from mosaicbert.builders import validate_entries  # Composer's classes, for their signatures
+
     folder = sweep.folder or f"runs/sweeps/{sweep.name}"
     world_size = sweep.nodes * max(sweep.gpus_per_node, 1)
     runs = []
@@ -252,7 +233,7 @@ def make_plan(sweep: SweepConfig) -> Plan:
             "clean_stale_shared_memory=true",
         ]
         try:
-            load_config(entry.recipe, overrides, world_size=world_size)
+            validate_entries(load_config(entry.recipe, overrides, world_size=world_size))
         except ConfigError as err:
             raise ConfigError(f"{where}: {err}") from None
         runs.append(Run(run_id=name, model=cell["model"], cell=cell, recipe=entry.recipe, overrides=overrides,
@@ -267,7 +248,7 @@ def save_plan(plan: Plan) -> str:
     """plan.json in the sweep folder: what evaluation and report jobs read (on any node)."""
     os.makedirs(plan.folder, exist_ok=True)
     path = os.path.join(plan.folder, PLAN_FILE)
-    payload = {"sweep": dataclasses.asdict(plan.sweep), "folder": plan.folder, "runs": [dataclasses.asdict(r) for r in plan.runs]}
+    payload = {"sweep": plan.sweep.model_dump(), "folder": plan.folder, "runs": [dataclasses.asdict(r) for r in plan.runs]}
     write_json_atomically(path, payload)
     return path
 
@@ -278,6 +259,6 @@ def load_plan(folder: str) -> Plan:
         raise UserError(f"{folder} holds no {PLAN_FILE}: is it a sweep folder? (python src/sweep.py yamls/sweeps/<name>.yaml makes one)")
     with open(path, encoding="utf-8") as f:
         payload = json.load(f)
-    sweep = build_dataclass(SweepConfig, payload["sweep"])
-    sweep.models = {k: build_dataclass(ModelEntry, v, f"models.{k}") for k, v in sweep.models.items()}
+    sweep = build_config(SweepConfig, payload["sweep"])
+    sweep.models = {k: build_config(ModelEntry, v, f"models.{k}") for k, v in sweep.models.items()}
     return Plan(sweep=sweep, folder=payload["folder"], runs=[Run(**r) for r in payload["runs"]])

@@ -22,7 +22,7 @@ import os
 import sys
 
 from mosaicbert.config import wall_clock_seconds
-from mosaicbert.errors import ConfigError, Stopped, UserError
+from mosaicbert.errors import ConfigError, UserError, entry_point
 from mosaicbert.files import write_json_atomically
 from mosaicbert.sweep.plan import Plan, SweepConfig, flatten, load_plan, make_plan, read_sweep, save_plan
 from mosaicbert.sweep.tuning import LR_KEY, Tuning, recipe_rate, tune_models, tuning_table, with_rates
@@ -153,31 +153,25 @@ def write_report(plan: Plan, rows: list[dict], baselines: list[str] | None, targ
     return f"{text}\nwritten: {plan.folder}/time-to-quality.md, .json, .png"
 
 
+@entry_point("time-to-quality")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        if args.report:
-            from mosaicbert.sweep.evaluate import collect
+    if args.report:
+        from mosaicbert.sweep.evaluate import collect
 
-            plan = load_plan(args.report)
-            print(write_report(plan, collect(plan), args.baseline, args.targets), flush=True)
-            return 0
-        sweep = read_sweep(args.sweep, args.overrides)
-        sweep.folder = sweep.folder or f"runs/sweeps/{sweep.name}"
-        check_study(sweep, not args.no_tuning, args.baseline)
-        if not args.no_tuning:
-            sweep = with_rates(sweep, {t.model: t.chosen for t in tune(sweep, sweep.folder)})
-        plan, rows, failed = run_sweep(sweep)
-        print(write_report(plan, rows, args.baseline, args.targets), flush=True)
-        if failed:
-            print(f"error: {len(failed)} run(s) failed and are left out of the report: {', '.join(failed)}; their logs "
-                  f"are {plan.folder}/runs/<run>/sweep.log, and the study retries them when run again.", file=sys.stderr)
-            return 1
+        plan = load_plan(args.report)
+        print(write_report(plan, collect(plan), args.baseline, args.targets), flush=True)
         return 0
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return 2
-    except Stopped as stop:
-        print(f"[time-to-quality] {stop}", file=sys.stderr, flush=True)
-        return 128 + stop.signum
+    sweep = read_sweep(args.sweep, args.overrides)
+    sweep.folder = sweep.folder or f"runs/sweeps/{sweep.name}"
+    check_study(sweep, not args.no_tuning, args.baseline)
+    if not args.no_tuning:
+        sweep = with_rates(sweep, {t.model: t.chosen for t in tune(sweep, sweep.folder)})
+    plan, rows, failed = run_sweep(sweep)
+    print(write_report(plan, rows, args.baseline, args.targets), flush=True)
+    if failed:
+        print(f"error: {len(failed)} run(s) failed and are left out of the report: {', '.join(failed)}; their logs "
+              f"are {plan.folder}/runs/<run>/sweep.log, and the study retries them when run again.", file=sys.stderr)
+        return 1
+    return 0

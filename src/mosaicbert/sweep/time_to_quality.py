@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from mosaicbert.callbacks.run_summary import step_seconds
+from mosaicbert.reports.runs import step_seconds
 from mosaicbert.config import read_yaml, wall_clock_seconds
 from mosaicbert.errors import UserError
 from mosaicbert.files import replacing
@@ -271,14 +271,14 @@ def runs_table(points: list[Point]) -> str:
 
 def pruning_flops(run: Run, ticket: str) -> dict[str, float]:
     """`ticket_flops` of a ticket (the run's own or the one it reused), on its model and one training batch."""
-    from mosaicbert import registry
-    from mosaicbert.config import load_config, split_named
+    from mosaicbert.builders import build_model
+    from mosaicbert.config import load_config
     from mosaicbert.data.text_dataset import build_mlm_dataloader
     from mosaicbert.data.tokenizer import build_tokenizer
 
     config = load_config(run.recipe, [o for o in run.overrides if not o.startswith("algorithms")], world_size=1)
     tokenizer = build_tokenizer(config.tokenizer_name, config.max_seq_len)
-    model = registry.models.build(*split_named(config.model, "model"), "model", tokenizer=tokenizer).model
+    model = build_model(config, tokenizer).model
     batch = next(iter(build_mlm_dataloader(config.train_loader, tokenizer, config.max_seq_len,
                                            config.global_train_batch_size, seed=config.seed).dataloader))
     with open(ticket, encoding="utf-8") as f:
@@ -289,7 +289,7 @@ def ticket_flops(model, ticket: dict[str, Any], batch: dict[str, Any]) -> dict[s
     """What EarlyBERT's ticket should save per step by FLOPs, counted as the speed monitor counts them: the
     pruned model's training FLOPs over the unpruned `model`'s (which this prunes), and the unpruned step's
     share in the MLM head and decoder, which pruning leaves whole."""
-    from mosaicbert.model.mosaic_bert import masked_tokens, mlm_head_training_flops, mlm_training_flops
+    from mosaicbert.model.composer import masked_tokens, mlm_head_training_flops, mlm_training_flops
     from mosaicbert.model.pruning import prune
 
     full = mlm_training_flops(model, batch["attention_mask"], batch["labels"])

@@ -10,7 +10,6 @@ A run that fails (a diverging rate stops on non-finite values) counts as the wor
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from collections.abc import Callable
@@ -69,8 +68,8 @@ def next_rate(results: dict[float, float | None]) -> float | None:
 def tuning_sweep(sweep: SweepConfig, model: str, rate: float, budget: str, seed: int, folder: str) -> SweepConfig:
     """The main sweep cut to one run: `model` at `rate`, one budget and seed, in the model's tuning folder."""
     grid = {"model": [model], "seed": [seed], "max_duration": [budget], LR_KEY: [rate]}
-    return dataclasses.replace(sweep, name=f"{sweep.name}-lr-{model}", grid=grid,
-                               folder=os.path.join(folder, "tuning", model))
+    return sweep.model_copy(update={"name": f"{sweep.name}-lr-{model}", "grid": grid,
+                                    "folder": os.path.join(folder, "tuning", model)})
 
 
 def tune_models(sweep: SweepConfig, models: list[str], budget: str, seed: int, folder: str, run_one: RunScorer,
@@ -100,9 +99,9 @@ def with_rates(sweep: SweepConfig, rates: dict[str, float]) -> SweepConfig:
     """The sweep with each model's peak learning rate set (as a model override)."""
     if LR_KEY in sweep.grid:
         raise ConfigError(f"grid.{LR_KEY} would override the tuned rates: remove it, or run without tuning.")
-    models = {label: dataclasses.replace(entry, overrides={**flatten(entry.overrides), LR_KEY: rates[label]})
+    models = {label: entry.model_copy(update={"overrides": {**flatten(entry.overrides), LR_KEY: rates[label]}})
               if label in rates else entry for label, entry in sweep.models.items()}
-    return dataclasses.replace(sweep, models=models)
+    return sweep.model_copy(update={"models": models})
 
 
 def tuning_table(tunings: list[Tuning]) -> str:

@@ -1,24 +1,35 @@
-"""`mosaic_bert`: MosaicBertForMaskedLM as a Composer model, with sparse MLM metrics and a FLOP count."""
+"""The two pretraining models as Composer models, registered for `model: {name: ...}` in YAML (builders.py).
+
+- `mosaic_bert`: MosaicBertForMaskedLM, with sparse MLM metrics (masked tokens only) and a FLOP count of
+  what it computes (real tokens, the head on masked tokens), so SpeedMonitor reports MFU.
+- `hf_bert`, the baseline: Hugging Face `BertForMaskedLM` inside Composer's HuggingFaceModel, with a FLOP
+  count of what it computes (every position, padding included).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from composer.metrics.nlp import LanguageCrossEntropy, MaskedAccuracy
-from composer.models import ComposerModel
+from composer.models import ComposerModel, HuggingFaceModel
+from transformers import BertConfig, BertForMaskedLM
+from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
 
-from mosaicbert.data.tokenizer import padded_vocab_size
-from mosaicbert.errors import ConfigError, nearest
+from mosaicbert.errors import ConfigError
 from mosaicbert.model.configuration_mosaicbert import MosaicBertConfig
-from mosaicbert.model.loading import check_vocabulary, load_masked_lm, local_start
+from mosaicbert.model.loading import (check_config_keys, check_model_name, check_vocabulary, folder_model_name,
+                                     load_masked_lm, local_start, with_vocab_size)
 from mosaicbert.model.modeling_mosaicbert import (
     IGNORE_INDEX,
     MosaicBertForMaskedLM,
     MosaicBertMaskedLMOutput,
     unpad,
 )
+
+# --------------------------------------------------------------------------- mosaic_bert
 
 
 class ComposerMosaicBert(ComposerModel):
@@ -117,18 +128,72 @@ def build_mosaic_bert(
     and weights from a Hugging Face folder or hub id (this package's export or the original
     mosaicml/mosaic-bert-base layout) or a Composer checkpoint, instead of initialising fresh ones."""
     overrides = dict(model_config or {})
-    valid = set(MosaicBertConfig().to_dict())
-    for key in overrides:
-        if key == "alibi_starting_size":
-            raise ConfigError("model.model_config.alibi_starting_size is no longer a setting: ALiBi distances are "
-                              "computed per batch, for any length. Remove the key from the recipe.")
-        if key not in valid:
-            raise ConfigError(f"model.model_config: MosaicBertConfig has no field '{key}'.{nearest(key, valid)}")
+    if "alibi_starting_size" in overrides:
+        raise ConfigError("model.model_config.alibi_starting_size is no longer a setting: ALiBi distances are "
+                          "computed per batch, for any length. Remove the key from the recipe.")
+    check_config_keys(overrides, MosaicBertConfig)
     if pretrained_model_name is not None:
         model = load_masked_lm(local_start(pretrained_model_name), "mosaic_bert", **overrides)
         check_vocabulary(model.config.vocab_size, tokenizer, pretrained_model_name, vocab_multiple)
     else:
-        overrides.setdefault("vocab_size", padded_vocab_size(len(tokenizer), vocab_multiple))
-        check_vocabulary(overrides["vocab_size"], tokenizer)
+        overrides = with_vocab_size(overrides, tokenizer, vocab_multiple)
         model = MosaicBertForMaskedLM(MosaicBertConfig(pad_token_id=tokenizer.pad_token_id, **overrides))
     return ComposerMosaicBert(model, tokenizer)
+
+
+# --------------------------------------------------------------------------- hf_bert
+
+
+class ComposerHFBert(HuggingFaceModel):
+    """HuggingFaceModel that also counts training FLOPs, so SpeedMonitor can report MFU."""
+
+    def flops_per_batch(self, batch: dict[str, torch.Tensor]) -> int:
+        # HF BERT computes on every position, padding included, and projects all of them to the vocabulary.
+        config = self.model.config
+        batch_size, seq_len = batch["input_ids"].shape
+        tokens = batch_size * seq_len
+        dense_params = sum(p.numel() for n, p in self.model.named_parameters() if "embeddings" not in n)
+        decoder = config.hidden_size * config.vocab_size  # tied to the word embeddings, so not in dense_params
+        attention = 2 * 2 * config.num_hidden_layers * config.hidden_size * seq_len  # QK^T and AV, per token
+        return 3 * tokens * (2 * (dense_params + decoder) + attention)  # forward + 2x backward
+
+
+def mlm_metrics() -> list[Any]:
+    return [LanguageCrossEntropy(ignore_index=-100), MaskedAccuracy(ignore_index=-100)]
+
+
+def build_hf_bert(
+    tokenizer,
+    pretrained_model_name: str = "bert-base-uncased",
+    use_pretrained: bool = False,
+    model_config: dict[str, Any] | None = None,
+    vocab_multiple: int = 1,
+    gradient_checkpointing: bool = False,
+) -> ComposerHFBert:
+    """Build `BertForMaskedLM`: from `pretrained_model_name`'s weights when `use_pretrained`, else freshly
+    initialised from a `BertConfig` (the Hugging Face defaults, i.e. BERT-Base, updated by `model_config`).
+
+    The vocabulary matches the tokenizer, rounded up to `vocab_multiple` (the reference baseline
+    keeps bert-base-uncased's 30522, i.e. multiple 1).
+    """
+    overrides = dict(model_config or {})
+    if use_pretrained:
+        if Path(pretrained_model_name).is_dir():  # else a hub id, which transformers checks itself
+            found = folder_model_name(Path(pretrained_model_name))
+            check_model_name(pretrained_model_name, found, "hf_bert", "the YAML says model.name")
+        model = BertForMaskedLM.from_pretrained(pretrained_model_name, **overrides)
+        check_vocabulary(model.config.vocab_size, tokenizer, pretrained_model_name, vocab_multiple)
+        if model.config.vocab_size % vocab_multiple:
+            model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=vocab_multiple)
+    else:
+        check_config_keys(overrides, BertConfig)
+        config = BertConfig(pad_token_id=tokenizer.pad_token_id, **with_vocab_size(overrides, tokenizer, vocab_multiple))
+        model = BertForMaskedLM(config)
+    # The training entry sets model_max_length to the run's max_seq_len; a tokenizer loaded without it says "unbounded".
+    if VERY_LARGE_INTEGER > tokenizer.model_max_length > model.config.max_position_embeddings:
+        raise ConfigError(f"max_seq_len={tokenizer.model_max_length} does not fit hf_bert's position table of "
+                          f"{model.config.max_position_embeddings} (model.model_config.max_position_embeddings); "
+                          "lower max_seq_len or enlarge the table (MosaicBERT's ALiBi has no such limit).")
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return ComposerHFBert(model, tokenizer=tokenizer, use_logits=True, metrics=mlm_metrics(), eval_metrics=mlm_metrics())

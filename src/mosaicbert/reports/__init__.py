@@ -1,0 +1,1 @@
+"""Reports read from finished runs' files, offline: no training, no Composer."""
