@@ -8,8 +8,8 @@ final evaluation over the pairs.
 
 import sys
 
-from mosaicbert.reports.runs import compare_runs
 from mosaicbert.errors import entry_point
+from mosaicbert.reports.runs import compare_runs
 
 
 @entry_point()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from composer.core import Callback
 
-from slurm_cluster import SlurmCluster, available
+from helpers.slurm_cluster import SlurmCluster, available
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "data_prep"))
@@ -21,10 +21,10 @@ HF_BERT_YAML = REPO / "yamls" / "pretrain" / "hf-bert-demo.yaml"
 @pytest.fixture(scope="session")
 def sample_root(tmp_path_factory) -> Path:
     """The offline sample corpus (stdlib docs) with a small tokenizer, as `make sample-shards` builds it."""
-    import convert_dataset
+    from mosaicbert.data import cli as prep_cli
 
     root = tmp_path_factory.mktemp("sample")
-    convert_dataset.main(["sample", "--out-root", str(root), "--vocab-size", "2048"])
+    prep_cli.main(["sample", "--out-root", str(root), "--vocab-size", "2048"])
     return root
 
 
@@ -83,7 +83,7 @@ def clean_env(monkeypatch):
 
 @pytest.fixture(scope="module")
 def slurm_cluster(tmp_path_factory):
-    """A real single-node Slurm cluster (tests/slurm_cluster.py), torn down after the module's tests.
+    """A real single-node Slurm cluster (tests/helpers/slurm_cluster.py), torn down after the module's tests.
 
     Skipped, with the reason, where Debian's Slurm and munge packages are not installed.
     """
@@ -94,3 +94,9 @@ def slurm_cluster(tmp_path_factory):
     cluster.start()
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture
+def in_repo(monkeypatch):
+    """Recipes and scripts are named relative to the repository root, where sweeps are started."""
+    monkeypatch.chdir(REPO)

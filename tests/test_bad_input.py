@@ -1,7 +1,7 @@
 """Bad input to pretraining: one clear message naming the problem and the fix, exit 2, no traceback, nothing written.
 
 Each case runs the CLI entry (`mosaicbert.train.main`, what `composer src/main.py` calls) on the tiny recipe with
-one thing wrong. GLUE's and the sweep's own cases: tests/test_glue.py (a missing task file), tests/test_sweep.py
+one thing wrong. GLUE's and the sweep's own cases: tests/glue/test_glue.py (a missing task file), tests/sweep/test_sweep.py
 (an empty grid and other bad sweeps).
 """
 

@@ -111,7 +111,7 @@ def test_no_host_sync_between_the_first_layer_and_the_loss():
 
 def test_a_training_step_syncs_once_with_the_host():
     """Forward, loss and backward of an MLM step: the one sync is `unpad` reading the counts that size its
-    indices (CUDA's sync debug mode warns at every sync; tests/sync_spy.py checks the same calls on CPU)."""
+    indices (CUDA's sync debug mode warns at every sync; tests/helpers/sync_spy.py checks the same calls on CPU)."""
     import warnings
 
     torch.manual_seed(0)

@@ -13,7 +13,7 @@ from mosaicbert.glue.config import load_glue_config
 from mosaicbert.processes import visible_gpus
 from mosaicbert.sweep import launch
 from mosaicbert.sweep.plan import make_plan, read_sweep
-from test_sweep import write_sweep
+from helpers.sweeps import write_sweep
 
 
 def gpus(monkeypatch, listed: str | None, count: int) -> None:

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from conftest import DEMO_YAML, REPO, tiny_overrides
-from test_train import checkpoint_weights
+from helpers.training import EARLYBERT, checkpoint_weights
 
 KILL_RUN = textwrap.dedent('''
     import hashlib, json, os, signal, sys
@@ -145,14 +145,6 @@ def test_sigkill_then_autoresume_loses_and_repeats_nothing(kill, clean_env, samp
     assert_resumed_exactly(*straight, tmp_path, folder, save_every=3, steps=10)
     assert not list((folder / "checkpoints").glob(".partial-*"))  # a write cut by the kill was cleared at start-up
     assert shm_entries() <= shm_before  # the killed run's shared memory and lock files were cleaned up
-
-
-EARLYBERT = {"model.model_config.num_attention_heads": 4, "model.model_config.hidden_size": 64,
-             "algorithms.earlybert.mode": "in_run", "algorithms.earlybert.check_interval": 2,
-             "algorithms.earlybert.window": 3, "algorithms.earlybert.min_search_steps": 4,
-             "algorithms.earlybert.max_search_steps": 6, "algorithms.earlybert.min_units_per_layer": 8,
-             "algorithms.earlybert.unit_prune_ratio": 0.3, "max_duration": "16ba", "save_interval": "4ba",
-             "eval_interval": "8ba"}
 
 
 @pytest.fixture(scope="module")

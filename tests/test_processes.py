@@ -124,7 +124,7 @@ def test_stopping_glue_stops_its_running_job_and_marks_it_unfinished(tmp_path, s
 @pytest.mark.slow
 def test_stopping_a_local_sweep_checkpoints_its_pretraining_and_leaves_nothing(tmp_path, sample_root):
     import psutil
-    from test_sweep import write_sweep
+    from helpers.sweeps import write_sweep
 
     path = write_sweep(tmp_path, sample_root, models={"mosaicbert": {"recipe": "yamls/demo.yaml"}},
                        checkpoint_interval="1000ba")

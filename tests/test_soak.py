@@ -19,7 +19,7 @@ from mosaicbert.glue.runner import make_jobs
 from mosaicbert.train import train
 
 from conftest import DEMO_YAML, REPO, tiny_overrides
-from test_kill_resume import EARLYBERT
+from helpers.training import EARLYBERT
 
 
 def resources() -> dict[str, object]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -17,16 +16,7 @@ from mosaicbert.errors import DataNotFoundError, UserError
 from mosaicbert.train import train
 
 from conftest import DEMO_YAML, REPO, CrashAtBatch, tiny_overrides
-
-
-def run(sample_root, run_folder, callbacks=None, **extra):
-    config = load_config(DEMO_YAML, tiny_overrides(sample_root, run_folder, **extra))
-    return train(config, extra_callbacks=callbacks)
-
-
-def checkpoint_weights(path):
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    return state["state"]["model"]
+from helpers.training import checkpoint_weights, run, run_two_processes
 
 
 @pytest.mark.slow
@@ -108,22 +98,6 @@ def test_cli_reports_bad_input_once_and_exits_nonzero(tmp_path):
     assert result.returncode == 2
     assert "error: unknown key 'max_duraton'. Did you mean 'max_duration'?" in result.stderr
     assert "Traceback" not in result.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_two_processes(overrides: list[str]) -> None:
-    """`composer -n 2 src/main.py yamls/demo.yaml <overrides>`: two CPU ranks over gloo."""
-    composer = os.path.join(os.path.dirname(sys.executable), "composer")
-    result = subprocess.run(
-        [composer, "-n", "2", "--master_port", str(free_port()), "src/main.py", "yamls/demo.yaml", *overrides],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
 @pytest.mark.slow

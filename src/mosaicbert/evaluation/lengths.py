@@ -23,7 +23,7 @@ import torch
 
 from mosaicbert.data.mlm import IGNORE_INDEX, MLMCollator
 from mosaicbert.errors import UserError
-from mosaicbert.export.writer import Source, read_source, source_tokenizer
+from mosaicbert.export.writer import TrainedModel, read_trained_model, source_tokenizer
 
 MASK_SEED = 1234  # the masks' generator: piece i of every length uses MASK_SEED + i
 
@@ -108,7 +108,7 @@ def score_pieces(model: torch.nn.Module, pieces: dict[str, torch.Tensor],
     return float(token_losses.mean()), float(token_losses.std() / count**0.5), correct / count, count
 
 
-def evaluate_lengths(paths: Sequence[str], lengths: Sequence[int], texts_for: Callable[[Source], Iterable[str]],
+def evaluate_lengths(paths: Sequence[str], lengths: Sequence[int], texts_for: Callable[[TrainedModel], Iterable[str]],
                      tokens_per_length: int = 16_384, mlm_probability: float = 0.15, tokens_per_batch: int = 4096,
                      tokenizer_name: str | None = None, progress: Callable[[str], None] = print) -> list[ModelScores]:
     """Each model of `paths` scored at each length on the same pieces and masks. `texts_for(source)` gives the
@@ -120,7 +120,7 @@ def evaluate_lengths(paths: Sequence[str], lengths: Sequence[int], texts_for: Ca
     results, shared = [], None
     for path in paths:
         where = resolve_checkpoint(Path(path))
-        source = read_source(where)
+        source = read_trained_model(where)
         name, tokenizer = source_tokenizer(source, tokenizer_name, where)
         if shared is None:
             needed = max(tokens_per_length // length * (length - 2) + length for length in lengths)

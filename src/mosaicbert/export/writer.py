@@ -26,19 +26,8 @@ from mosaicbert.data.tokenizer import build_tokenizer
 from mosaicbert.errors import UserError
 from mosaicbert.export.model_card import CardFacts, read_json, render_model_card
 from mosaicbert.export.parity import ParityReport, check_parity
-from mosaicbert.model.loading import (
-    CLASSIFIERS,
-    MASKED_LMS,
-    TOKEN_CLASSIFIERS,
-    composer_start,
-    folder_config,
-    folder_model_name,
-    loading_key_names,
-    model_from_start,
-    model_from_state,
-    read_composer_checkpoint,
-    start_model_name,
-)
+from mosaicbert.model.loading import (CLASSIFIERS, MASKED_LMS, TOKEN_CLASSIFIERS, load_pretrained, loading_key_names,
+                                     read_source)
 
 
 # A saved folder's head, by the class its config.json's `architectures` names: (model classes, Auto class).
@@ -47,8 +36,8 @@ FOLDER_HEADS = {"ForSequenceClassification": (CLASSIFIERS, "AutoModelForSequence
 
 
 @dataclass
-class Source:
-    """The model to export and what is known about how it was made."""
+class TrainedModel:
+    """A trained model (to export, or to evaluate) and what is known about how it was made."""
 
     model: torch.nn.Module
     model_name: str
@@ -106,11 +95,10 @@ def _glue_results_from(checkpoint: Path, run_folder: Path | None) -> list[dict[s
     return found
 
 
-def read_checkpoint_source(path: Path) -> Source:
-    checkpoint = read_composer_checkpoint(path)
-    config, state = composer_start(checkpoint, path)
-    model_name = start_model_name(str(path), state)
-    model = _loaded(*model_from_state(MASKED_LMS[model_name], config, state), str(path))
+def read_trained_checkpoint(path: Path) -> TrainedModel:
+    source = read_source(str(path))
+    checkpoint, model_name = source.checkpoint, source.model_name
+    model = _loaded(*load_pretrained(source, model_name, MASKED_LMS, "its weights say"), str(path))
     run_folder = _run_folder(path)
     run_config = OmegaConf.to_container(OmegaConf.load(run_folder / "config.yaml")) if run_folder else None
     stamp = checkpoint["state"].get("timestamp", {}).get("Timestamp")
@@ -120,7 +108,7 @@ def read_checkpoint_source(path: Path) -> Source:
     card = {"run_config": run_config, "timestamp": timestamp, "metadata": checkpoint["state"].get("metadata"),
             "mlm_eval": _mlm_eval(run_folder, timestamp["batch"], masking) if run_folder and timestamp else None,
             "glue": _glue_results_from(path, run_folder)}
-    return Source(model, model_name, "AutoModelForMaskedLM", (run_config or {}).get("tokenizer_name"),
+    return TrainedModel(model, model_name, "AutoModelForMaskedLM", (run_config or {}).get("tokenizer_name"),
                   (run_config or {}).get("max_seq_len", 128), card, _repo_root(run_folder, run_config))
 
 
@@ -133,14 +121,14 @@ def _repo_root(run_folder: Path | None, run_config: dict[str, Any] | None) -> Pa
     return folder.parents[len(recorded.parts) - 1] if folder.parts[-len(recorded.parts):] == recorded.parts else None
 
 
-def read_folder_source(folder: Path) -> Source:
+def read_trained_folder(folder: Path) -> TrainedModel:
     """A folder this package saved: a GLUE job's sequence or token classifier (its job record says task, tokenizer
     and scores; its config.json the label names, kept as saved) or an MLM."""
-    model_name = folder_model_name(folder)
-    architectures = folder_config(folder).get("architectures") or []
+    source = read_source(str(folder))
+    model_name, architectures = source.model_name, source.config.get("architectures") or []
     heads, auto_class = next((head for suffix, head in FOLDER_HEADS.items()
                               if any(name.endswith(suffix) for name in architectures)), (MASKED_LMS, "AutoModelForMaskedLM"))
-    model = _loaded(*model_from_start(str(folder), model_name, heads, "the folder's config.json says model_type"), str(folder))
+    model = _loaded(*load_pretrained(source, model_name, heads, "the folder's config.json says model_type"), str(folder))
     job = None
     for path in sorted((folder.parent.parent / "results").glob("*.json")):
         result = read_json(path) or {}
@@ -150,18 +138,18 @@ def read_folder_source(folder: Path) -> Source:
     tokenizer_name = job["job"]["tokenizer_name"] if job else None
     max_seq_len = job["job"]["max_seq_len"] if job else 128
     root = _repo_root(folder, {"run_folder": job["job"]["save_model_dir"]}) if job else None
-    return Source(model, model_name, auto_class, tokenizer_name, max_seq_len, {"classifier_result": job}, root)
+    return TrainedModel(model, model_name, auto_class, tokenizer_name, max_seq_len, {"classifier_result": job}, root)
 
 
-def read_source(path: Path) -> Source:
+def read_trained_model(path: Path) -> TrainedModel:
     """A pretraining checkpoint or a folder this package saved."""
     if not path.exists():
         raise UserError(f"{path} does not exist; give a pretraining checkpoint (runs/<run>/checkpoints/"
                         "latest-rank0.pt) or a model folder (make export's, or runs/<glue run>/models/<job>).")
-    return read_folder_source(path) if path.is_dir() else read_checkpoint_source(path)
+    return read_trained_folder(path) if path.is_dir() else read_trained_checkpoint(path)
 
 
-def source_tokenizer(source: Source, tokenizer_name: str | None, where: Path):
+def source_tokenizer(source: TrainedModel, tokenizer_name: str | None, where: Path):
     """(name, tokenizer) of a source: `tokenizer_name`, else its run's, else the folder's own."""
     name = tokenizer_name or source.tokenizer_name
     if name is None and where.is_dir() and (where / "tokenizer_config.json").is_file():
@@ -200,7 +188,7 @@ def export_model(source: str, out_dir: str, tokenizer_name: str | None = None, g
                             "replaces only an earlier export. Choose the export's own folder, e.g. exported/<name>.")
     path = Path(source)
     progress(f"reading {source}")
-    found = read_source(path)
+    found = read_trained_model(path)
     card = dict(found.card)
     for folder in glue:
         result = read_json(Path(folder) / "glue_results.json")

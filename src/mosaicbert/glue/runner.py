@@ -139,14 +139,13 @@ def check_earlybert_start(config: GlueConfig) -> None:
         return
     from mosaicbert.algorithms.earlybert import refuse_search_on_pruned
     from mosaicbert.model.configuration_mosaicbert import MosaicBertConfig
-    from mosaicbert.model.loading import read_start
+    from mosaicbert.model.loading import read_source
 
     starts = {"starting_checkpoint": config.starting_checkpoint}
     if config.protocol == "paper" and config.round_2_start and any(t in config.tasks for t in ROUND_2):
         starts["round_2_start"] = config.round_2_start
     for key, path in starts.items():
-        config_dict, _ = read_start(path, config.architecture)
-        refuse_search_on_pruned(MosaicBertConfig.from_dict(config_dict), f"{key} {path}")
+        refuse_search_on_pruned(MosaicBertConfig.from_dict(read_source(path, config.architecture).config), f"{key} {path}")
 
 
 def reuse_mnli_ticket(config: GlueConfig, mnli: Job | None, round_2: list[Job], note: str) -> tuple[list[Job], str]:
@@ -341,11 +340,11 @@ def check_starts(config: GlueConfig) -> None:
 
 def check_position_table(config: GlueConfig) -> None:
     """hf_bert reads positions from a learned table, which bounds max_seq_len; MosaicBERT's ALiBi has no bound."""
-    from mosaicbert.model.loading import start_position_table
+    from mosaicbert.model.loading import source_position_table
 
     if config.model_name != "hf_bert":
         return
-    table = start_position_table(config.starting_checkpoint, config.architecture)
+    table = source_position_table(config.starting_checkpoint, config.architecture)
     lengths = {"max_seq_len": config.max_seq_len}
     lengths.update({f"own_tasks.{name}.max_seq_len": task.max_seq_len
                     for name, task in definitions(config).items() if task.max_seq_len and name in config.tasks})

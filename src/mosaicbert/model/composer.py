@@ -21,7 +21,7 @@ from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
 from mosaicbert.errors import ConfigError
 from mosaicbert.model.configuration_mosaicbert import MosaicBertConfig
 from mosaicbert.model.loading import (check_config_keys, check_model_name, check_vocabulary, folder_model_name,
-                                     load_masked_lm, local_start, with_vocab_size)
+                                     load_masked_lm, resolve_source, with_vocab_size)
 from mosaicbert.model.modeling_mosaicbert import (
     IGNORE_INDEX,
     MosaicBertForMaskedLM,
@@ -133,7 +133,7 @@ def build_mosaic_bert(
                           "computed per batch, for any length. Remove the key from the recipe.")
     check_config_keys(overrides, MosaicBertConfig)
     if pretrained_model_name is not None:
-        model = load_masked_lm(local_start(pretrained_model_name), "mosaic_bert", **overrides)
+        model = load_masked_lm(resolve_source(pretrained_model_name), "mosaic_bert", **overrides)
         check_vocabulary(model.config.vocab_size, tokenizer, pretrained_model_name, vocab_multiple)
     else:
         overrides = with_vocab_size(overrides, tokenizer, vocab_multiple)

@@ -10,6 +10,11 @@ this package's MosaicBERT, transformers' BERT, or the original MosaicBERT releas
 Weights go in through transformers' `from_pretrained`, which maps those layouts. The classifier
 is always freshly initialised; the pooler too when the start is an MLM checkpoint, which has none.
 
+The API: `resolve_source` (a hub id to a local folder), `read_source` (what a start holds: its model, architecture
+and weights), `load_pretrained` (a model of a given head with a start's weights) and its three uses,
+`load_classifier`, `load_masked_lm` and `load_weights_into`; `source_position_table` for a check that reads no
+weights; and the checks of a model config against its class and tokenizer.
+
 Safety: folders are read with safetensors where they have it. A `pytorch_model.bin` (the original release ships
 only that) is a pickle, read with `torch.load(weights_only=True)`: torch's restricted unpickler, which rebuilds
 tensors and plain containers and refuses any other object. Only Composer checkpoints are unpickled in full
@@ -24,6 +29,7 @@ import json
 import logging
 import pickle
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +60,7 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 VOCAB_PADDING = 64
 
 
-def folder_config(folder: Path) -> dict[str, Any]:
+def _folder_config(folder: Path) -> dict[str, Any]:
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise UserError(f"{folder} has no config.json; a Hugging Face model folder (save_pretrained) is expected.")
@@ -64,7 +70,7 @@ def folder_config(folder: Path) -> dict[str, Any]:
         raise UserError(f"{config_file} is not valid JSON ({err}); re-export or re-download the folder.") from None
 
 
-def folder_weights(folder: Path) -> dict[str, torch.Tensor]:
+def _folder_weights(folder: Path) -> dict[str, torch.Tensor]:
     """The folder's tensors, read without unpickling anything but tensors."""
     if (folder / "model.safetensors").is_file():
         from safetensors.torch import load_file
@@ -78,16 +84,16 @@ def folder_weights(folder: Path) -> dict[str, torch.Tensor]:
     raise UserError(f"{folder} has no {' or '.join(WEIGHT_FILES)}; the folder is incomplete (copy or export it again).")
 
 
-def read_folder(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def _read_folder(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(config dict, state dict) of a MosaicBERT or BERT folder, the original MosaicBERT layout converted."""
-    config, state = folder_config(folder), folder_weights(folder)
+    config, state = _folder_config(folder), _folder_weights(folder)
     if original_layout.is_original_config(config) or original_layout.is_original_state(state):
         state = original_layout.convert_state(state)
         config = original_layout.convert_config(config, state)
     return config, state
 
 
-def local_start(name_or_path: str) -> str:
+def resolve_source(name_or_path: str) -> str:
     """A local checkpoint or folder as is; a hub id (`org/name`) downloaded to the hub cache: config.json
     and the weights only, never the repository's code."""
     if Path(name_or_path).expanduser().exists():
@@ -151,7 +157,32 @@ def check_vocabulary(vocab_size: int, tokenizer: Any, pretrained_model_name: str
                     f"{padding}) explains: it is another tokenizer, whose ids would name other tokens' rows; {fix}")
 
 
-def read_composer_checkpoint(path: Path) -> dict[str, Any]:
+@dataclass
+class Pretrained:
+    """A starting point, read: which model it holds, its architecture and its weights."""
+
+    path: str
+    model_name: str  # "mosaic_bert" or "hf_bert"
+    config: dict[str, Any]  # a folder's config.json, a checkpoint's model_config.json (or the one given)
+    state: dict[str, torch.Tensor] | None  # wrapper prefixes removed; None for a BERT folder, which transformers reads
+    checkpoint: dict[str, Any] | None = None  # a Composer checkpoint whole (its timestamp and metadata)
+
+
+def read_source(path: str, architecture: dict[str, Any] | None = None) -> Pretrained:
+    """A local Composer checkpoint or Hugging Face folder. A checkpoint's architecture is `architecture` when
+    given, else the model_config.json that pretraining writes beside its checkpoints."""
+    start = Path(path)
+    if start.is_dir():
+        model_name = folder_model_name(start)
+        if model_name == "hf_bert":  # transformers reads its own BERT folders, in each of their layouts
+            return Pretrained(path, model_name, _folder_config(start), None)
+        return Pretrained(path, model_name, *_read_folder(start))
+    checkpoint = _read_composer_checkpoint(start)
+    config, state = _checkpoint_contents(checkpoint, start, architecture)
+    return Pretrained(path, _model_name_of_weights(path, state), config, state, checkpoint)
+
+
+def _read_composer_checkpoint(path: Path) -> dict[str, Any]:
     """A Composer checkpoint, whole. Composer pickles its state: trusted files only (see the module docstring)."""
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; point at a pretraining checkpoint "
@@ -167,37 +198,29 @@ def read_composer_checkpoint(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
-def composer_start(checkpoint: dict[str, Any], path: Path,
-                   model_config: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def _checkpoint_contents(checkpoint: dict[str, Any], path: Path,
+                         architecture: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(config dict, state dict without wrapper prefixes) of a Composer checkpoint read from `path`."""
     weights = checkpoint["state"]["model"]
     state = {key.removeprefix("module.").removeprefix("model."): value for key, value in weights.items()}
     shape = state.pop("_extra_state", None)  # widths of a structurally pruned model (ComposerMosaicBert)
-    if model_config is None:
+    if architecture is None:
         config_file = path.parent / "model_config.json"
         if not config_file.is_file():
             raise UserError(f"no model_config.json next to {path}; pretraining writes one beside its checkpoints, "
                             "or give the architecture as model_config in the GLUE YAML.")
         try:
-            model_config = json.loads(config_file.read_text())
+            architecture = json.loads(config_file.read_text())
         except json.JSONDecodeError as err:
             raise UserError(f"{config_file} is not valid JSON ({err}); pretraining rewrites it on its next start, "
                             "or give the architecture as model_config.") from None
-    model_config = dict(model_config)
+    architecture = dict(architecture)
     if isinstance(shape, dict):
-        model_config.update(shape)
-    return model_config, state
+        architecture.update(shape)
+    return architecture, state
 
 
-def read_start(path: str, model_config: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(config dict, state dict without wrapper prefixes) of a starting point."""
-    start = Path(path)
-    if start.is_dir():
-        return read_folder(start)
-    return composer_start(read_composer_checkpoint(start), start, model_config)
-
-
-def fold_search_coefficients(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _fold_search_coefficients(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A checkpoint taken during an EarlyBERT search still holds head and unit coefficients: scale the
     following projections by them (as the search did) so the encoder computes the same function."""
     state = dict(state)
@@ -210,25 +233,25 @@ def fold_search_coefficients(state: dict[str, torch.Tensor]) -> dict[str, torch.
     return state
 
 
-def start_position_table(path: str, model_config: dict[str, Any] | None = None) -> int:
-    """The learned position table's size of a BERT start (a folder's config.json; for a checkpoint `model_config`,
+def source_position_table(path: str, architecture: dict[str, Any] | None = None) -> int:
+    """The learned position table's size of a BERT start (a folder's config.json; for a checkpoint `architecture`,
     else the model_config.json beside it, as the loader reads them), without reading its weights."""
     start = Path(path)
     if start.is_dir():
-        model_config = folder_config(start)
-    elif model_config is None:
+        architecture = _folder_config(start)
+    elif architecture is None:
         config_file = start.parent / "model_config.json"
         try:
-            model_config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+            architecture = json.loads(config_file.read_text()) if config_file.is_file() else {}
         except json.JSONDecodeError:
-            model_config = {}  # the job that reads it says what is wrong with it
-    return int(model_config.get("max_position_embeddings", BertConfig().max_position_embeddings))
+            architecture = {}  # the job that reads it says what is wrong with it
+    return int(architecture.get("max_position_embeddings", BertConfig().max_position_embeddings))
 
 
 def folder_model_name(folder: Path) -> str:
     """Which of `CLASSIFIERS` a Hugging Face model folder holds, by its config.json (`model_type`; the
     original MosaicBERT release says "bert" too, and is told apart by its markers)."""
-    config = folder_config(folder)
+    config = _folder_config(folder)
     model_type = config.get("model_type")
     if original_layout.is_original_config(config):
         return "mosaic_bert"
@@ -246,55 +269,34 @@ def check_model_name(path: str, found: str, model_name: str, setting: str = "the
                         f"set it to {found} or use a {model_name} checkpoint.")
 
 
-def start_model_name(path: str, state: dict[str, torch.Tensor] | None) -> str:
-    """`mosaic_bert` or `hf_bert`: a folder by its config.json, a Composer checkpoint by its weights."""
-    if Path(path).is_dir():
-        return folder_model_name(Path(path))
-    found = next((name for name, key in SIGNATURE_KEYS.items() if key in (state or {})), None)
+def _model_name_of_weights(path: str, state: dict[str, torch.Tensor]) -> str:
+    """`mosaic_bert` or `hf_bert`, for a Composer checkpoint, which says it by its weights alone."""
+    found = next((name for name, key in SIGNATURE_KEYS.items() if key in state), None)
     if found is None:
         raise UserError(f"{path} holds neither a MosaicBERT nor a Hugging Face BERT encoder.")
     return found
 
 
-def model_from_start(path: str, model_name: str, heads: dict[str, tuple[type, type]], setting: str,
-                     model_config: dict[str, Any] | None = None, config: Any = None, **config_updates: Any):
-    """(model, loading info): `heads[model_name]`'s model with the weights of `path` (a Composer checkpoint or
-    a Hugging Face folder). Its architecture is `config` when given, else the start's with `config_updates`.
-    Weights the start lacks, or has in other shapes, are freshly initialised and listed in the info; the
-    caller decides which may be."""
+def load_pretrained(source: Pretrained, model_name: str, heads: dict[str, tuple[type, type]], setting: str,
+                    config: Any = None, **config_updates: Any):
+    """(model, loading info): `heads[model_name]`'s model with `source`'s weights, EarlyBERT search coefficients
+    folded in first. Its architecture is `config` when given, else the source's, with `config_updates`.
+    Weights the source lacks, or has in other shapes, are freshly initialised and listed in the info; the
+    caller decides which may be. `setting` names where `model_name` came from, for the message on a mismatch."""
     if model_name not in heads:
         raise UserError(f"unknown model '{model_name}' ({setting}); use one of {', '.join(heads)}.")
-    folder = Path(path).is_dir()
-    if folder:
-        check_model_name(path, folder_model_name(Path(path)), model_name, setting)
+    check_model_name(source.path, source.model_name, model_name, setting)
     config_cls, model_cls = heads[model_name]
-    if folder and model_name == "hf_bert":
-        source, state = path, None  # transformers reads its own BERT folders
-        config = config or config_cls.from_pretrained(path)
-    else:
-        # Composer checkpoints and MosaicBERT folders are read here, to fold EarlyBERT search coefficients in first.
-        config_dict, state = read_start(path, model_config)
-        if not folder:  # a folder's config.json has said what it holds
-            check_model_name(path, start_model_name(path, state), model_name, setting)
-        source, config = None, config or config_cls.from_dict(config_dict)
+    if config is None:
+        config = config_cls.from_pretrained(source.path) if source.state is None else config_cls.from_dict(source.config)
     for key, value in config_updates.items():
         setattr(config, key, value)  # after construction: num_labels then also resets a start's id2label
+    weights = ({"pretrained_model_name_or_path": source.path} if source.state is None else
+               {"pretrained_model_name_or_path": None, "state_dict": _fold_search_coefficients(source.state)})
     try:
-        if state is not None:
-            return model_from_state(heads[model_name], {}, state, config)
-        return model_cls.from_pretrained(source, config=config, ignore_mismatched_sizes=True, output_loading_info=True)
+        return model_cls.from_pretrained(**weights, config=config, ignore_mismatched_sizes=True, output_loading_info=True)
     except OSError as err:  # e.g. a folder without weights
-        raise UserError(f"could not load {path}: {err}") from None
-
-
-def model_from_state(head: tuple[type, type], config_dict: dict[str, Any], state: dict[str, torch.Tensor],
-                     config: Any = None):
-    """(model, loading info) of `head` = (config class, model class) with `state`, EarlyBERT search coefficients
-    folded in first; its architecture `config`, else `config_dict`'s."""
-    config_cls, model_cls = head
-    config = config or config_cls.from_dict(config_dict)
-    return model_cls.from_pretrained(None, config=config, state_dict=fold_search_coefficients(state),
-                                     ignore_mismatched_sizes=True, output_loading_info=True)
+        raise UserError(f"could not load {source.path}: {err}") from None
 
 
 def loading_key_names(entries: list) -> list[str]:
@@ -308,11 +310,11 @@ def load_classifier(path: str, model_name: str, num_labels: int, model_config: d
     exported model names its predictions, in pipelines too."""
     # num_labels also resets id2label to this width. problem_type is chosen again from num_labels at the
     # first loss (a start fine-tuned on MNLI says single_label_classification) unless multilabel fixes it.
-    # ignore_mismatched_sizes (model_from_start): a start fine-tuned on MNLI has a 3-way classifier; its width
+    # ignore_mismatched_sizes (load_pretrained): a start fine-tuned on MNLI has a 3-way classifier; its width
     # is checked below.
-    model, info = model_from_start(path, model_name, TOKEN_CLASSIFIERS if per_token else CLASSIFIERS,
-                                   "the GLUE config says model_name", model_config, num_labels=num_labels,
-                                   problem_type="multi_label_classification" if multilabel else None)
+    model, info = load_pretrained(read_source(path, model_config), model_name,
+                                  TOKEN_CLASSIFIERS if per_token else CLASSIFIERS, "the GLUE config says model_name",
+                                  num_labels=num_labels, problem_type="multi_label_classification" if multilabel else None)
     fresh = [k for k in info["missing_keys"] if not k.startswith(("classifier.", "bert.pooler."))]
     fresh += [k for k in loading_key_names(info["mismatched_keys"]) if not k.startswith("classifier.")]
     if fresh:
@@ -329,7 +331,7 @@ def load_masked_lm(path: str, model_name: str, **config_updates: Any) -> torch.n
     """An MLM model with the architecture and weights of the Hugging Face folder `path` (`model.pretrained_model_name`):
     this package's export, a transformers BERT or the original MosaicBERT release. A start without an MLM head
     (a fine-tuned classifier) gets a fresh one, said in the log."""
-    model, info = model_from_start(path, model_name, MASKED_LMS, "the YAML says model.name", **config_updates)
+    model, info = load_pretrained(read_source(path), model_name, MASKED_LMS, "the YAML says model.name", **config_updates)
     fresh = [k for k in info["missing_keys"] + loading_key_names(info["mismatched_keys"]) if not k.startswith("cls.")]
     if fresh:
         raise UserError(f"{path} lacks encoder weights (e.g. {fresh[0]}) or has other widths than the model "
@@ -343,7 +345,8 @@ def load_weights_into(model: torch.nn.Module, path: str, model_name: str) -> Non
     """`load_path` of a pretraining run naming a Hugging Face folder: its weights into `model`, whose architecture
     the YAML gave. Shapes must match; the optimizer, schedule and data order start fresh."""
     # A copy: from_pretrained settles attention implementation details on the config it is given.
-    loaded, info = model_from_start(path, model_name, MASKED_LMS, "the YAML says model.name", config=copy.deepcopy(model.config))
+    loaded, info = load_pretrained(read_source(path), model_name, MASKED_LMS, "the YAML says model.name",
+                                   config=copy.deepcopy(model.config))
     different = loading_key_names(info["mismatched_keys"])
     if different:
         raise UserError(f"load_path {path} has other widths than the YAML's model (e.g. {different[0]}); set "

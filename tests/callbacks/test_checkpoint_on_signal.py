@@ -14,7 +14,7 @@ from composer.core import Callback
 
 from mosaicbert.errors import Interrupted
 from conftest import DEMO_YAML, REPO, tiny_overrides
-from test_train import checkpoint_weights, run
+from helpers.training import checkpoint_weights, run
 
 
 class SignalAtBatch(Callback):

@@ -30,6 +30,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from helpers import free_port
+
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "squeue", "scancel", "scontrol", "sinfo")
 # Debian installs the daemons into sbin, which a non-login shell's PATH may lack.
@@ -47,13 +49,6 @@ def available() -> tuple[bool, str]:
     if missing:
         return False, f"Slurm is not installed ({', '.join(missing)} missing): run .ci/install-slurm.sh as root"
     return True, ""
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now; the kernel picks it from the ephemeral range."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("", 0))
-        return probe.getsockname()[1]
 
 
 def memory_mib() -> int:

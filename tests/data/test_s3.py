@@ -25,9 +25,9 @@ import torch
 from composer.core import Callback
 from streaming import LocalDataset, MDSWriter
 
-import convert_dataset
 from mosaicbert import train as training
 from mosaicbert.config import LoaderConfig, load_config
+from mosaicbert.data import cli as prep_cli
 from mosaicbert.data import prep
 from mosaicbert.data.remote import RemoteDataNotFound, RemoteError, ShardWriter
 from mosaicbert.data.text_dataset import build_mlm_dataloader
@@ -35,8 +35,9 @@ from mosaicbert.errors import UserError
 from mosaicbert.train import train as run_training
 
 from conftest import DEMO_YAML, tiny_overrides
-from test_data_prep import write_c4_files
-from test_train import checkpoint_weights, free_port
+from helpers.data import write_c4_files
+from helpers import free_port
+from helpers.training import checkpoint_weights
 
 
 class MotoServer:
@@ -136,7 +137,7 @@ def test_prep_uploads_every_split_and_an_existing_remote_split_is_kept(s3, tmp_p
     remote = s3.url("c4")
     args = ["c4", "--local-dir", str(tmp_path / "c4raw"), "--splits", "train", "val", "--out-root",
             str(tmp_path / "out"), "--remote", remote]
-    assert convert_dataset.main(args) == {"train": 30, "val": 12}
+    assert prep_cli.main(args) == {"train": 30, "val": 12}
     for split in ("train", "val"):
         local = {path.name: path.read_bytes() for path in (tmp_path / "out" / split).iterdir()}
         assert {"index.json", "shard.00000.mds", prep.PREP_INFO} <= local.keys()
@@ -144,14 +145,14 @@ def test_prep_uploads_every_split_and_an_existing_remote_split_is_kept(s3, tmp_p
 
     # The remote split is found without a local copy: kept with --skip-existing, an error without a flag.
     shutil.rmtree(tmp_path / "out")
-    assert convert_dataset.main([*args, "--skip-existing"]) == {}
+    assert prep_cli.main([*args, "--skip-existing"]) == {}
     with pytest.raises(UserError, match=re.escape(f"{remote}/train already exists; pass --overwrite")):
-        convert_dataset.main(args)
+        prep_cli.main(args)
     assert not (tmp_path / "out" / "train").exists()
-    assert convert_dataset.main([*args, "--overwrite"]) == {"train": 30, "val": 12}
+    assert prep_cli.main([*args, "--overwrite"]) == {"train": 30, "val": 12}
     with pytest.raises(RemoteError, match=r"could not upload to s3://no-such-bucket/c4/train at .*HeadBucket.*"
                                           r"and that the bucket exists"):
-        convert_dataset.main([*args[:-1], "s3://no-such-bucket/c4", "--out-root", str(tmp_path / "elsewhere")])
+        prep_cli.main([*args[:-1], "s3://no-such-bucket/c4", "--out-root", str(tmp_path / "elsewhere")])
 
 
 def wait_for(condition, what: str, timeout: float = 60) -> None:
@@ -238,7 +239,7 @@ def test_no_cache_folder_or_an_unreachable_endpoint_is_one_clear_error(aws_env, 
 
     write_c4_files(tmp_path / "c4raw")
     with pytest.raises(RemoteError) as write:
-        convert_dataset.main(["c4", "--local-dir", str(tmp_path / "c4raw"), "--splits", "val", "--out-root",
+        prep_cli.main(["c4", "--local-dir", str(tmp_path / "c4raw"), "--splits", "val", "--out-root",
                               str(tmp_path / "out"), "--remote", "s3://data/corpus"])
     assert str(write.value).startswith(f"could not upload to s3://data/corpus/val at {closed} (EndpointConnectionError")
     assert not (tmp_path / "out" / "val").exists()

@@ -96,9 +96,9 @@ def test_a_lengths_score_is_the_models_own_mean_loss_on_those_pieces(two_models,
     """Independent check of the scoring: the mean cross-entropy the model's forward reports for the same pieces
     (all in one batch), and the accuracy recomputed from full logits."""
     from mosaicbert.evaluation.lengths import masked_pieces, score_pieces, token_stream
-    from mosaicbert.export.writer import read_source, source_tokenizer
+    from mosaicbert.export.writer import read_trained_model, source_tokenizer
 
-    source = read_source(two_models[0])
+    source = read_trained_model(two_models[0])
     _, tokenizer = source_tokenizer(source, str(sample_root / "tokenizer"), two_models[0])
     texts = (LocalDataset(local=str(sample_root / "val_small"))[i]["text"] for i in range(200))
     pieces = masked_pieces(token_stream(texts, tokenizer, 5 * 254), 256, 5, tokenizer, 0.15)

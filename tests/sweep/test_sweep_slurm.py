@@ -14,8 +14,8 @@ import time
 import pytest
 
 from conftest import REPO
-from slurm_cluster import free_port
-from test_sweep import read_rows, sweep_cli, write_sweep
+from helpers import free_port
+from helpers.sweeps import read_rows, sweep_cli, write_sweep
 
 pytestmark = pytest.mark.slow  # every test runs sweeps or launches through a real Slurm
 

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import gzip
 import json
 import subprocess
 import sys
@@ -11,30 +10,14 @@ import numpy as np
 import pytest
 from streaming import LocalDataset
 
-import convert_dataset
+from mosaicbert.data import cli as prep_cli
 from mosaicbert.data import prep
 from mosaicbert.data.text_dataset import PREP_INFO
 from mosaicbert.data.tokenizer import build_tokenizer, padded_vocab_size
 from mosaicbert.errors import UserError
 
 from conftest import REPO
-
-
-def write_c4_files(folder: Path, n_train: int = 30, n_val: int = 12) -> dict[str, list[str]]:
-    """Small C4-format files: one JSON object per line with text, timestamp and url."""
-    folder.mkdir(parents=True, exist_ok=True)
-    texts = {
-        "train": [f"Training document number {i}. It talks about café prices and the weather, {i * 7} times." for i in range(n_train)],
-        "validation": [f"Validation document {i}: a short note on rivers and hills." for i in range(n_val)],
-    }
-    for split, docs in texts.items():
-        half = len(docs) // 2
-        for part, chunk in enumerate((docs[:half], docs[half:])):
-            path = folder / f"c4-{split}.{part:05d}-of-00002.json.gz"
-            with gzip.open(path, "wt", encoding="utf-8") as f:
-                for text in chunk:
-                    f.write(json.dumps({"text": text, "timestamp": "2019-04-25T12:57:54Z", "url": "https://example.com"}) + "\n")
-    return texts
+from helpers.data import write_c4_files
 
 
 def read_texts(root: Path, split: str) -> list[str]:
@@ -44,7 +27,7 @@ def read_texts(root: Path, split: str) -> list[str]:
 def test_c4_local_files_round_trip(tmp_path):
     texts = write_c4_files(tmp_path / "c4raw")
     out = tmp_path / "c4"
-    counts = convert_dataset.main(["c4", "--local-dir", str(tmp_path / "c4raw"), "--out-root", str(out)])
+    counts = prep_cli.main(["c4", "--local-dir", str(tmp_path / "c4raw"), "--out-root", str(out)])
     assert counts == {"train": 30, "train_small": 30, "val": 12, "val_small": 12}
     assert read_texts(out, "train") == texts["train"]
     assert read_texts(out, "val") == texts["validation"]
@@ -55,7 +38,7 @@ def test_c4_local_files_round_trip(tmp_path):
 def test_max_docs_caps_every_split(tmp_path):
     texts = write_c4_files(tmp_path / "c4raw")
     out = tmp_path / "c4"
-    counts = convert_dataset.main(["c4", "--local-dir", str(tmp_path / "c4raw"), "--out-root", str(out),
+    counts = prep_cli.main(["c4", "--local-dir", str(tmp_path / "c4raw"), "--out-root", str(out),
                                    "--max-docs", "7", "--splits", "train", "val_small"])
     assert counts == {"train": 7, "val_small": 7}
     assert read_texts(out, "train") == texts["train"][:7]
@@ -65,7 +48,7 @@ def test_pretokenized_column_holds_uint16_ids(tmp_path, sample_root):
     write_c4_files(tmp_path / "c4raw")
     out = tmp_path / "c4tok"
     tokenizer_dir = str(sample_root / "tokenizer")
-    convert_dataset.main(["c4", "--local-dir", str(tmp_path / "c4raw"), "--out-root", str(out),
+    prep_cli.main(["c4", "--local-dir", str(tmp_path / "c4raw"), "--out-root", str(out),
                           "--splits", "val", "--tokenizer", tokenizer_dir])
     tokenizer = build_tokenizer(tokenizer_dir, 128)
     samples = list(LocalDataset(str(out / "val")))
@@ -80,13 +63,13 @@ def test_existing_split_is_kept_unless_asked(tmp_path):
     write_c4_files(tmp_path / "c4raw")
     out = tmp_path / "c4"
     args = ["c4", "--local-dir", str(tmp_path / "c4raw"), "--out-root", str(out), "--splits", "val"]
-    convert_dataset.main(args)
+    prep_cli.main(args)
     before = (out / "val" / "index.json").read_bytes()
     with pytest.raises(UserError, match="already exists; pass --overwrite"):
-        convert_dataset.main(args + ["--max-docs", "3"])
+        prep_cli.main(args + ["--max-docs", "3"])
     assert (out / "val" / "index.json").read_bytes() == before
-    assert convert_dataset.main(args + ["--skip-existing"]) == {}
-    convert_dataset.main(args + ["--max-docs", "3", "--overwrite"])
+    assert prep_cli.main(args + ["--skip-existing"]) == {}
+    prep_cli.main(args + ["--max-docs", "3", "--overwrite"])
     assert len(read_texts(out, "val")) == 3
 
 

@@ -67,12 +67,12 @@ def test_make_target_interleaves_the_arms_with_the_given_overrides():
 def test_demo_ticket_is_drawn_by_the_stability_rule(clean_env, tmp_path):
     """yamls/earlybert/demo.yaml as `make earlybert-demo` runs it (on the corpus `make sample-shards`
     builds), up to the draw: two_phase stops there."""
-    import convert_dataset
+    from mosaicbert.data import cli as prep_cli
 
     from mosaicbert.config import load_config
     from mosaicbert.train import train
 
-    convert_dataset.main(["sample", "--out-root", str(tmp_path / "sample")])
+    prep_cli.main(["sample", "--out-root", str(tmp_path / "sample")])
     config = load_config(REPO / "yamls" / "earlybert" / "demo.yaml", [
         f"data_local={tmp_path / 'sample'}", f"run_folder={tmp_path / 'run'}", "save_folder=null", "eval_first=false",
         "progress_bar=false", "algorithms.earlybert.mode=two_phase",

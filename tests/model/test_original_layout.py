@@ -15,8 +15,10 @@ from transformers import AutoTokenizer
 from mosaicbert.errors import UserError
 from mosaicbert.export import export_model
 from mosaicbert.glue.runner import check_starts
-from mosaicbert.model.loading import folder_model_name, load_classifier, load_weights_into
 from mosaicbert.model.composer import build_mosaic_bert
+from mosaicbert.model.loading import folder_model_name, load_classifier, load_weights_into
+
+from conftest import REPO
 
 HIDDEN, HEADS, LAYERS, UNITS, ROWS = 64, 4, 2, 96, 2112  # 2112: the tokenizer's 2048 padded to a multiple of 64
 
@@ -189,10 +191,10 @@ def test_glue_accepts_the_release_folder_as_a_mosaicbert_start(tmp_path):
     from mosaicbert.glue.config import load_glue_config
 
     folder = write_release(tmp_path / "release", release_state())
-    config = load_glue_config(Path(__file__).parents[1] / "yamls" / "glue" / "demo.yaml",
+    config = load_glue_config(REPO / "yamls" / "glue" / "demo.yaml",
                               [f"starting_checkpoint={folder}"])
     check_starts(config)  # model_name mosaic_bert: accepted
-    hf = load_glue_config(Path(__file__).parents[1] / "yamls" / "glue" / "demo.yaml",
+    hf = load_glue_config(REPO / "yamls" / "glue" / "demo.yaml",
                           [f"starting_checkpoint={folder}", "model_name=hf_bert"])
     with pytest.raises(UserError, match="holds a mosaic_bert model"):
         check_starts(hf)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from mosaicbert.model import MosaicBertForTokenClassification
 
-from test_mosaicbert_model import heavily_padded_batch, padded_reference, tiny_config
+from helpers.models import heavily_padded_batch, padded_reference, tiny_config
 
 
 def labelled_batch(num_labels: int = 5):
@@ -61,7 +61,7 @@ def test_saved_folder_names_the_token_classifier_for_transformers(tmp_path):
 
 
 def test_a_token_classification_step_reads_the_device_once():
-    from sync_spy import host_syncs
+    from helpers.sync_spy import host_syncs
 
     model = MosaicBertForTokenClassification(tiny_config(num_labels=5))
     ids, mask, types, labels = labelled_batch()

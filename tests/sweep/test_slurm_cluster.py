@@ -1,6 +1,6 @@
 """The test Slurm cluster itself: batch jobs, job arrays, dependencies, and a clean shutdown.
 
-These run real munged, slurmctld and slurmd (tests/slurm_cluster.py); they skip where the
+These run real munged, slurmctld and slurmd (tests/helpers/slurm_cluster.py); they skip where the
 packages are not installed (.ci/install-slurm.sh installs them).
 """
 
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from slurm_cluster import SlurmCluster, alive
+from helpers.slurm_cluster import SlurmCluster, alive
 
 pytestmark = pytest.mark.slow  # a real Slurm cluster
 

@@ -12,7 +12,7 @@ from mosaicbert.callbacks.nonfinite_guard import NonFiniteError
 from mosaicbert.train import main
 
 from conftest import DEMO_YAML, tiny_overrides
-from test_train import checkpoint_weights, run
+from helpers.training import checkpoint_weights, run
 
 
 class NaNLossAt(Callback):
@@ -96,7 +96,7 @@ def test_unknown_action_is_a_config_error(clean_env, sample_root, tmp_path, caps
 
 def test_the_guard_and_the_signal_handler_read_the_device_once_per_batch(tmp_path):
     """Two microbatches' checks stay on the device; after the batch one read serves both callbacks, and
-    the signal handler uses the flag the guard's all-reduce carried (tests/sync_spy.py)."""
+    the signal handler uses the flag the guard's all-reduce carried (tests/helpers/sync_spy.py)."""
     from types import SimpleNamespace
 
     from composer.core import Precision
@@ -104,7 +104,7 @@ def test_the_guard_and_the_signal_handler_read_the_device_once_per_batch(tmp_pat
 
     from mosaicbert.callbacks.checkpoint_on_signal import CheckpointOnSignal
     from mosaicbert.callbacks.nonfinite_guard import NonFiniteGuard
-    from sync_spy import host_syncs
+    from helpers.sync_spy import host_syncs
 
     model = torch.nn.Linear(3, 1)
     guard, on_signal = NonFiniteGuard(str(tmp_path)), CheckpointOnSignal()

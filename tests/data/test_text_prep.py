@@ -22,8 +22,8 @@ import pytest
 import zstandard
 from streaming import LocalDataset
 
-import convert_dataset
 from mosaicbert.config import LoaderConfig
+from mosaicbert.data import cli as prep_cli
 from mosaicbert.data import corpus_prep
 from mosaicbert.data.corpus_prep import REPORT, PrepOptions
 from mosaicbert.data.sources import Document
@@ -38,7 +38,7 @@ COMPRESSORS = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress,
 
 
 def run(*args: str) -> dict[str, int]:
-    return convert_dataset.main(["text", "--num-proc", "1", *args])
+    return prep_cli.main(["text", "--num-proc", "1", *args])
 
 
 def texts(root: Path, split: str) -> list[str]:
@@ -213,13 +213,13 @@ def test_tokenized_workers_match_one_process_and_chunks_cover_every_token(tmp_pa
     long_docs = [" ".join(DOCS[i:i + 12]) for i in range(0, 40, 4)]
     write(tmp_path / "a.jsonl", jsonl([{"text": d} for d in long_docs + DOCS]))
     common = ["--input", str(tmp_path / "a.jsonl"), "--tokenizer", tokenizer_dir, "--val-fraction", "0.2"]
-    convert_dataset.main(["text", *common, "--out-root", str(tmp_path / "one"), "--num-proc", "1"])
-    convert_dataset.main(["text", *common, "--out-root", str(tmp_path / "two"), "--num-proc", "2"])
+    prep_cli.main(["text", *common, "--out-root", str(tmp_path / "one"), "--num-proc", "1"])
+    prep_cli.main(["text", *common, "--out-root", str(tmp_path / "two"), "--num-proc", "2"])
     for split in ("train", "val"):
         one, two = LocalDataset(str(tmp_path / "one" / split)), LocalDataset(str(tmp_path / "two" / split))
         assert [s["text"] for s in one] == [s["text"] for s in two]
         assert all(np.array_equal(a["input_ids"], b["input_ids"]) for a, b in zip(one, two))
-    convert_dataset.main(["text", *common, "--out-root", str(tmp_path / "chunked"), "--num-proc", "1", "--chunk",
+    prep_cli.main(["text", *common, "--out-root", str(tmp_path / "chunked"), "--num-proc", "1", "--chunk",
                           "--max-seq-len", "32"])
     from transformers import AutoTokenizer
 
@@ -240,10 +240,12 @@ def test_tokenized_workers_match_one_process_and_chunks_cover_every_token(tmp_pa
     assert report["share_of_tokens_trained_unchunked"] < 0.9  # the long documents lose tokens to truncation
 
 
-def test_a_worker_imports_neither_torch_nor_transformers(sample_root):
-    """A spawned worker imports the worker module alone: it starts in a second, without torch's memory."""
+@pytest.mark.parametrize("script", ["data_prep/convert_dataset.py", str(Path(sys.executable).parent / "mosaicbert-prep")])
+def test_a_worker_imports_neither_torch_nor_transformers(sample_root, script):
+    """A spawned worker imports the worker module alone: it starts in a second, without torch's memory. Spawn
+    runs the command's script first: the checkout's, or the console script pip installed."""
     code = ("import runpy, sys, pathlib\n"
-            "runpy.run_path('data_prep/convert_dataset.py', run_name='__mp_main__')  # what spawn runs first\n"
+            f"runpy.run_path({script!r}, run_name='__mp_main__')  # what spawn runs first\n"
             "from mosaicbert.data.prep_worker import WorkerSetup, init_worker, process_documents\n"
             "init_worker(WorkerSetup(chunk_tokens=4, tokenizer_json=pathlib.Path(sys.argv[1]).read_text(), "
             "vocab_size=2048))\n"
@@ -274,7 +276,7 @@ def test_without_a_tokenizer_prep_runs_in_one_process(tmp_path, monkeypatch):
 
     monkeypatch.setattr(corpus_prep, "ProcessPoolExecutor", no_pool)
     write(tmp_path / "a.txt", "\n".join(DOCS).encode())
-    convert_dataset.main(["text", "--num-proc", "2", "--input", str(tmp_path / "a.txt"), "--doc-boundary", "line",
+    prep_cli.main(["text", "--num-proc", "2", "--input", str(tmp_path / "a.txt"), "--doc-boundary", "line",
                           "--out-root", str(tmp_path / "out"), "--val-fraction", "0.2"])
     assert all_texts(tmp_path / "out") == sorted(DOCS)
 

@@ -12,8 +12,8 @@ from mosaicbert.config import load_config
 from mosaicbert.model.loading import load_classifier
 from mosaicbert.train import train
 
-from conftest import DEMO_YAML, tiny_overrides
-from test_train import CrashAtBatch, checkpoint_weights, run_two_processes
+from conftest import DEMO_YAML, CrashAtBatch, tiny_overrides
+from helpers.training import checkpoint_weights, run_two_processes
 
 pytestmark = pytest.mark.slow
 

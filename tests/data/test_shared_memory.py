@@ -26,7 +26,7 @@ from conftest import DEMO_YAML, REPO, tiny_overrides
 from mosaicbert.config import load_config
 from mosaicbert.data.shared_memory import remove_stale_streaming_files
 from mosaicbert.train import train
-from test_train import checkpoint_weights
+from helpers.training import checkpoint_weights
 
 SHM = Path("/dev/shm")
 pytestmark = pytest.mark.skipif(not (SHM.is_dir() and Path("/proc/self/maps").is_file()),

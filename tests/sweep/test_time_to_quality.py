@@ -16,13 +16,13 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import REPO
-from mosaicbert.errors import ConfigError, UserError
+from mosaicbert.errors import ConfigError
 from mosaicbert.sweep import study
 from mosaicbert.sweep.plan import make_plan, read_sweep
 from mosaicbert.sweep.time_to_quality import (Point, analyse, bootstrap_ratios, default_targets, earlybert_role,
                                               ratio_bounds, targets_table, time_to_target)
 from mosaicbert.sweep.tuning import LR_KEY, best_rate, next_rate, tune_models, tuning_sweep, tuning_table, with_rates
-from test_sweep import TINY_MODEL, in_repo  # noqa: F401 (a fixture)
+from helpers.sweeps import TINY_MODEL
 
 SHIPPED = REPO / "yamls" / "sweeps" / "time-to-quality.yaml"
 
