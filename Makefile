@@ -147,24 +147,27 @@ TTQ_ARGS ?=
 time-to-quality: $(STAMP) sample-shards
 	$(PY) src/time_to_quality.py yamls/sweeps/time-to-quality.yaml folder=$(TTQ_FOLDER) $(TTQ_ARGS)
 
-# EarlyBERT's remedies (docs/time-to-quality.md): a two-phase pilot search with the study's EarlyBERT
-# settings (seed 17, the 3-minute schedule) whose ticket `earlybert-reused` trains, then MosaicBERT beside the
-# remedies of yamls/sweeps/time-to-quality.yaml at 1.5 and 3 minutes, seed 17, at the tuned rate (1e-3).
-# The pilot runs once (delete runs/earlybert-pilot after changing its settings); it keeps no checkpoints, so
-# one that died starts again, and one that drew no ticket stops here.
+# EarlyBERT's remedies (docs/time-to-quality.md): two-phase pilot searches with the study's EarlyBERT settings
+# (seed 17, the 3-minute schedule), one at its ratios whose ticket `earlybert-reused` trains, one at half ratios for
+# `earlybert-half-reused`; then MosaicBERT beside the remedies of yamls/sweeps/time-to-quality.yaml at 1.5 and 3
+# minutes, seed 17, at the tuned rate (1e-3). A pilot runs once (delete runs/<pilot> after changing its settings);
+# it keeps no checkpoints, so one that died starts again, and one that drew no ticket stops here.
 EARLYBERT_PILOT := {mode: two_phase, head_prune_ratio: 0.3333333, unit_prune_ratio: 0.3, l1_heads: 1.0e-4, \
 	l1_units: 1.0e-4, check_interval: 5, window: 5, epsilon: 0.1, min_search_steps: 40, max_search_steps: 150, \
 	min_units_per_layer: 64}
+HALF_RATIOS := algorithms.earlybert.head_prune_ratio=0.5 algorithms.earlybert.unit_prune_ratio=0.5
+# $(call pilot,RUN_NAME,KEY=VALUE ...): the pilot search RUN_NAME, the study's settings changed by the key=values.
+pilot = test -f runs/$(1)/ticket.json || { $(PY) src/main.py yamls/demo.yaml run_name=$(1) seed=17 max_duration=3m \
+	eval_loader=null progress_bar=false save_folder=null 'algorithms={earlybert: $(EARLYBERT_PILOT)}' $(2) && \
+	{ test -f runs/$(1)/ticket.json || { echo "error: the pilot search $(1) drew no ticket within its 3 minutes" >&2; false; }; }; }
 REMEDIES_FOLDER ?= runs/sweeps/earlybert-remedies
 REMEDIES_ARGS ?=
-PILOT_TICKET := runs/earlybert-pilot/ticket.json
 earlybert-remedies: $(STAMP) sample-shards
-	test -f $(PILOT_TICKET) || { $(PY) src/main.py yamls/demo.yaml run_name=earlybert-pilot seed=17 max_duration=3m \
-		eval_loader=null progress_bar=false save_folder=null 'algorithms={earlybert: $(EARLYBERT_PILOT)}' && \
-		{ test -f $(PILOT_TICKET) || { echo "error: the pilot search drew no ticket within its 3 minutes" >&2; false; }; }; }
+	$(call pilot,earlybert-pilot,)
+	$(call pilot,earlybert-pilot-half,$(HALF_RATIOS))
 	$(PY) src/time_to_quality.py yamls/sweeps/time-to-quality.yaml --no-tuning folder=$(REMEDIES_FOLDER) \
-		'grid.model=[mosaicbert,earlybert-short-search,earlybert-half,earlybert-reused]' 'grid.seed=[17]' \
-		'grid.max_duration=[1.5m,3m]' $(REMEDIES_ARGS)
+		'grid.model=[mosaicbert,earlybert-short-search,earlybert-half,earlybert-reused,earlybert-half-reused]' \
+		'grid.seed=[17]' 'grid.max_duration=[1.5m,3m]' $(REMEDIES_ARGS)
 
 # Training-step throughput of MosaicBERT, BertForMaskedLM (SDPA) and ModernBertForMaskedLM side by side
 # on this machine (its GPU when there is one) at the offline corpus's real padding and at none: a table,

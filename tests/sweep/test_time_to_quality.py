@@ -221,13 +221,21 @@ def test_the_remedies_change_only_what_they_say_and_the_pilot_searches_as_the_st
     sweep = read_sweep(SHIPPED)
     search = sweep.models["earlybert"].overrides["algorithms"]["earlybert"]
     changed = {name: {k: v for k, v in sweep.models[name].overrides["algorithms"]["earlybert"].items() if search.get(k) != v}
-               for name in ("earlybert-short-search", "earlybert-half", "earlybert-reused")}
+               for name in ("earlybert-short-search", "earlybert-half", "earlybert-reused", "earlybert-half-reused")}
+    half = {"head_prune_ratio": 0.5, "unit_prune_ratio": 0.5}
     assert changed == {"earlybert-short-search": {"min_search_steps": 20, "max_search_steps": 40},
-                       "earlybert-half": {"head_prune_ratio": 0.5, "unit_prune_ratio": 0.5},
-                       "earlybert-reused": {"ticket": "runs/earlybert-pilot/ticket.json", "rewind": True}}
+                       "earlybert-half": half,
+                       "earlybert-reused": {"ticket": "runs/earlybert-pilot/ticket.json", "rewind": True},
+                       "earlybert-half-reused": {**half, "ticket": "runs/earlybert-pilot-half/ticket.json", "rewind": True}}
     dry_run = subprocess.run(["make", "-n", "earlybert-remedies"], cwd=REPO, capture_output=True, text=True, check=True)
-    pilot = next(arg for arg in shlex.split(dry_run.stdout.replace("\\\n", " ")) if arg.startswith("algorithms="))
-    assert OmegaConf.to_container(OmegaConf.from_dotlist([pilot]))["algorithms"]["earlybert"] == {**search, "mode": "two_phase"}
+    pilots = {}
+    for line in dry_run.stdout.replace("\\\n", " ").splitlines():
+        words = shlex.split(line)
+        name = next((word.removeprefix("run_name=") for word in words if word.startswith("run_name=")), None)
+        if name:
+            pilots[name] = OmegaConf.to_container(OmegaConf.from_dotlist([w for w in words if w.startswith("algorithms")]))
+    assert pilots == {"earlybert-pilot": {"algorithms": {"earlybert": {**search, "mode": "two_phase"}}},
+                      "earlybert-pilot-half": {"algorithms": {"earlybert": {**search, "mode": "two_phase", **half}}}}
     make_plan(read_sweep(SHIPPED, ["grid.model=[earlybert-short-search,earlybert-half]", "grid.seed=[17]"]))
 
 
