@@ -40,6 +40,7 @@ def test_a_command_and_its_checkout_script_say_the_same(name):
     assert text.strip() and text == help_text([sys.executable, script], Path(script).name)
 
 
+@pytest.mark.slow
 def test_bad_input_to_a_command_is_one_error_line_and_status_2(tmp_path):
     result = subprocess.run([installed("mosaicbert-export"), str(tmp_path / "no-such.pt"), str(tmp_path / "out")],
                             capture_output=True, text=True, cwd=REPO, timeout=120)

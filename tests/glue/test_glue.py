@@ -264,6 +264,11 @@ def test_folders_of_other_models_are_refused_naming_what_they_hold(tmp_path, cap
     MosaicBertForMaskedLM(tiny()).save_pretrained(tmp_path / "mosaic")
     with pytest.raises(UserError, match="holds a mosaic_bert model, but the GLUE config says model_name=hf_bert"):
         load_classifier(str(tmp_path / "mosaic"), "hf_bert", 2)
+    # Said before the weights are read: a folder whose weights are missing too gets the same message.
+    for weights in (tmp_path / "mosaic").glob("*.safetensors"):
+        weights.unlink()
+    with pytest.raises(UserError, match="holds a mosaic_bert model, but the GLUE config says model_name=hf_bert"):
+        load_classifier(str(tmp_path / "mosaic"), "hf_bert", 2)
     # The command line says so once, before any job starts.
     code = runner.main([str(GLUE_YAMLS / "hf-bert-base.yaml"), f"starting_checkpoint={tmp_path / 'gpt2'}",
                         f"run_folder={tmp_path / 'run'}"])

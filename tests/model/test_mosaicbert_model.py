@@ -18,6 +18,7 @@ from mosaicbert.model.modeling_mosaicbert import alibi_slopes
 
 from helpers.models import VOCAB, heavily_padded_batch, padded_reference, tiny_config
 
+
 def test_unpadded_forward_and_gradients_equal_padded_reference():
     torch.manual_seed(0)
     model = MosaicBertModel(tiny_config(), add_pooling_layer=False)

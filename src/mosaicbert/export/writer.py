@@ -125,9 +125,10 @@ def read_trained_folder(folder: Path) -> TrainedModel:
     """A folder this package saved: a GLUE job's sequence or token classifier (its job record says task, tokenizer
     and scores; its config.json the label names, kept as saved) or an MLM."""
     source = read_source(str(folder))
-    model_name, architectures = source.model_name, source.config.get("architectures") or []
+    model_name = source.model_name
     heads, auto_class = next((head for suffix, head in FOLDER_HEADS.items()
-                              if any(name.endswith(suffix) for name in architectures)), (MASKED_LMS, "AutoModelForMaskedLM"))
+                              if any(name.endswith(suffix) for name in source.architectures)),
+                             (MASKED_LMS, "AutoModelForMaskedLM"))
     model = _loaded(*load_pretrained(source, model_name, heads, "the folder's config.json says model_type"), str(folder))
     job = None
     for path in sorted((folder.parent.parent / "results").glob("*.json")):

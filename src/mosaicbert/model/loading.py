@@ -166,6 +166,7 @@ class Pretrained:
     config: dict[str, Any]  # a folder's config.json, a checkpoint's model_config.json (or the one given)
     state: dict[str, torch.Tensor] | None  # wrapper prefixes removed; None for a BERT folder, which transformers reads
     checkpoint: dict[str, Any] | None = None  # a Composer checkpoint whole (its timestamp and metadata)
+    architectures: tuple[str, ...] = ()  # the classes a folder's config.json names as saved (its head)
 
 
 def read_source(path: str, architecture: dict[str, Any] | None = None) -> Pretrained:
@@ -173,10 +174,11 @@ def read_source(path: str, architecture: dict[str, Any] | None = None) -> Pretra
     given, else the model_config.json that pretraining writes beside its checkpoints."""
     start = Path(path)
     if start.is_dir():
-        model_name = folder_model_name(start)
+        model_name, saved = folder_model_name(start), _folder_config(start)
+        architectures = tuple(saved.get("architectures") or ())  # the original layout's conversion drops them
         if model_name == "hf_bert":  # transformers reads its own BERT folders, in each of their layouts
-            return Pretrained(path, model_name, _folder_config(start), None)
-        return Pretrained(path, model_name, *_read_folder(start))
+            return Pretrained(path, model_name, saved, None, architectures=architectures)
+        return Pretrained(path, model_name, *_read_folder(start), architectures=architectures)
     checkpoint = _read_composer_checkpoint(start)
     config, state = _checkpoint_contents(checkpoint, start, architecture)
     return Pretrained(path, _model_name_of_weights(path, state), config, state, checkpoint)
@@ -277,16 +279,20 @@ def _model_name_of_weights(path: str, state: dict[str, torch.Tensor]) -> str:
     return found
 
 
+def _head(heads: dict[str, tuple[type, type]], model_name: str, setting: str) -> tuple[type, type]:
+    if model_name not in heads:
+        raise UserError(f"unknown model '{model_name}' ({setting}); use one of {', '.join(heads)}.")
+    return heads[model_name]
+
+
 def load_pretrained(source: Pretrained, model_name: str, heads: dict[str, tuple[type, type]], setting: str,
                     config: Any = None, **config_updates: Any):
     """(model, loading info): `heads[model_name]`'s model with `source`'s weights, EarlyBERT search coefficients
     folded in first. Its architecture is `config` when given, else the source's, with `config_updates`.
     Weights the source lacks, or has in other shapes, are freshly initialised and listed in the info; the
     caller decides which may be. `setting` names where `model_name` came from, for the message on a mismatch."""
-    if model_name not in heads:
-        raise UserError(f"unknown model '{model_name}' ({setting}); use one of {', '.join(heads)}.")
+    config_cls, model_cls = _head(heads, model_name, setting)
     check_model_name(source.path, source.model_name, model_name, setting)
-    config_cls, model_cls = heads[model_name]
     if config is None:
         config = config_cls.from_pretrained(source.path) if source.state is None else config_cls.from_dict(source.config)
     for key, value in config_updates.items():
@@ -297,6 +303,16 @@ def load_pretrained(source: Pretrained, model_name: str, heads: dict[str, tuple[
         return model_cls.from_pretrained(**weights, config=config, ignore_mismatched_sizes=True, output_loading_info=True)
     except OSError as err:  # e.g. a folder without weights
         raise UserError(f"could not load {source.path}: {err}") from None
+
+
+def _load_path(path: str, model_name: str, heads: dict[str, tuple[type, type]], setting: str,
+               architecture: dict[str, Any] | None = None, **options: Any):
+    """load_pretrained(read_source(path, architecture), ...), with what needs no weights checked before they are
+    read: a known model name, and the one a folder's config.json names."""
+    _head(heads, model_name, setting)
+    if Path(path).is_dir():
+        check_model_name(path, folder_model_name(Path(path)), model_name, setting)
+    return load_pretrained(read_source(path, architecture), model_name, heads, setting, **options)
 
 
 def loading_key_names(entries: list) -> list[str]:
@@ -312,9 +328,9 @@ def load_classifier(path: str, model_name: str, num_labels: int, model_config: d
     # first loss (a start fine-tuned on MNLI says single_label_classification) unless multilabel fixes it.
     # ignore_mismatched_sizes (load_pretrained): a start fine-tuned on MNLI has a 3-way classifier; its width
     # is checked below.
-    model, info = load_pretrained(read_source(path, model_config), model_name,
-                                  TOKEN_CLASSIFIERS if per_token else CLASSIFIERS, "the GLUE config says model_name",
-                                  num_labels=num_labels, problem_type="multi_label_classification" if multilabel else None)
+    model, info = _load_path(path, model_name, TOKEN_CLASSIFIERS if per_token else CLASSIFIERS,
+                             "the GLUE config says model_name", model_config, num_labels=num_labels,
+                             problem_type="multi_label_classification" if multilabel else None)
     fresh = [k for k in info["missing_keys"] if not k.startswith(("classifier.", "bert.pooler."))]
     fresh += [k for k in loading_key_names(info["mismatched_keys"]) if not k.startswith("classifier.")]
     if fresh:
@@ -331,7 +347,7 @@ def load_masked_lm(path: str, model_name: str, **config_updates: Any) -> torch.n
     """An MLM model with the architecture and weights of the Hugging Face folder `path` (`model.pretrained_model_name`):
     this package's export, a transformers BERT or the original MosaicBERT release. A start without an MLM head
     (a fine-tuned classifier) gets a fresh one, said in the log."""
-    model, info = load_pretrained(read_source(path), model_name, MASKED_LMS, "the YAML says model.name", **config_updates)
+    model, info = _load_path(path, model_name, MASKED_LMS, "the YAML says model.name", **config_updates)
     fresh = [k for k in info["missing_keys"] + loading_key_names(info["mismatched_keys"]) if not k.startswith("cls.")]
     if fresh:
         raise UserError(f"{path} lacks encoder weights (e.g. {fresh[0]}) or has other widths than the model "
@@ -345,8 +361,7 @@ def load_weights_into(model: torch.nn.Module, path: str, model_name: str) -> Non
     """`load_path` of a pretraining run naming a Hugging Face folder: its weights into `model`, whose architecture
     the YAML gave. Shapes must match; the optimizer, schedule and data order start fresh."""
     # A copy: from_pretrained settles attention implementation details on the config it is given.
-    loaded, info = load_pretrained(read_source(path), model_name, MASKED_LMS, "the YAML says model.name",
-                                   config=copy.deepcopy(model.config))
+    loaded, info = _load_path(path, model_name, MASKED_LMS, "the YAML says model.name", config=copy.deepcopy(model.config))
     different = loading_key_names(info["mismatched_keys"])
     if different:
         raise UserError(f"load_path {path} has other widths than the YAML's model (e.g. {different[0]}); set "

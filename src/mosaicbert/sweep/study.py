@@ -138,7 +138,7 @@ def default_baselines(points) -> list[str]:
 
 
 def write_report(plan: Plan, rows: list[dict], baselines: list[str] | None, targets: list[float] | None) -> str:
-    from mosaicbert.sweep.time_to_quality import analyse, diagnosis_table, read_points, write_time_to_quality
+    from mosaicbert.sweep.time_to_quality import NO_TARGET, analyse, diagnosis_table, read_points, write_time_to_quality
 
     if not rows:
         raise UserError(f"no run of {plan.folder} has been scored yet; run the study first.")
@@ -148,8 +148,11 @@ def write_report(plan: Plan, rows: list[dict], baselines: list[str] | None, targ
     tuned = tunings is not None and all(tuned_rate(plan, t.model) == t.chosen for t in tunings)
     diagnosis = diagnosis_table(points, plan, "mosaicbert") if "mosaicbert" in models else ""
     baselines = list(dict.fromkeys(baselines)) if baselines else default_baselines(points)
-    text = write_time_to_quality(plan.folder, points, analyse(points, baselines, targets),
-                                 tuning_table(tunings) if tuned else None, diagnosis, f"time to quality: sweep {plan.sweep.name}")
+    analysis = analyse(points, baselines, targets)
+    if not analysis["targets"]:
+        print(f"note: {NO_TARGET} Give them with --report {plan.folder} --targets ACCURACY ...", file=sys.stderr)
+    text = write_time_to_quality(plan.folder, points, analysis, tuning_table(tunings) if tuned else None, diagnosis,
+                                 f"time to quality: sweep {plan.sweep.name}")
     return f"{text}\nwritten: {plan.folder}/time-to-quality.md, .json, .png"
 
 

@@ -347,10 +347,10 @@ def plot(points: list[Point], analysis: dict[str, Any], title: str):
     for target in analysis["targets"]:
         axes.axhline(target, color="grey", linestyle="--", linewidth=0.8)
     axes.set_xscale("log", base=2)
-    budgets = sorted({p.budget_seconds / 60 for p in points})
-    axes.set_xticks(budgets, [f"{minutes:g}" for minutes in budgets])
+    budgets = sorted({p.budget_seconds: p.budget for p in points}.items())
+    axes.set_xticks([seconds / 60 for seconds, _ in budgets], [name for _, name in budgets])
     axes.minorticks_off()
-    axes.set_xlabel("training wall clock (minutes), each point a run that decayed fully within its budget")
+    axes.set_xlabel("training wall clock in minutes (ticks: the budgets); each point a run that decayed fully within it")
     axes.set_ylabel("held-out MLM accuracy")
     axes.set_title(title)
     axes.grid(alpha=0.3)
