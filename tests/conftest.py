@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 import sys
 from pathlib import Path
 
@@ -100,3 +101,11 @@ def slurm_cluster(tmp_path_factory):
 def in_repo(monkeypatch):
     """Recipes and scripts are named relative to the repository root, where sweeps are started."""
     monkeypatch.chdir(REPO)
+
+
+def pytest_collection_modifyitems(items):
+    """Files with more end-to-end (`slow`) tests first, each file's tests kept together and in order. Under
+    `--dist loadfile` a worker takes a whole file at a time: a long file started last would keep one worker
+    busy while the other idles at the end of `make test`."""
+    slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.path])
